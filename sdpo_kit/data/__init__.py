@@ -1,0 +1,17 @@
+"""The data layer: preference pairs in any common layout -> one canonical schema, nothing lost.
+
+    sdpo data inspect ../shared/data/hh_harmless_base_test.jsonl.gz
+
+    from sdpo_kit.data import load_pairs, write_rejects, rejects_path
+    result = load_pairs("pairs.jsonl", columns={"prompt": "instruction"})
+    write_rejects(result.rejects, rejects_path("out.parquet"))
+
+Modules: `containers` (files -> raw rows), `formats` (raw row -> messages), `load` (pairs,
+rejects, duplicates, strict mode), `stats` (what `sdpo data inspect` prints).
+"""
+
+from sdpo_kit.data.formats import FORMATS, pair_id
+from sdpo_kit.data.load import DataError, LoadResult, Reject, iter_pairs, load_pairs, rejects_path, write_rejects
+
+__all__ = ["FORMATS", "DataError", "LoadResult", "Reject", "iter_pairs", "load_pairs", "pair_id", "rejects_path",
+           "write_rejects"]

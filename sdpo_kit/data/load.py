@@ -1,0 +1,157 @@
+"""Load preference data into canonical pairs; every input row ends as a pair or a reject.
+
+    python -c "from sdpo_kit.data import load_pairs; r = load_pairs('../shared/data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
+
+`iter_pairs` streams chunks (one `LoadResult` per `batch_rows` input rows, duplicates caught
+across chunks); `load_pairs` gathers them into one DataFrame. Canonical schema and reject
+reasons: docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import polars as pl
+
+from sdpo_kit.data.containers import Chunk, RawError, iter_chunks, list_files, stem_of
+from sdpo_kit.data.formats import CONSUMED, FORMATS, RowError, detect_format, normalise, pair_id
+
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+SCHEMA = {"pair_id": pl.String, "prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "source": pl.String}
+CANONICAL_NAMES = ("prompt", "chosen", "rejected", "source", "conversations")
+
+
+class DataError(ValueError):
+    """Raised in strict mode at the first bad row; the message reads `file:row: problem`."""
+
+
+@dataclass
+class Reject:
+    file: str
+    row: int
+    reason: str
+    detail: str
+    raw: Any
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadResult:
+    pairs: pl.DataFrame
+    rejects: list[Reject] = field(default_factory=list)
+    rows: int = 0
+    format: str = ""
+
+
+def rejects_path(out: str | Path) -> Path:
+    """`X.parquet` -> `X.rejects.jsonl`, beside the output."""
+    out = Path(out)
+    return out.with_name(f"{out.name[: -len(out.suffix)] if out.suffix else out.name}.rejects.jsonl")
+
+
+def write_rejects(rejects: Iterable[Reject], path: str | Path) -> Path:
+    """One JSON object per reject, written atomically (an empty file when there are none)."""
+    from sdpo_kit.io import write_jsonl
+
+    return write_jsonl(path, [r.to_dict() for r in rejects])
+
+
+def load_pairs(path, *, format: str | None = None, columns: dict[str, str] | None = None,
+               keep_duplicates: bool = False, strict: bool = False, limit: int | None = None) -> LoadResult:
+    """All pairs behind `path` as one canonical DataFrame (input order) plus the rejects."""
+    parts = list(iter_pairs(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
+                            strict=strict, limit=limit, batch_rows=65536))
+    frames = [p.pairs for p in parts if p.pairs.height] or [pl.DataFrame(schema=SCHEMA)]
+    pairs = pl.concat(frames, how="diagonal_relaxed")
+    rejects = [r for p in parts for r in p.rejects]
+    fmt = next((p.format for p in parts if p.format), format or "")
+    return LoadResult(pairs, rejects, sum(p.rows for p in parts), fmt)
+
+
+def iter_pairs(path, *, format: str | None = None, columns: dict[str, str] | None = None,
+               keep_duplicates: bool = False, strict: bool = False, limit: int | None = None,
+               batch_rows: int = 1024) -> Iterator[LoadResult]:
+    """Stream `path` as LoadResults of at most `batch_rows` input rows each."""
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    columns = dict(columns or {})
+    bad = sorted(set(columns) - set(CANONICAL_NAMES))
+    if bad:
+        raise ValueError(f"columns: unknown canonical names {bad}; use {', '.join(CANONICAL_NAMES)}")
+    path = Path(path)
+    # A directory's pairs share one default source: its name (shard names are not sources).
+    default_source = path.name if path.is_dir() else stem_of(path)
+    state = {"format": format, "seen": {}, "rows": 0}  # seen: pair_id -> "file:row" of its first row
+    list_files(path)  # fail early on a missing path or unsupported file
+    for chunk in iter_chunks(path, batch_rows):
+        if limit is not None and state["rows"] + len(chunk.rows) > limit:
+            chunk.rows = chunk.rows[: max(limit - state["rows"], 0)]
+        if not chunk.rows:
+            return
+        state["rows"] += len(chunk.rows)
+        yield _load_chunk(chunk, state, columns, default_source, keep_duplicates, strict)
+        if limit is not None and state["rows"] >= limit:
+            return
+
+
+def _load_chunk(chunk: Chunk, state: dict, columns: dict, default_source: str,
+                keep_duplicates: bool, strict: bool) -> LoadResult:
+    records, kept, rejects = [], [], []
+    for i, (row, value) in enumerate(chunk.rows):
+        try:
+            record = _normalise_row(value, state, columns, default_source)
+            first = state["seen"].get(record["pair_id"])
+            if first and not keep_duplicates:
+                raise RowError("duplicate", f"same pair_id {record['pair_id']} as {first}")
+        except RowError as e:
+            raw = value.raw if isinstance(value, RawError) else value
+            reject = Reject(chunk.file, row, e.reason, e.detail, _jsonable(raw))
+            if strict:
+                raise DataError(f"{chunk.file}:{row}: {e.reason}: {e.detail}") from None
+            rejects.append(reject)
+            continue
+        state["seen"].setdefault(record["pair_id"], f"{chunk.file}:{row}")
+        records.append(record)
+        kept.append(i)
+    pairs = pl.DataFrame(records, schema=SCHEMA) if records else pl.DataFrame(schema=SCHEMA)
+    extras = _extras(chunk, kept, columns, state["format"]) if kept and state["format"] else None
+    if extras is not None and extras.width:
+        pairs = pl.concat([pairs, extras], how="horizontal")
+    return LoadResult(pairs, rejects, len(chunk.rows), state["format"] or "")
+
+
+def _normalise_row(value: dict | RawError, state: dict, columns: dict, default_source: str) -> dict:
+    if isinstance(value, RawError):
+        raise RowError(value.reason, value.detail)
+    if state["format"] is None:  # the first row that shows its layout fixes it for the whole input
+        state["format"] = detect_format(value, columns)
+    prompt, chosen, rejected = normalise(value, state["format"], columns)
+    source = value.get(columns.get("source", "source"))
+    return {"pair_id": pair_id(prompt, chosen, rejected), "prompt": prompt, "chosen": chosen,
+            "rejected": rejected, "source": default_source if source is None else str(source)}
+
+
+def _extras(chunk: Chunk, kept: list[int], columns: dict, fmt: str) -> pl.DataFrame:
+    """The kept rows' other columns, untouched (arrow-backed inputs keep their dtypes)."""
+    consumed = {columns.get(n, n) for n in CONSUMED[fmt]}
+    # An extra column that is named like a canonical one (e.g. a forced format ignores it) is renamed.
+    rename = lambda c: f"{c}_input" if c in SCHEMA else c  # noqa: E731
+    if chunk.table is not None:
+        names = [c for c in chunk.table.column_names if c not in consumed]
+        table = chunk.table.select(names).take(kept)
+        return pl.from_arrow(table.rename_columns([rename(c) for c in names]))  # type: ignore[return-value]
+    rows = [{rename(k): v for k, v in chunk.rows[i][1].items() if k not in consumed} for i in kept]
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    if not names:
+        return pl.DataFrame()
+    return pl.from_dicts(rows, schema=names, infer_schema_length=None, strict=False)
+
+
+def _jsonable(raw: Any) -> Any:
+    """Raw rows go into JSONL; values JSON cannot hold (bytes, dates) become strings."""
+    return json.loads(json.dumps(raw, ensure_ascii=False, default=str))
