@@ -1,0 +1,206 @@
+"""Data cards (Hugging Face dataset-card README.md) for partitions and whole datasets, with plots.
+
+    sdpo data card ../shared/data/dpo_en_demo.json --out data_cards/dpo_en_demo
+
+A card is YAML front matter (parsed by `huggingface_hub.DatasetCard.load`), a table of
+statistics per group (a step, or a source for a whole dataset) and PNG plots under `plots/`.
+Each plot function has the signature `plot_x(data, ax, group=...) -> Axes` over a polars
+frame with a `group` column, so the report can reuse them for partition statistics.
+PNGs are written without a Software/date stamp, so the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+
+from sdpo_kit.io import atomic_path, write_text
+
+LENGTH_COLS = ("prompt", "chosen", "rejected")
+
+
+def _text_len(df: pl.DataFrame, col: str) -> pl.Expr:
+    """Characters of a column that is either a string or a list of {role, content} messages."""
+    if df.schema[col] == pl.String:
+        return pl.col(col).str.len_chars()
+    return pl.col(col).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
+
+
+def with_lengths(df: pl.DataFrame) -> tuple[pl.DataFrame, str]:
+    """`df` plus `{prompt,chosen,rejected}_len`: token counts when scored, else characters."""
+    if all(f"{c}_tokens" in df.columns for c in LENGTH_COLS):
+        return df.with_columns(pl.col(f"{c}_tokens").alias(f"{c}_len") for c in LENGTH_COLS), "tokens"
+    return df.with_columns(_text_len(df, c).cast(pl.Int64).alias(f"{c}_len") for c in LENGTH_COLS), "chars"
+
+
+def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
+    """One row per group: pairs, margins (when scored), mean lengths and the source mix."""
+    data, _ = with_lengths(data)
+    aggs = [pl.len().alias("pairs")]
+    if "margin" in data.columns:
+        aggs += [
+            pl.col("margin").mean().alias("mean_margin"),
+            pl.col("margin").median().alias("median_margin"),
+            (pl.col("margin") > 0).mean().alias("reward_accuracy"),
+        ]
+    aggs += [pl.col(f"{c}_len").mean().alias(f"mean_{c}_len") for c in LENGTH_COLS]
+    stats = data.group_by(group).agg(aggs).sort(group)
+    mix = (
+        data.group_by(group, "source").len()
+        .with_columns((pl.col("len") / pl.col("len").sum().over(group) * 100).alias("pct"))
+        .sort([group, "len", "source"], descending=[False, True, False])
+        .group_by(group, maintain_order=True)
+        .agg(pl.format("{} {}%", "source", pl.col("pct").round(0).cast(pl.Int64)).str.join(", ").alias("sources"))
+    )
+    return stats.join(mix, on=group, how="left")
+
+
+def plot_margin_hist(data: pl.DataFrame, ax, group: str = "step", column: str = "margin"):
+    """Density of `column` per group on shared bins (1st-99th percentile, so outliers do not squash it)."""
+    values = data[column].drop_nulls().drop_nans().to_numpy()
+    lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
+    for name in sorted(data[group].unique().to_list()):
+        x = data.filter(pl.col(group) == name)[column].drop_nulls().drop_nans().to_numpy()
+        ax.hist(np.clip(x, lo, hi), bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{group} {name}")
+    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"{column} (γ_ref, clipped to 1st-99th pct)" if column == "margin" else column)
+    ax.set_ylabel("density")
+    ax.set_title(f"{column} per {group}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_source_mix(data: pl.DataFrame, ax, group: str = "step"):
+    """Stacked horizontal bars: each group's share of pairs from each source."""
+    counts = data.group_by(group, "source").len().sort(group, "source")
+    groups = sorted(counts[group].unique().to_list())
+    left = np.zeros(len(groups))
+    for source in sorted(counts["source"].unique().to_list()):
+        sub = counts.filter(pl.col("source") == source)
+        n = dict(zip(sub[group].to_list(), sub["len"].to_list()))
+        totals = [counts.filter(pl.col(group) == g)["len"].sum() for g in groups]
+        share = np.array([n.get(g, 0) / t for g, t in zip(groups, totals)])
+        ax.barh([str(g) for g in groups], share, left=left, label=source)
+        left += share
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of pairs")
+    ax.set_ylabel(group)
+    ax.invert_yaxis()
+    ax.set_title(f"source mix per {group}")
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.8)
+    return ax
+
+
+def plot_lengths(data: pl.DataFrame, ax, group: str = "step"):
+    """Box plots of chosen and rejected lengths per group (tokens when scored, else characters)."""
+    data, unit = with_lengths(data)
+    groups = sorted(data[group].unique().to_list())
+    for i, (col, color) in enumerate((("chosen_len", "tab:green"), ("rejected_len", "tab:red"))):
+        xs = [data.filter(pl.col(group) == g)[col].to_numpy() for g in groups]
+        pos = np.arange(len(groups)) * 3 + i
+        box = ax.boxplot(xs, positions=pos, widths=0.8, showfliers=False, patch_artist=True)
+        for patch in box["boxes"]:
+            patch.set_facecolor(color)
+            patch.set_alpha(0.5)
+        ax.plot([], [], color=color, linewidth=6, alpha=0.5, label=col.removesuffix("_len"))
+    ax.set_xticks(np.arange(len(groups)) * 3 + 0.5, [str(g) for g in groups])
+    ax.set_xlabel(group)
+    ax.set_ylabel(f"length ({unit})")
+    ax.set_title(f"chosen / rejected length per {group}")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def save_plot(plot, data: pl.DataFrame, path: Path, **kw) -> Path:
+    """Draw one plot function into a fresh figure and write a deterministic PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    plot(data, ax, **kw)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def _markdown_table(stats: pl.DataFrame) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(stats.columns) + " |\n|" + "---|" * len(stats.columns) + "\n"
+    return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in stats.iter_rows())
+
+
+def render_card(front: dict, title: str, intro: str, sections: list[tuple[str, str]]) -> str:
+    body = "".join(f"\n## {name}\n\n{text.rstrip()}\n" for name, text in sections)
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + f"---\n\n# {title}\n\n{intro}\n{body}"
+
+
+def _plots_section(data: pl.DataFrame, out: Path, group: str, mix_group: str) -> str:
+    plots = out / "plots"
+    lines = []
+    if "margin" in data.columns:
+        save_plot(plot_margin_hist, data, plots / "margin_hist.png", group=group)
+        lines.append(f"![margin histogram per {group}](plots/margin_hist.png)")
+    save_plot(plot_source_mix, data, plots / "source_mix.png", group=mix_group)
+    save_plot(plot_lengths, data, plots / "lengths.png", group=group)
+    lines += [f"![source mix per {mix_group}](plots/source_mix.png)", f"![lengths per {group}](plots/lengths.png)"]
+    return "\n\n".join(lines)
+
+
+def _provenance(scorer: dict | None) -> str:
+    if not scorer:
+        return "Not scored: no reference model margins."
+    return "Scored by `sdpo curate score`:\n\n```json\n" + json.dumps(scorer, indent=2, sort_keys=True) + "\n```"
+
+
+def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], manifest: dict) -> Path:
+    """README.md + plots for a partitions dir (parts[t-1] = step t)."""
+    out = Path(out)
+    data = pl.concat([p.with_columns(pl.lit(t, pl.Int32).alias("step")) for t, p in enumerate(parts, 1)], how="diagonal_relaxed")
+    n_steps = len(parts)
+    front = {
+        "pretty_name": f"sDPO partitions ({manifest['strategy']}, {n_steps} steps) of {Path(manifest['input']['path']).name}",
+        "tags": ["dpo", "sdpo", "preference", "curriculum"],
+        "task_categories": ["text-generation"],
+        "size_categories": [_size_category(data.height)],
+        "configs": [{"config_name": "default", "data_files": [
+            {"split": f"step_{t}", "path": f"step_{t}.parquet"} for t in range(1, n_steps + 1)]}],
+    }
+    p = manifest["params"]
+    intro = (
+        f"{data.height} preference pairs from `{manifest['input']['path']}` (sha256 `{manifest['input']['sha256'][:16]}…`, "
+        f"{manifest['input']['rows']} rows) split into {n_steps} steps by `sdpo curate split --strategy {manifest['strategy']}` "
+        f"(difficulty column `{p['by']}`, seed {manifest['seed']}). Step 1 is trained first; step t's reference is the model "
+        f"from step t-1. {manifest['dropped']['pairs']} pairs were dropped by filters (`dropped.parquet`, column `drop_reason`)."
+    )
+    reasons = manifest["dropped"]["reasons"]
+    dropped = "\n".join(f"- `{r}`: {n}" for r, n in reasons.items()) or "None."
+    sections = [
+        ("Steps", "Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt); reward accuracy = share "
+                  "of pairs with γ_ref > 0.\n\n" + _markdown_table(group_stats(data, "step"))),
+        ("Plots", _plots_section(data, out, "step", "step")),
+        ("Dropped pairs", dropped),
+        ("Parameters", "```json\n" + json.dumps(p, indent=2) + "\n```"),
+        ("Reference model", _provenance(manifest.get("scorer"))),
+        ("Use with TRL", "```python\nfrom datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
+                         "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),
+    ]
+    return write_text(out / "README.md", render_card(front, front["pretty_name"], intro, sections))

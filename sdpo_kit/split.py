@@ -1,0 +1,302 @@
+"""Split scored pairs into T partitions, easiest first: the curation half of sDPO.
+
+    sdpo curate split scored.parquet --steps 3 --strategy easy-to-hard --out partitions/
+
+Difficulty is the reference model's margin γ_ref = log π(y_w|x) - log π(y_l|x) (column
+`margin`, or `--by` another score column such as `margin_per_token`): a large margin means the
+reference already prefers the chosen answer, so the pair is easy and goes to an early step.
+`by-source` is the paper's method (Kim et al. 2024): one partition per source, ordered by the
+reference's reward accuracy on it (share of pairs with γ_ref > 0), highest first. `random` is
+the paper's control. Every input pair lands in exactly one step or in `dropped.parquet`.
+All table work is polars; the only numpy is a permutation, a searchsorted and k-means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from sdpo_kit.io import read_parquet_metadata, write_json, write_parquet
+
+STRATEGIES = ("by-source", "easy-to-hard", "hard-to-easy", "random", "kmeans")
+# Score columns k-means clusters on (those present); standardised so no one column dominates.
+KMEANS_FEATURES = ("margin", "margin_per_token", "ref_chosen_logps_mean", "ref_rejected_logps_mean")
+SCORER_KEY, SPLIT_KEY = "sdpo_kit.scorer", "sdpo_kit.split"
+ROW = "__row"  # input position: the tie-breaker that makes every ordering deterministic
+
+
+@dataclass
+class SplitConfig:
+    """How to partition scored pairs; see the module docstring for what each strategy means."""
+
+    strategy: str = field(default="easy-to-hard", metadata={"help": f"One of {', '.join(STRATEGIES)}."})
+    steps: int | None = field(
+        default=None,
+        metadata={"help": "Number of partitions T. Default: one per source for by-source, else len(fractions) or 2."},
+    )
+    by: str = field(default="margin", metadata={"help": "Score column that measures easiness (higher = easier)."})
+    fractions: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "Share of pairs per step (easy-to-hard, hard-to-easy, random); sums to 1."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for random and kmeans."})
+    stratify: str | None = field(
+        default=None, metadata={"help": "'source': keep each step's source mix equal to the whole's."}
+    )
+    keep_easiest: float | None = field(
+        default=None, metadata={"help": "Keep only this share of pairs with the highest `by` (Selective DPO)."}
+    )
+    drop_truncated: bool = field(default=False, metadata={"help": "Drop pairs whose chosen or rejected was truncated."})
+    min_margin: float | None = field(default=None, metadata={"help": "Drop pairs whose `by` is below this."})
+    max_margin: float | None = field(default=None, metadata={"help": "Drop pairs whose `by` is above this."})
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
+        if self.fractions is not None:
+            self.fractions = tuple(float(f) for f in self.fractions)
+            if any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
+                raise ValueError(f"fractions={self.fractions}: need positive shares summing to 1")
+            if self.steps is None:
+                self.steps = len(self.fractions)
+            if len(self.fractions) != self.steps:
+                raise ValueError(f"fractions={self.fractions} has {len(self.fractions)} shares for steps={self.steps}")
+            if self.strategy in ("by-source", "kmeans"):
+                raise ValueError(f"fractions={self.fractions}: {self.strategy} sizes steps by source/cluster")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps={self.steps}: need at least 1")
+        if self.stratify not in (None, "source"):
+            raise ValueError(f"stratify={self.stratify!r}: only 'source' is supported")
+        if self.stratify and self.strategy in ("by-source", "kmeans"):
+            raise ValueError(f"stratify={self.stratify!r} makes no sense with strategy={self.strategy!r}")
+        if self.keep_easiest is not None and not 0 < self.keep_easiest <= 1:
+            raise ValueError(f"keep_easiest={self.keep_easiest}: need a share in (0, 1]")
+        if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:
+            raise ValueError(f"min_margin={self.min_margin} > max_margin={self.max_margin}")
+
+
+def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kept, dropped): dropped carries `drop_reason`, the first filter that removed the pair."""
+    score = pl.col(cfg.by)
+    reason = pl.when(score.is_null() | score.is_nan()).then(pl.lit("missing_score"))
+    if cfg.drop_truncated:
+        reason = reason.when(pl.col("chosen_truncated") | pl.col("rejected_truncated")).then(pl.lit("truncated"))
+    if cfg.min_margin is not None:
+        reason = reason.when(score < cfg.min_margin).then(pl.lit(f"below_min_{cfg.by}"))
+    if cfg.max_margin is not None:
+        reason = reason.when(score > cfg.max_margin).then(pl.lit(f"above_max_{cfg.by}"))
+    df = df.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias("drop_reason"))
+    if cfg.keep_easiest is not None:
+        # Rank the survivors by easiness; input order breaks ties so the cut is deterministic.
+        alive = df.filter(pl.col("drop_reason").is_null()).sort([cfg.by, ROW], descending=[True, False])
+        n_keep = round(cfg.keep_easiest * alive.height)
+        cut = alive[n_keep:].select(ROW)
+        df = df.with_columns(
+            pl.when(pl.col(ROW).is_in(cut[ROW].implode()) & pl.col("drop_reason").is_null())
+            .then(pl.lit("not_easiest"))
+            .otherwise(pl.col("drop_reason"))
+            .alias("drop_reason")
+        )
+    kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
+    return kept, df.filter(pl.col("drop_reason").is_not_null())
+
+
+def source_order(df: pl.DataFrame) -> pl.DataFrame:
+    """Per source: pairs, reward accuracy (share with γ_ref > 0) and mean margin, highest accuracy first."""
+    return (
+        df.group_by("source")
+        .agg(
+            pl.len().alias("pairs"),
+            (pl.col("margin") > 0).mean().alias("reward_accuracy"),
+            pl.col("margin").mean().alias("mean_margin"),
+        )
+        .sort(["reward_accuracy", "mean_margin", "source"], descending=[True, True, False])
+    )
+
+
+def step_sizes(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Pairs per step: cumulative rounding, so sizes sum to n exactly."""
+    bounds = [round(n * c) for c in np.cumsum(fractions)]
+    bounds[-1] = n
+    return list(np.diff([0, *bounds]).tolist())
+
+
+def _chunk(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
+    """Give the first sizes[0] rows step 1, the next sizes[1] step 2, ... (ordered is in step order)."""
+    if min(sizes) == 0:
+        raise ValueError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
+    pos = np.arange(ordered.height)
+    step = np.searchsorted(np.cumsum(sizes), pos, side="right") + 1
+    return ordered.with_columns(pl.Series("step", step, dtype=pl.Int32))
+
+
+def _stratified(ordered: pl.DataFrame) -> pl.DataFrame:
+    """Interleave sources so any contiguous run holds each source in proportion.
+
+    A pair at rank r of n_s within its source sits at (r + 0.5) / n_s; sorting everyone by that
+    position (Sainte-Laguë interleaving) keeps each source's order and spreads it evenly.
+    """
+    pos = (pl.int_range(pl.len()).over("source") + 0.5) / pl.len().over("source")
+    return ordered.with_columns(pos.alias("__pos")).sort(["__pos", "source"], maintain_order=True).drop("__pos")
+
+
+def _by_source(df: pl.DataFrame, steps: int) -> pl.DataFrame:
+    order = source_order(df)["source"].to_list()
+    if steps > len(order):
+        raise ValueError(f"by-source: steps={steps} but only {len(order)} sources ({', '.join(order)})")
+    # Neighbouring sources in accuracy order share a step when there are fewer steps than sources.
+    groups = np.array_split(np.arange(len(order)), steps)
+    mapping = pl.DataFrame(
+        {"source": order, "step": np.concatenate([[i + 1] * len(g) for i, g in enumerate(groups)])},
+        schema={"source": pl.String, "step": pl.Int32},
+    )
+    return df.join(mapping, on="source", how="left")
+
+
+def _kmeans(df: pl.DataFrame, cfg: SplitConfig, steps: int) -> pl.DataFrame:
+    from sklearn.cluster import KMeans
+
+    cols = list(dict.fromkeys([cfg.by, *[c for c in KMEANS_FEATURES if c in df.columns]]))
+    cols = [c for c in cols if df[c].null_count() == 0 and not df[c].is_nan().any()]
+    x = df.select(cols).to_numpy().astype(np.float64)
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
+    labels = KMeans(n_clusters=steps, n_init=10, random_state=cfg.seed).fit_predict(x)
+    df = df.with_columns(pl.Series("__cluster", labels, dtype=pl.Int32))
+    # Clusters become steps in order of mean easiness, easiest first.
+    rank = (
+        df.group_by("__cluster")
+        .agg(pl.col(cfg.by).mean().alias("__mean"))
+        .sort(["__mean", "__cluster"], descending=[True, False])
+        .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("step"))
+    )
+    return df.join(rank.select("__cluster", "step"), on="__cluster", how="left").drop("__cluster")
+
+
+def resolve_steps(df: pl.DataFrame, cfg: SplitConfig) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    return df["source"].n_unique() if cfg.strategy == "by-source" else 2
+
+
+def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
+    """`df` (with ROW) plus an Int32 `step` column in 1..T, back in input order."""
+    steps = resolve_steps(df, cfg)
+    if df.height < steps:
+        raise ValueError(f"{df.height} pairs left after filtering cannot fill steps={steps}")
+    if cfg.strategy == "by-source":
+        out = _by_source(df, steps)
+    elif cfg.strategy == "kmeans":
+        out = _kmeans(df, cfg, steps)
+    else:
+        if cfg.strategy == "random":
+            perm = np.random.default_rng(cfg.seed).permutation(df.height)
+            ordered = df.with_columns(pl.Series("__key", perm)).sort("__key").drop("__key")
+        else:
+            ordered = df.sort([cfg.by, ROW], descending=[cfg.strategy == "easy-to-hard", False])
+        if cfg.stratify == "source":
+            ordered = _stratified(ordered)
+        out = _chunk(ordered, step_sizes(df.height, cfg.fractions or (1 / steps,) * steps))
+    return out.sort(ROW)
+
+
+def _step_entry(part: pl.DataFrame, step: int) -> dict:
+    margin = part["margin"]
+    sources = part["source"].value_counts().sort(["count", "source"], descending=[True, False])
+    return {
+        "step": step,
+        "file": f"step_{step}.parquet",
+        "pairs": part.height,
+        "mean_margin": round(float(margin.mean()), 6),
+        "median_margin": round(float(margin.median()), 6),
+        "reward_accuracy": round(float((margin > 0).mean()), 6),
+        "sources": dict(zip(sources["source"].to_list(), sources["count"].to_list())),
+    }
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_scored(path: str | os.PathLike, by: str = "margin") -> tuple[pl.DataFrame, dict | None]:
+    """The scored frame and the scorer's provenance; a clear error when score columns are missing."""
+    df = pl.read_parquet(path)
+    missing = [c for c in dict.fromkeys(["prompt", "chosen", "rejected", "source", "margin", by]) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; run `sdpo curate score` on it first")
+    raw = read_parquet_metadata(path).get(SCORER_KEY)
+    return df, (json.loads(raw) if raw else None)
+
+
+def split_frame(df: pl.DataFrame, cfg: SplitConfig) -> tuple[list[pl.DataFrame], pl.DataFrame]:
+    """The library core: (parts, dropped); parts[t-1] is step t, all rows in input order."""
+    df = df.with_row_index(ROW)
+    kept, dropped = filter_pairs(df, cfg)
+    assigned = assign_steps(kept, cfg)
+    steps = resolve_steps(kept, cfg)
+    parts = [assigned.filter(pl.col("step") == t).drop(ROW, "step") for t in range(1, steps + 1)]
+    return parts, dropped.drop(ROW)
+
+
+def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig, overwrite: bool = False) -> dict:
+    """Split a scored parquet into `out/` (steps, dropped, manifest, card, plots); returns the manifest."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    df, scorer = read_scored(path, cfg.by)
+    parts, dropped = split_frame(df, cfg)
+    params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    params["steps"] = len(parts)
+    params["fractions"] = list(cfg.fractions) if cfg.fractions else None
+    if cfg.strategy == "by-source":
+        params["source_order"] = source_order(pl.concat(parts)).to_dicts()
+    reasons = dropped["drop_reason"].value_counts().sort("drop_reason")
+    manifest = {
+        "strategy": cfg.strategy,
+        "params": params,
+        "seed": cfg.seed,
+        "steps": [_step_entry(p, t + 1) for t, p in enumerate(parts)],
+        "dropped": {"file": "dropped.parquet", "pairs": dropped.height,
+                    "reasons": dict(zip(reasons["drop_reason"].to_list(), reasons["count"].to_list()))},
+        "input": {"path": str(path), "sha256": file_sha256(path), "rows": df.height},
+        "scorer": scorer,
+    }
+    meta = {SPLIT_KEY: json.dumps({"strategy": cfg.strategy, "params": params, "seed": cfg.seed}, sort_keys=True)}
+    if scorer is not None:
+        meta[SCORER_KEY] = json.dumps(scorer, sort_keys=True)
+    _write_outputs(out, parts, dropped, manifest, meta)
+    return manifest
+
+
+def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict) -> None:
+    """Write everything into a sibling temp dir, then swap it in: a crash leaves `out` untouched."""
+    from sdpo_kit.card import write_partition_card
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for t, part in enumerate(parts, start=1):
+            write_parquet(tmp / f"step_{t}.parquet", part, metadata={**meta, "sdpo_kit.step": str(t)})
+        write_parquet(tmp / "dropped.parquet", dropped, metadata=meta)
+        write_json(tmp / "manifest.json", manifest)
+        write_partition_card(tmp, parts, manifest)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
