@@ -1,8 +1,88 @@
-"""`sdpo data inspect` (issue 2: the data layer owns this file)."""
+"""`sdpo data inspect`: what is in a preference file, and what would be rejected and why.
+
+    sdpo data inspect ../shared/data/alpaca_eval_pairs.parquet --json
+
+Thin layer over `sdpo_kit.data.stats.inspect_data`; the tokenizer loads only with --model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
 
 import typer
 
+FORMAT_HELP = "Force the format: trl-standard, trl-conversational, sharegpt or hh (default: auto-detect)."
 
-def inspect(path: str = typer.Argument(..., help="Preference data file or directory.")) -> None:
-    """Detected format, rows, valid pairs and rejects per reason."""
-    raise typer.Exit("not implemented yet")
+
+def column_map(prompt_col, chosen_col, rejected_col, source_col, conversations_col) -> dict[str, str]:
+    """The --*-col flags as `load_pairs(columns=...)` (canonical name -> the file's column)."""
+    flags = {"prompt": prompt_col, "chosen": chosen_col, "rejected": rejected_col, "source": source_col,
+             "conversations": conversations_col}
+    return {k: v for k, v in flags.items() if v}
+
+
+def inspect(
+    path: str = typer.Argument(..., help="Preference data: file (.jsonl/.json/.parquet/.csv[.gz]) or directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="Also count tokens with this model's tokenizer ('default' or a local dir)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+    prompt_col: Optional[str] = typer.Option(None, "--prompt-col", help="Column holding the prompt."),
+    chosen_col: Optional[str] = typer.Option(None, "--chosen-col", help="Column holding the chosen answer."),
+    rejected_col: Optional[str] = typer.Option(None, "--rejected-col", help="Column holding the rejected answer."),
+    source_col: Optional[str] = typer.Option(None, "--source-col", help="Column naming each pair's source."),
+    conversations_col: Optional[str] = typer.Option(None, "--conversations-col", help="ShareGPT conversations column."),
+    keep_duplicates: bool = typer.Option(False, "--keep-duplicates", help="Count duplicate pairs as valid."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row with file:row: problem."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Read only the first N rows."),
+    rejects: Optional[str] = typer.Option(None, "--rejects", help="Write the rejects (JSONL) to this file."),
+) -> None:
+    """Detected format, rows, valid pairs, rejects per reason, source mix and lengths."""
+    from sdpo_kit.data import DataError, write_rejects
+    from sdpo_kit.data.stats import inspect_data
+
+    tokenizer = None
+    if model:
+        from sdpo_kit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    columns = column_map(prompt_col, chosen_col, rejected_col, source_col, conversations_col)
+    try:
+        summary, bad = inspect_data(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
+                                    strict=strict, limit=limit, tokenizer=tokenizer)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if rejects:
+        summary["rejects_file"] = str(write_rejects(bad, rejects))
+    if as_json:
+        typer.echo(json.dumps(summary, ensure_ascii=False))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{s['path']}[/]  format [cyan]{s['format']}[/]")
+    console.print(f"rows {s['rows']:,}  valid [green]{s['valid']:,}[/]  rejected [red]{s['rejected']:,}[/]")
+    if s["reasons"]:
+        table = Table("reason", "rows", "first example", title="Rejects")
+        for reason, n in s["reasons"].items():
+            table.add_row(reason, f"{n:,}", s["examples"][reason][:100])
+        console.print(table)
+    if s["sources"]:
+        table = Table("source", "pairs", "share", title="Sources")
+        for name, n in s["sources"].items():
+            table.add_row(name, f"{n:,}", f"{n / s['valid']:.1%}")
+        console.print(table)
+    for unit in ("chars", "tokens"):
+        if s.get(unit):
+            table = Table("", "mean", "p50", "p95", "min", "max", title=f"Lengths ({unit})")
+            for side, st in s[unit].items():
+                table.add_row(side, *(f"{st[k]:,.0f}" for k in ("mean", "p50", "p95", "min", "max")))
+            console.print(table)
+    if s.get("rejects_file"):
+        console.print(f"rejects written to {s['rejects_file']}")
