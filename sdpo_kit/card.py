@@ -11,9 +11,13 @@ PNGs are written without a Software/date stamp, so the same data gives the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -22,6 +26,30 @@ import yaml
 from sdpo_kit.io import atomic_path, write_text
 
 LENGTH_COLS = ("prompt", "chosen", "rejected")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a sibling temp dir; swap it onto `out` only if the block succeeds.
+
+    A non-empty `out` is refused unless `overwrite`, and a crash leaves `out` untouched."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _text_len(df: pl.DataFrame, col: str) -> pl.Expr:
@@ -40,7 +68,7 @@ def with_lengths(df: pl.DataFrame) -> tuple[pl.DataFrame, str]:
 
 def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
     """One row per group: pairs, margins (when scored), mean lengths and the source mix."""
-    data, _ = with_lengths(data)
+    data, unit = with_lengths(data)
     aggs = [pl.len().alias("pairs")]
     if "margin" in data.columns:
         aggs += [
@@ -48,8 +76,10 @@ def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
             pl.col("margin").median().alias("median_margin"),
             (pl.col("margin") > 0).mean().alias("reward_accuracy"),
         ]
-    aggs += [pl.col(f"{c}_len").mean().alias(f"mean_{c}_len") for c in LENGTH_COLS]
+    aggs += [pl.col(f"{c}_len").mean().alias(f"mean_{c}_{unit}") for c in LENGTH_COLS]
     stats = data.group_by(group).agg(aggs).sort(group)
+    if group == "source":
+        return stats
     mix = (
         data.group_by(group, "source").len()
         .with_columns((pl.col("len") / pl.col("len").sum().over(group) * 100).alias("pct"))
@@ -204,3 +234,83 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
                          "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),
     ]
     return write_text(out / "README.md", render_card(front, front["pretty_name"], intro, sections))
+
+
+def _reject_counts(rejects) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejects:  # one entry per bad input row, not per pair: a short loop
+        reason = r["reason"] if isinstance(r, dict) else r.reason
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int | None, max_length: int | None,
+                  seed: int) -> tuple[pl.DataFrame, dict[str, int], int, dict | None]:
+    """(pairs, rejects per reason, input rows, scorer provenance) for a dataset card."""
+    from sdpo_kit.io import read_parquet_metadata
+
+    path = Path(data)
+    if path.suffix == ".parquet" and "margin" in pl.read_parquet_schema(path):
+        # Already scored: its rejects file (if any) sits beside it.
+        pairs = pl.read_parquet(path)
+        rej = path.with_name(path.name.removesuffix(".parquet") + ".rejects.jsonl")
+        rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
+        raw = read_parquet_metadata(path).get("sdpo_kit.scorer")
+        return pairs, _reject_counts(rejects), pairs.height + len(rejects), json.loads(raw) if raw else None
+    from sdpo_kit.data import load_pairs
+
+    loaded = load_pairs(path)
+    pairs, rejects, scorer = loaded.pairs, list(loaded.rejects), None
+    if scored:
+        pairs, more, scorer = _score(pairs, model, sample, max_length, seed)
+        rejects += more
+    return pairs, _reject_counts(rejects), loaded.rows, scorer
+
+
+def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int | None, seed: int):
+    from sdpo_kit.models import load_model
+    from sdpo_kit.score import ScoreConfig, score_frame
+
+    total = pairs.height
+    if sample is not None and sample < total:
+        # A seeded sample, kept in input order so the card is reproducible.
+        pairs = pairs.with_row_index("__i").sample(sample, seed=seed).sort("__i").drop("__i")
+    cfg = ScoreConfig(**({"max_length": max_length} if max_length else {}))
+    m, tok = load_model(model)
+    scored, rejects = score_frame(pairs, m, tok, cfg)
+    from dataclasses import asdict
+
+    scorer = {"model": str(model), "config": asdict(cfg), "scored_pairs": pairs.height, "of_pairs": total,
+              "sample_seed": seed if pairs.height < total else None}
+    return scored, list(rejects), scorer
+
+
+def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",
+                       sample: int | None = None, max_length: int | None = None, seed: int = 0,
+                       overwrite: bool = False) -> Path:
+    """README.md + plots for a whole dataset, grouped by source; margins when scored."""
+    pairs, rejects, rows, scorer = load_for_card(data, scored, model, sample, max_length, seed)
+    if pairs.height == 0:
+        raise ValueError(f"{data}: no valid pairs to describe (rejects: {rejects})")
+    name = Path(data).name
+    front = {"pretty_name": f"Preference pairs: {name}", "tags": ["dpo", "preference"],
+             "task_categories": ["text-generation"], "size_categories": [_size_category(pairs.height)]}
+    is_scored = "margin" in pairs.columns
+    subset = ""
+    if scorer and scorer.get("of_pairs") and scorer["scored_pairs"] < scorer["of_pairs"]:
+        subset = (f" Margins come from a seeded random subset of {scorer['scored_pairs']} of the "
+                  f"{scorer['of_pairs']} valid pairs (seed {scorer['sample_seed']}); the table and plots describe that subset.")
+    intro = (f"`{data}`: {rows} input rows, {pairs.height} pairs described here, {sum(rejects.values())} rejected rows. "
+             + ("Scored with a reference model: margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt)." + subset
+                if is_scored else "Not scored: lengths and source mix only (`sdpo data card --scored` adds margins)."))
+    data_all = pairs.with_columns(pl.lit("all").alias("dataset"))
+    with atomic_dir(out, overwrite) as tmp:
+        sections = [
+            ("Per source", _markdown_table(group_stats(data_all, "source"))),
+            ("Whole dataset", _markdown_table(group_stats(data_all, "dataset"))),
+            ("Plots", _plots_section(data_all, tmp, "source", "dataset")),
+            ("Rejected rows", "\n".join(f"- `{r}`: {n}" for r, n in rejects.items()) or "None."),
+            ("Reference model", _provenance(scorer)),
+        ]
+        write_text(tmp / "README.md", render_card(front, front["pretty_name"], intro, sections))
+    return Path(out) / "README.md"

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -274,29 +272,17 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
     meta = {SPLIT_KEY: json.dumps({"strategy": cfg.strategy, "params": params, "seed": cfg.seed}, sort_keys=True)}
     if scorer is not None:
         meta[SCORER_KEY] = json.dumps(scorer, sort_keys=True)
-    _write_outputs(out, parts, dropped, manifest, meta)
+    _write_outputs(out, parts, dropped, manifest, meta, overwrite)
     return manifest
 
 
-def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict) -> None:
+def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict, overwrite: bool) -> None:
     """Write everything into a sibling temp dir, then swap it in: a crash leaves `out` untouched."""
-    from sdpo_kit.card import write_partition_card
+    from sdpo_kit.card import atomic_dir, write_partition_card
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite) as tmp:
         for t, part in enumerate(parts, start=1):
             write_parquet(tmp / f"step_{t}.parquet", part, metadata={**meta, "sdpo_kit.step": str(t)})
         write_parquet(tmp / "dropped.parquet", dropped, metadata=meta)
         write_json(tmp / "manifest.json", manifest)
         write_partition_card(tmp, parts, manifest)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
