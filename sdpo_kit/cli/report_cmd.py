@@ -1,13 +1,57 @@
-"""`sdpo eval` and `sdpo report` (issue 6: the report owns this file)."""
+"""`sdpo eval` and `sdpo report` (issue 6).
+
+    sdpo eval --run runs/sdpo --data ../shared/data/alpaca_eval_pairs.parquet --limit 64
+    sdpo report runs/sdpo runs/dpo --out report/
+"""
+
+from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
 
-def evaluate(run: str = typer.Option(..., "--run", help="Run directory.")) -> None:
-    """Evaluate S and every M_t on held-out pairs."""
-    raise typer.Exit("not implemented yet")
+def evaluate(
+    run: str = typer.Option(..., "--run", help="Run directory written by `sdpo train`."),
+    data: str = typer.Option(..., "--data", help="Held-out preference pairs (any format the data layer reads)."),
+    models: str = typer.Option("all", "--models", help="all | last (S, M_{T-1}, M_T) | comma list, e.g. S,M2."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N held-out pairs."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Scorer max_length (tokens)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/eval)."),
+) -> None:
+    """Score S and every M_t on held-out pairs: accuracy, mean γ, reward margins vs S and vs M_{t-1}."""
+    from sdpo_kit.evaluate import EvalConfig
+    from sdpo_kit.evaluate import evaluate as run_eval
+
+    try:
+        cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length, dtype=dtype, out=out)
+        result = run_eval(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"held-out pairs: {result['data']['pairs']} (rejected {result['data']['rejected']})")
+    for m in result["models"]:
+        typer.echo(f"  {m['name']:>4}: preference accuracy {m['accuracy']:.3f}  mean γ {m['mean_margin']:+.3f}")
+    for c in result["comparisons"]:
+        typer.echo(f"  {c['policy']:>4} vs {c['reference']:<4}: reward margin {c['reward_margin_mean']:+.4f}"
+                   f"  reward accuracy {c['reward_accuracy']:.3f}")
+    typer.echo(f"wrote {cfg.out}/eval.json")
 
 
-def report(runs: list[str] = typer.Argument(..., help="Run directories.")) -> None:
-    """Write a self-contained HTML report."""
-    raise typer.Exit("not implemented yet")
+def report(
+    runs: list[str] = typer.Argument(..., help="Run directories (several runs are compared)."),
+    out: str = typer.Option("report", "--out", help="Output folder for report.html, PNGs, summary.md."),
+    signal: str = typer.Option("judge_confidence", "--signal",
+                               help="Held-out column used as an external difficulty signal when present."),
+) -> None:
+    """Write one self-contained HTML report (images inline) plus PNGs, figures.json and summary.md."""
+    from sdpo_kit.report import write_report
+
+    try:
+        paths = write_report(runs, out, signal=signal)
+    except (FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"report: {paths['html']}")
+    typer.echo(f"summary: {paths['summary']}")

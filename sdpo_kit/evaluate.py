@@ -1,0 +1,196 @@
+"""`sdpo eval`: score S and every M_t of a run on held-out pairs and summarise them.
+
+    sdpo eval --run runs/sdpo --data ../shared/data/alpaca_eval_pairs.parquet --limit 64
+
+For each model π (S = the run's base model, M_t = the model after step t) the curation scorer
+gives γ_π = log π(y_w|x) − log π(y_l|x) on every held-out pair. From those numbers alone:
+
+- preference accuracy of π = share of pairs with γ_π > 0, and mean γ_π (per source too);
+- implicit reward margin of M_t against a reference R = β·(γ_{M_t} − γ_R), which equals the
+  scorer's `--policy M_t --reference R` margin β·[(πP_w−πR_w)−(πP_l−πR_l)]; R = S and R = M_{t-1};
+- mean γ of each step's reference (S, M1, ...): γ of M_{t-1} is the reference of step t.
+
+Writes `RUN/eval/`: `models/NAME.parquet` (the scorer's columns without the messages; cached:
+reused when the model fingerprint, the held-out pairs and the scoring settings match),
+`scores.parquet` (one row per pair kept by every model: pair_id, source, the held-out data's
+scalar columns, `gamma_NAME` per model, `reward_margin_P_vs_R` per comparison),
+`rejects.jsonl` (held-out rows dropped, with reasons) and `eval.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdpo_kit.io import read_json, read_parquet_metadata, write_json, write_jsonl, write_parquet
+
+META_KEY = "sdpo_kit.eval"
+MESSAGE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class EvalConfig:
+    run: str = field(metadata={"help": "Run directory written by `sdpo train` (holds run.json)."})
+    data: str = field(metadata={"help": "Held-out preference pairs, any format the data layer reads."})
+    models: str = field(default="all", metadata={
+        "help": "`all` (S and every M_t), `last` (S, M_{T-1} and M_T) or a comma list such as `S,M2`."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N held-out pairs."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "Scorer max_length in tokens; default: the scorer's default (TRL's)."})
+    dtype: str = field(default="float32", metadata={"help": "Dtype the models are loaded and scored in."})
+    out: str | None = field(default=None, metadata={"help": "Output folder; default RUN/eval."})
+
+    def __post_init__(self):
+        if not (Path(self.run) / "run.json").is_file():
+            raise FileNotFoundError(f"--run {self.run}: no run.json there; pass a directory written by `sdpo train`.")
+        if not Path(self.data).exists():
+            raise FileNotFoundError(f"--data {self.data}: no such file or folder.")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}.")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
+        self.out = self.out or str(Path(self.run) / "eval")
+
+
+def run_models(run_dir: str | Path) -> tuple[list[dict], dict]:
+    """[{name, step, path, fingerprint}] for S, M1, ..., M_T of a run directory, and run.json."""
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "run.json")
+    models = [{"name": "S", "step": 0, "path": meta["base_model"], "fingerprint": meta.get("base_fingerprint")}]
+    for s in sorted(meta.get("steps", []), key=lambda s: s["step"]):
+        path = run_dir / s["dir"] / "model"
+        if s.get("status", "done") == "done" and (path / "config.json").is_file():
+            models.append({"name": f"M{s['step']}", "step": s["step"], "path": str(path),
+                           "fingerprint": s.get("model_fingerprint")})
+    return models, meta
+
+
+def select_models(models: list[dict], spec: str) -> list[dict]:
+    """Apply `--models`: all | last | comma list of names (S, M1, ...); order stays S, M1, ..."""
+    if spec == "all":
+        return models
+    names = {m["name"] for m in models}
+    wanted = {"S", models[-1]["name"], models[max(len(models) - 2, 0)]["name"]} if spec == "last" else {
+        n.strip() for n in spec.split(",") if n.strip()}
+    unknown = sorted(wanted - names)
+    if unknown:
+        raise ValueError(f"--models {spec!r}: unknown model(s) {unknown}; this run has {[m['name'] for m in models]}.")
+    return [m for m in models if m["name"] in wanted]
+
+
+def data_key(pairs) -> str:
+    """16 hex over the held-out pair ids in order: the cache key of the data."""
+    return hashlib.sha256("\n".join(pairs["pair_id"].to_list()).encode()).hexdigest()[:16]
+
+
+def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, list[dict]]:
+    """The scorer's frame of one model on `pairs` (no message columns), read from cache when valid."""
+    import polars as pl
+
+    path = out / "models" / f"{model['name']}.parquet"
+    key = {"data": data_key(pairs), "max_length": cfg.max_length, "dtype": cfg.dtype}
+    if model["fingerprint"] and path.is_file():
+        cached = json.loads(read_parquet_metadata(path).get(META_KEY, "{}"))
+        if cached.get("fingerprint") == model["fingerprint"] and cached.get("key") == key:
+            print(f"[sdpo eval] {model['name']}: cached ({path})")
+            return pl.read_parquet(path), cached.get("rejects", [])
+    from sdpo_kit.models import load_model, model_fingerprint
+    from sdpo_kit.score import ScoreConfig, score_frame
+
+    lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
+    model["fingerprint"] = model["fingerprint"] or model_fingerprint(lm)
+    print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
+    score_kwargs = {"dtype": cfg.dtype} | ({"max_length": cfg.max_length} if cfg.max_length else {})
+    scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(**score_kwargs))
+    scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
+    rejects = [dict(r) for r in rejects]
+    meta = {"name": model["name"], "path": str(model["path"]), "fingerprint": model["fingerprint"], "key": key,
+            "rejects": rejects}
+    write_parquet(path, scored, metadata={META_KEY: json.dumps(meta, default=str)})
+    return scored, rejects
+
+
+def gamma_table(pairs, scored: dict[str, Any]):
+    """One row per pair every model kept: pair_id, source, the data's scalar columns, gamma_NAME."""
+    import polars as pl
+
+    scalar = [c for c, t in pairs.schema.items() if c not in MESSAGE_COLUMNS and not isinstance(t, (pl.List, pl.Struct))]
+    table = pairs.select(scalar)
+    for name, df in scored.items():
+        table = table.join(df.select("pair_id", pl.col("margin").alias(f"gamma_{name}")), on="pair_id", how="inner")
+    return table
+
+
+def _stats(x) -> dict[str, float]:
+    """pairs, share > 0, mean and standard error of the mean of a float Series."""
+    n = x.len()
+    return {"pairs": n, "accuracy": float((x > 0).mean()) if n else float("nan"),
+            "mean_margin": float(x.mean()) if n else float("nan"),
+            "sem": float(x.std() / n**0.5) if n > 1 else 0.0}
+
+
+def _grouped(table, column: str) -> dict[str, dict]:
+    return {src: _stats(g[column]) for (src,), g in sorted(table.group_by("source"), key=lambda kv: str(kv[0][0]))}
+
+
+def summarize(table, names: list[str], beta: float) -> dict[str, Any]:
+    """Every number of eval.json from the gamma table (columns gamma_S, gamma_M1, ...).
+
+    Adds reward_margin_P_vs_R = β·(γ_P − γ_R) columns to `table` for M_t vs S and vs M_{t-1}.
+    """
+    import polars as pl
+
+    models = [{"name": n, **_stats(table[f"gamma_{n}"]), "per_source": _grouped(table, f"gamma_{n}")} for n in names]
+    comparisons = []
+    for n in names[1:]:
+        t = int(n[1:])
+        # M1's previous model is S itself: one comparison, not two identical ones.
+        for ref, against in [("S", "S")] + ([(f"M{t - 1}", "previous")] if t > 1 else []):
+            if ref not in names:
+                continue
+            col = f"reward_margin_{n}_vs_{ref}"
+            table = table.with_columns((beta * (pl.col(f"gamma_{n}") - pl.col(f"gamma_{ref}"))).alias(col))
+            s = _stats(table[col])
+            comparisons.append({"policy": n, "reference": ref, "against": against, "pairs": s["pairs"],
+                                "reward_margin_mean": s["mean_margin"], "reward_accuracy": s["accuracy"],
+                                "sem": s["sem"], "per_source": {
+                                    k: {"pairs": v["pairs"], "reward_margin_mean": v["mean_margin"],
+                                        "reward_accuracy": v["accuracy"]} for k, v in _grouped(table, col).items()}})
+    # M_{t-1} is the reference of step t (S of step 1); the last model would be step T+1's.
+    refs = [{"step": (0 if n == "S" else int(n[1:])) + 1, "reference": n, "mean_margin": m["mean_margin"]}
+            for n, m in zip(names, models)]
+    return {"models": models, "comparisons": comparisons, "reference_margins": refs, "table": table}
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
+    from sdpo_kit.data import load_pairs
+
+    out = Path(cfg.out)
+    models, meta = run_models(cfg.run)
+    models = select_models(models, cfg.models)
+    loaded = load_pairs(cfg.data)
+    pairs = loaded.pairs.head(cfg.limit) if cfg.limit else loaded.pairs
+    if pairs.height == 0:
+        raise ValueError(f"{cfg.data}: no valid pairs to evaluate on ({len(loaded.rejects)} rejected rows).")
+    rejects = [dict(r) for r in loaded.rejects]
+    scored = {}
+    for m in models:
+        scored[m["name"]], model_rejects = score_model(m, pairs, cfg, out)
+        rejects += [{"model": m["name"], **r} for r in model_rejects]
+    names = [m["name"] for m in models]
+    result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)))
+    table = result.pop("table")
+    for m, stats in zip(models, result["models"]):
+        stats.update(step=m["step"], path=str(m["path"]), fingerprint=m["fingerprint"],
+                     scores=f"models/{m['name']}.parquet")
+    result = {"run": str(cfg.run), "beta": float(meta.get("beta", 0.1)), "config": asdict(cfg),
+              "data": {"path": str(cfg.data), "pairs": table.height, "loaded": pairs.height,
+                       "rejected": len(rejects), "key": data_key(pairs)}, **result}
+    write_parquet(out / "scores.parquet", table)
+    write_jsonl(out / "rejects.jsonl", rejects)
+    write_json(out / "eval.json", result)
+    return result

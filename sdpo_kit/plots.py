@@ -1,0 +1,248 @@
+"""Plot functions of the sDPO report: each takes plain data and an Axes and returns the Axes.
+
+    python -c "import matplotlib.pyplot as plt; from sdpo_kit.plots import plot_reference_margins; \
+plot_reference_margins([{'name': 'S', 'mean_margin': -3.0, 'sem': 0.4}], plt.gca()); plt.savefig('g.png')"
+
+Reuse them in a notebook with whatever data you have; `sdpo report` feeds them from the run
+directory (see `sdpo_kit/report.py` for where each input comes from). `axes_series(ax)` reads
+back what an Axes shows (lines, bars, points), which is how the report's `figures.json` and the
+tests check the plotted series rather than the pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+# One colour per training step (step 1 = first colour), the same in every figure.
+STEP_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
+STYLE = {
+    "figure.dpi": 110,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.labelsize": 10,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+}
+
+
+def step_color(step: int) -> str:
+    return STEP_COLORS[(step - 1) % len(STEP_COLORS)]
+
+
+def _training_points(log_history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(optimizer step, value) of every training log entry that carries `key`."""
+    rows = [r for r in log_history if key in r and "step" in r]
+    return [float(r["step"]) for r in rows], [float(r[key]) for r in rows]
+
+
+def plot_reward_margin_timeline(steps: list[dict], ax):
+    """Mean implicit reward margin while training, the steps laid end to end on one time axis.
+
+    `steps`: [{"step": t, "log_history": TRL's log_history}], in step order. Step t's curve
+    starts where step t-1 ended, so the x axis counts optimizer steps of the whole run; dashed
+    lines mark the step boundaries. The margin of each step is measured against its own
+    reference (M_{t-1}), so each curve starts near 0.
+    """
+    offset = 0.0
+    for s in steps:
+        x, y = _training_points(s["log_history"], "rewards/margins")
+        if not x:
+            continue
+        color = step_color(s["step"])
+        ax.plot([offset + v for v in x], y, marker="o", ms=3, color=color, label=f"step {s['step']}")
+        end = offset + max(x)
+        ax.axvline(end, color="0.6", ls="--", lw=0.8)
+        offset = end
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step (whole run)")
+    ax.set_ylabel("reward margin β·(γ_θ − γ_ref) [nats]")
+    ax.set_title("Reward margin over training (vs each step's reference)")
+    ax.legend(loc="best")
+    return ax
+
+
+def plot_end_of_step(summaries: list[dict], ax, key: str = "reward_margin_end"):
+    """One bar per step: the value of `key` in each step's summary.json at the end of the step."""
+    steps = [s["step"] for s in summaries if s.get(key) is not None]
+    values = [float(s[key]) for s in summaries if s.get(key) is not None]
+    bars = ax.bar([f"step {t}" for t in steps], values, color=[step_color(t) for t in steps], label=key)
+    ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_ylabel("reward margin at end of step [nats]")
+    ax.set_title("End-of-step reward margin per step")
+    ax.grid(axis="x", visible=False)
+    return ax
+
+
+def _plot_per_step(steps: list[dict], ax, key: str):
+    for s in steps:
+        x, y = _training_points(s["log_history"], key)
+        if x:
+            ax.plot(x, y, marker="o", ms=3, color=step_color(s["step"]), label=f"step {s['step']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step (within the step)")
+    ax.legend(loc="best")
+    return ax
+
+
+def plot_loss_per_step(steps: list[dict], ax):
+    """DPO loss of every step overlaid on the step-local time axis (the paper's Figure 3).
+
+    `steps` as in `plot_reward_margin_timeline`. ln 2 (a policy equal to its reference) is drawn
+    as a dotted line: every step should start there.
+    """
+    _plot_per_step(steps, ax, "loss")
+    ax.axhline(math.log(2), color="0.4", ls=":", lw=1, label="ln 2")
+    ax.set_ylabel("DPO loss [nats]")
+    ax.set_title("DPO loss per step, overlaid")
+    ax.legend(loc="best")
+    return ax
+
+
+def plot_reward_accuracy_per_step(steps: list[dict], ax):
+    """Reward accuracy (share of batch pairs with a positive implicit reward margin) per step, overlaid."""
+    _plot_per_step(steps, ax, "rewards/accuracies")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("reward accuracy [share of pairs]")
+    ax.set_title("Reward accuracy per step, overlaid")
+    return ax
+
+
+def plot_reference_margins(models: list[dict], ax):
+    """Mean γ = log π(y_w|x) − log π(y_l|x) of S, M1, ... on the same held-out pairs (paper Figure 2).
+
+    `models`: [{"name", "mean_margin", "sem"}] in order S, M1, ..., M_T (eval.json "models").
+    M_{t-1} is step t's reference, so the bars show how the reference improves step by step;
+    error bars are one standard error of the mean.
+    """
+    names = [m["name"] for m in models]
+    values = [float(m["mean_margin"]) for m in models]
+    errs = [float(m.get("sem") or 0.0) for m in models]
+    colors = ["0.55"] + [step_color(i) for i in range(1, len(models))]
+    bars = ax.bar(names, values, yerr=errs, capsize=4, color=colors[: len(models)], label="mean γ")
+    ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=3)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("model (S = start; M_{t-1} is the reference of step t)")
+    ax.set_ylabel("mean γ on held-out pairs [nats]")
+    ax.set_title("Mean γ_ref of each step's reference, held-out pairs")
+    ax.grid(axis="x", visible=False)
+    return ax
+
+
+def plot_partition_margins(partitions: list[dict], ax, bins: int = 30, reference: str = "the curation reference"):
+    """Histograms of γ_ref per partition on shared bins. `partitions`: [{"step", "margin": list}]."""
+    every = np.concatenate([np.asarray(p["margin"], float) for p in partitions if len(p["margin"])] or [np.zeros(1)])
+    edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=bins)
+    for p in partitions:
+        m = np.asarray(p["margin"], float)
+        counts, _ = np.histogram(m, bins=edges)
+        color = step_color(p["step"])
+        ax.stairs(counts, edges, fill=True, alpha=0.35, color=color, label=f"step {p['step']} (n={len(m)}, mean {m.mean():.3g})")
+        ax.stairs(counts, edges, color=color, lw=1.2, label="_outline")  # crisp outline over the translucent fill
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("γ_ref = log π_ref(y_w|x) − log π_ref(y_l|x) [nats]")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"γ_ref per partition, under {reference}")
+    ax.legend(loc="best")
+    return ax
+
+
+def plot_partition_sources(steps: list[dict], ax):
+    """Stacked bars: how many pairs of each source every partition holds (manifest "sources")."""
+    sources = sorted({name for s in steps for name in s["sources"]})
+    labels = [f"step {s['step']}" for s in steps]
+    left = np.zeros(len(steps))
+    cmap = __import__("matplotlib").colormaps["tab20"]
+    for i, name in enumerate(sources):
+        counts = np.array([s["sources"].get(name, 0) for s in steps], float)
+        ax.barh(labels, counts, left=left, color=cmap(i % 20), label=name)
+        left += counts
+    ax.invert_yaxis()  # step 1 on top, like a table
+    ax.set_xlabel("pairs")
+    ax.set_title("Source mix per partition")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(len(sources), 5))
+    ax.grid(axis="y", visible=False)
+    return ax
+
+
+def plot_run_comparison(groups: list[dict], ax, metric: str = "accuracy", ylabel: str | None = None):
+    """One bar per run group (mean over seeds), error bar = standard deviation over seeds.
+
+    `groups`: [{"label", "values": [one number per seed]}]; each seed is also drawn as a dot.
+    """
+    labels = [g["label"] for g in groups]
+    means = [float(np.mean(g["values"])) for g in groups]
+    stds = [float(np.std(g["values"], ddof=1)) if len(g["values"]) > 1 else 0.0 for g in groups]
+    bars = ax.bar(labels, means, yerr=stds, capsize=5, color=STEP_COLORS[: len(groups)] or None,
+                  alpha=0.85, label=f"mean {metric}")
+    ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=3)
+    xs = [i for i, g in enumerate(groups) for _ in g["values"]]
+    ax.scatter(xs, [v for g in groups for v in g["values"]], color="k", s=12, zorder=3, label="one seed")
+    ax.set_ylabel(ylabel or metric)
+    seeds = max((len(g["values"]) for g in groups), default=0)
+    ax.set_title(f"Held-out {metric} of the final model per run" + (" (±1 sd over seeds)" if seeds > 1 else ""))
+    ax.grid(axis="x", visible=False)
+    return ax
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation: Pearson correlation of average ranks (ties share a rank)."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(np.asarray(x, float)), rankdata(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def plot_margin_vs_signal(data: dict, ax):
+    """Scatter γ_ref of a model against an external difficulty signal, Spearman ρ in the title.
+
+    `data`: {"margin": list, "signal": list, "signal_name": str, "model": str}.
+    """
+    x, y = np.asarray(data["signal"], float), np.asarray(data["margin"], float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    rho = spearman(x[keep], y[keep])
+    ax.scatter(x[keep], y[keep], s=10, alpha=0.5, color=STEP_COLORS[0], label=f"pairs (n={int(keep.sum())})")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xlabel(f"{data['signal_name']} (external difficulty signal)")
+    ax.set_ylabel(f"γ of {data['model']} on held-out pairs [nats]")
+    ax.set_title(f"γ_ref vs {data['signal_name']}: Spearman ρ = {rho:.3f}")
+    ax.legend(loc="best")
+    return ax
+
+
+def axes_series(ax) -> dict[str, Any]:
+    """What an Axes shows, as plain numbers: lines, bars (+ error half-widths), histograms, points."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    lines = [
+        {"label": ln.get_label(), "x": [float(v) for v in ln.get_xdata()], "y": [float(v) for v in ln.get_ydata()]}
+        for ln in ax.get_lines() if not ln.get_label().startswith("_")
+    ]
+    bars = []
+    for c in ax.containers:
+        if isinstance(c, BarContainer):
+            horizontal = c.orientation == "horizontal"
+            values = [float(p.get_width() if horizontal else p.get_height()) for p in c.patches]
+            bars.append({"label": c.get_label(), "values": values})
+    errors = [[float(abs(seg[1][1] - seg[0][1]) / 2) for seg in c.lines[2][0].get_segments()]
+              for c in ax.containers if isinstance(c, ErrorbarContainer) and c.lines[2]]
+    ticks = [t.get_text() for t in (ax.get_yticklabels() if any(
+        getattr(c, "orientation", "") == "horizontal" for c in ax.containers) else ax.get_xticklabels())]
+    hists = [{"label": p.get_label(), "counts": [float(v) for v in p.get_data().values],
+              "edges": [float(v) for v in p.get_data().edges]}
+             for p in ax.patches if type(p).__name__ == "StepPatch" and not p.get_label().startswith("_")]
+    points = [{"label": c.get_label(), "xy": np.asarray(c.get_offsets(), float).tolist()}
+              for c in ax.collections if type(c).__name__ == "PathCollection" and not c.get_label().startswith("_")]
+    return {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "ticks": ticks,
+            "lines": lines, "bars": bars, "errors": errors, "hists": hists, "points": points}

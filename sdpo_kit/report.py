@@ -1,0 +1,269 @@
+"""`sdpo report`: one self-contained HTML report (plus PNGs, figures.json, summary.md) from run dirs.
+
+    sdpo report runs/sdpo runs/dpo --out report/
+
+Reads only files on disk: `run.json`, every `step_t/{summary.json,trainer_state.json}`, the
+partitions `manifest.json` and `step_t.parquet` named by run.json (else each step's
+`reference.parquet`), and `eval/eval.json` + `eval/scores.parquet` written by `sdpo eval`.
+A figure whose inputs are missing is left out with a note saying which command writes them.
+
+Several runs are compared by *label*: run.json `"label"` when present, else the run folder's
+name without a trailing `-seedN`/`_seedN`/`-sN`. Runs sharing a label are seeds of one
+configuration (seed: run.json `"seed"`, else that suffix): bars show their mean, error bars
+one standard deviation, dots each seed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Any
+
+from sdpo_kit import plots
+from sdpo_kit.io import atomic_path, read_json, write_json, write_text
+
+SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")
+
+
+def _find(path: str | None, run_dir: Path) -> Path | None:
+    """A path written into run.json: as given (absolute or from the cwd), else beside the run."""
+    if not path:
+        return None
+    for candidate in (Path(path), run_dir / path, run_dir.parent / path, run_dir.parent.parent / path):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _step_partition(run_dir: Path, step: dict, manifest: dict | None, parts_dir: Path | None) -> dict:
+    """Margins and source counts of the step's partition: the data card's when found, else reference.parquet."""
+    import polars as pl
+
+    entry = next((s for s in (manifest or {}).get("steps", []) if s["step"] == step["step"]), None)
+    card = (parts_dir / entry["file"]) if parts_dir and entry else _find(step.get("partition"), run_dir)
+    path, under = (card, "S (data card)") if card and card.is_file() else (run_dir / step["dir"] / "reference.parquet", "each step's reference")
+    if not path.is_file():
+        return {}
+    df = pl.read_parquet(path, columns=["margin", "source"])
+    sources = entry["sources"] if entry else dict(df.group_by("source").len().iter_rows())
+    return {"step": step["step"], "margin": df["margin"].to_list(), "sources": sources, "under": under}
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Everything the report plots for one run directory, read from disk."""
+    import polars as pl
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"{run_dir}/run.json not found: not a run directory written by `sdpo train`.")
+    meta = read_json(run_dir / "run.json")
+    parts_dir = _find(meta.get("partitions"), run_dir)
+    parts_dir = parts_dir if parts_dir and parts_dir.is_dir() else None
+    manifest = read_json(parts_dir / "manifest.json") if parts_dir and (parts_dir / "manifest.json").is_file() else None
+    steps = []
+    for s in meta.get("steps", []):
+        d = run_dir / s["dir"]
+        state = read_json(d / "trainer_state.json") if (d / "trainer_state.json").is_file() else {}
+        summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {"step": s["step"]}
+        steps.append({"step": s["step"], "summary": summary, "log_history": state.get("log_history", []),
+                      "partition": _step_partition(run_dir, s, manifest, parts_dir)})
+    ev = run_dir / "eval"
+    name = run_dir.resolve().name
+    m = SEED_SUFFIX.search(name)
+    return {
+        "dir": str(run_dir), "name": name, "meta": meta, "manifest": manifest, "steps": steps,
+        "label": meta.get("label") or SEED_SUFFIX.sub("", name),
+        "seed": meta.get("seed", int(m.group(1)) if m else None),
+        "eval": read_json(ev / "eval.json") if (ev / "eval.json").is_file() else None,
+        "scores": pl.read_parquet(ev / "scores.parquet") if (ev / "scores.parquet").is_file() else None,
+    }
+
+
+def _figure(name: str, caption: str, ncols: int, draw) -> dict:
+    """Make a 1×ncols figure, let `draw(axes)` fill it, and keep the figure plus its series."""
+    import matplotlib.pyplot as plt
+
+    with plt.style.context(plots.STYLE):
+        fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False)
+        draw(list(axes[0]))
+        fig.tight_layout()
+    return {"name": name, "caption": caption, "fig": fig, "series": [plots.axes_series(a) for a in axes[0]]}
+
+
+def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict], list[str]]:
+    """The figures of one run, and notes for those whose inputs are missing."""
+    figs, notes, steps = [], [], run["steps"]
+    if any(s["log_history"] for s in steps):
+        figs.append(_figure("reward_margin", "Mean implicit reward margin of the target over its reference while "
+                            "training (steps end to end), and its value at the end of each step.", 2,
+                            lambda a: (plots.plot_reward_margin_timeline(steps, a[0]),
+                                       plots.plot_end_of_step([s["summary"] for s in steps], a[1]))))
+        figs.append(_figure("loss_accuracy", "DPO loss and reward accuracy of each step, overlaid on the "
+                            "step-local time axis; every step starts at ln 2 against its own reference.", 2,
+                            lambda a: (plots.plot_loss_per_step(steps, a[0]),
+                                       plots.plot_reward_accuracy_per_step(steps, a[1]))))
+    else:
+        notes.append("No trainer_state.json log history: training curves left out.")
+    parts = [s["partition"] for s in steps if s["partition"]]
+    if parts:
+        figs.append(_figure("partitions", "Partition statistics from the data card: γ_ref histograms and the "
+                            "source mix of every step.", 2,
+                            lambda a: (plots.plot_partition_margins(parts, a[0], reference=parts[0]["under"]),
+                                       plots.plot_partition_sources(parts, a[1]))))
+    ev = run["eval"]
+    if ev is None:
+        notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
+        return figs, notes
+    figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
+                        "reference of step t (the paper's Figure 2).", 1,
+                        lambda a: plots.plot_reference_margins(ev["models"], a[0])))
+    scores = run["scores"]
+    if scores is not None and signal in scores.columns:
+        cols = [m["name"] for m in ev["models"]][:2]  # S and the first trained model
+        data = [{"margin": scores[f"gamma_{c}"].to_list(), "signal": scores[signal].to_list(),
+                 "signal_name": signal, "model": c} for c in cols]
+        figs.append(_figure("difficulty", f"γ against the external difficulty signal `{signal}` on held-out "
+                            "pairs, with the Spearman rank correlation.", len(data),
+                            lambda a: [plots.plot_margin_vs_signal(d, ax) for d, ax in zip(data, a)]))
+    else:
+        notes.append(f"Held-out data has no `{signal}` column: difficulty-signal figure left out.")
+    return figs, notes
+
+
+def comparison_figures(runs: list[dict]) -> list[dict]:
+    """Held-out accuracy and mean γ of each run's final model, grouped by label (seeds = error bars)."""
+    groups: dict[str, dict] = {}
+    for r in runs:
+        if r["eval"]:
+            final = r["eval"]["models"][-1]
+            g = groups.setdefault(r["label"], {"label": r["label"], "accuracy": [], "mean_margin": []})
+            g["accuracy"].append(final["accuracy"])
+            g["mean_margin"].append(final["mean_margin"])
+    if len(runs) < 2 or not groups:
+        return []
+    acc = [{"label": g["label"], "values": g["accuracy"]} for g in groups.values()]
+    mar = [{"label": g["label"], "values": g["mean_margin"]} for g in groups.values()]
+    return [_figure("comparison", "Held-out preference accuracy (share of pairs with γ > 0) and mean γ of each "
+                    "run's final model; runs with the same label are seeds (mean, ±1 sd, dots).", 2,
+                    lambda a: (plots.plot_run_comparison(acc, a[0], "preference accuracy", "share of pairs with γ > 0"),
+                               plots.plot_run_comparison(mar, a[1], "mean γ", "mean γ [nats]")))]
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else str(v))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
+def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
+    """One run's text: settings, per-step training numbers, held-out numbers."""
+    meta = r["meta"]
+    out = [f"## {r['name']}", "", f"mode `{meta.get('mode')}`, base model `{meta.get('base_model')}`, "
+           f"β = {meta.get('beta')}, status `{meta.get('status')}`, label `{r['label']}`, seed {_fmt(r['seed'])}", ""]
+    out += _table(["step", "pairs", "γ_ref mean (partition)", "loss first", "loss end", "reward margin end",
+                   "reward accuracy end"],
+                  [[s["step"]] + [s["summary"].get(k) for k in ("pairs", "ref_margin_mean", "loss_first", "loss_end",
+                                                             "reward_margin_end", "reward_accuracy_end")]
+                   for s in r["steps"]]) + [""]
+    ev = r["eval"]
+    if ev:
+        out += [f"Held-out: `{ev['data']['path']}`, {ev['data']['pairs']} pairs.", ""]
+        out += _table(["model", "preference accuracy", "mean γ"],
+                      [[m["name"], m["accuracy"], m["mean_margin"]] for m in ev["models"]]) + [""]
+        out += _table(["policy", "reference", "reward margin mean", "reward accuracy"],
+                      [[c["policy"], c["reference"], c["reward_margin_mean"], c["reward_accuracy"]]
+                       for c in ev["comparisons"]]) + [""]
+        if r["scores"] is not None and signal in r["scores"].columns:
+            rho = plots.spearman(r["scores"][signal].to_list(), r["scores"]["gamma_S"].to_list())
+            out += [f"Spearman ρ(γ of S, `{signal}`) = {rho:.3f}", ""]
+    return "\n".join(out)
+
+
+def comparison_markdown(runs: list[dict]) -> str:
+    """Final model of every run on its held-out data, one row per run."""
+    rows = [[r["name"], r["label"], r["seed"], r["eval"]["models"][-1]["name"], r["eval"]["models"][-1]["accuracy"],
+             r["eval"]["models"][-1]["mean_margin"]] for r in runs if r["eval"]]
+    if len(runs) < 2 or not rows:
+        return ""
+    return "\n".join(["## Runs compared", ""] + _table(
+        ["run", "label", "seed", "final model", "preference accuracy", "mean γ"], rows) + [""])
+
+
+def summary_markdown(runs: list[dict], signal: str = "judge_confidence") -> str:
+    """The report's short text: run comparison, then per run its training and held-out numbers."""
+    return "\n".join(["# sDPO report", "", comparison_markdown(runs)] + [run_markdown(r, signal) for r in runs])
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1300px;margin:2em auto;
+padding:0 1em;color:#222}h1{border-bottom:2px solid #4C72B0}h2{margin-top:2em;color:#2d4a7a}
+figure{margin:1.5em 0;padding:.5em;border:1px solid #ddd;border-radius:6px}img{max-width:100%}
+figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.note{color:#a05a00}"""
+
+
+def _md_table_html(lines: list[str]) -> str:
+    rows = [ln.strip("|").split(" | ") for ln in lines if not ln.startswith("|---")]
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _markdown_html(md: str) -> str:
+    """The tiny subset of markdown that `summary_markdown` writes: headings, tables, paragraphs."""
+    parts, table = [], []
+    for ln in md.splitlines() + [""]:
+        if ln.startswith("|"):
+            table.append(ln)
+            continue
+        if table:
+            parts.append(_md_table_html(table))
+            table = []
+        if ln.startswith("#"):
+            level = len(ln) - len(ln.lstrip("#"))
+            parts.append(f"<h{level}>{html.escape(ln.lstrip('# '))}</h{level}>")
+        elif ln.strip():
+            parts.append(f"<p>{html.escape(ln).replace('`', '')}</p>")
+    return "\n".join(parts)
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "judge_confidence") -> dict[str, Path]:
+    """Write report.html (images inline), one PNG per figure, figures.json and summary.md into `out`."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    runs = [load_run(d) for d in run_dirs]
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two run directories share a name ({names}): figure files would collide.")
+    sections, index = [], {}
+    blocks = [(comparison_markdown(runs), "", comparison_figures(runs), [])]
+    blocks += [(run_markdown(r, signal), r["name"] + "_", *run_figures(r, signal)) for r in runs]
+    for text, prefix, figs, notes in blocks:
+        body = [_markdown_html(text)] + [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+        for f in figs:
+            buf = io.BytesIO()
+            f["fig"].savefig(buf, format="png", dpi=110, bbox_inches="tight")
+            plt.close(f["fig"])
+            png = out / f"{prefix}{f['name']}.png"
+            with atomic_path(png) as tmp:
+                tmp.write_bytes(buf.getvalue())
+            index[png.stem] = {"png": png.name, "caption": f["caption"], "axes": f["series"]}
+            b64 = base64.b64encode(buf.getvalue()).decode()
+            body.append(f"<figure id='{png.stem}'><img alt='{png.stem}' src='data:image/png;base64,{b64}'>"
+                        f"<figcaption>{html.escape(f['caption'])}</figcaption></figure>")
+        sections.append("<section>" + "\n".join(body) + "</section>")
+    md = summary_markdown(runs, signal)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sDPO report</title><style>{CSS}</style>"
+            f"</head><body><h1>sDPO report</h1>\n" + "\n".join(sections) + "</body></html>")
+    return {"html": write_text(out / "report.html", page), "summary": write_text(out / "summary.md", md + "\n"),
+            "figures": write_json(out / "figures.json", index)}
