@@ -1,8 +1,32 @@
-"""`sdpo train` (issue 5: the trainer owns this file)."""
+"""`sdpo train`: a thin layer over `sdpo_kit.train`.
+
+    sdpo train --partitions parts/ --model default --out runs/demo --max_length 256
+    sdpo train --fields          # every flag: StepwiseConfig + trl.DPOConfig
+"""
+
+from __future__ import annotations
 
 import typer
 
 
 def train(ctx: typer.Context) -> None:
-    """Stepwise DPO from partitions."""
-    raise typer.Exit("not implemented yet")
+    """Stepwise DPO from partitions: step t trains on partition t with M_{t-1} as reference and start.
+
+    Flags: --partitions DIR --out RUN_DIR [--model default] [--mode stepwise|dpo]
+    [--order shuffled|sequential] [--lora_r R ...] [--resume] [--config run.yaml], plus any
+    trl.DPOConfig field (--beta, --learning_rate, --max_length, --report_to, ...).
+    `sdpo train --fields` lists them all. Works under `accelerate launch`.
+    """
+    from sdpo_kit.train import train_parser, parse_train_args, train_stepwise
+
+    argv = list(ctx.args)
+    if "--fields" in argv:
+        typer.echo(train_parser().format_help())
+        return
+    try:
+        cfg, args, overrides = parse_train_args(argv)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    run_dir = train_stepwise(cfg, args, overrides)
+    typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")

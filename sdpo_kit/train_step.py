@@ -1,0 +1,179 @@
+"""One sDPO step: score partition t with M_{t-1}, train a fresh `trl.DPOTrainer` on it, save M_t.
+
+    python -m pytest -q tests/test_train.py -k exact_reference
+
+The reference log-probs come from the curation scorer (`sdpo_kit.score.score_frame`), cached in
+`step_t/reference.parquet`, and reach TRL through its own `precompute_ref_log_probs=True` path,
+so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
+(and fails on a dataset that already has `ref_*` columns: duplicate columns on concatenation), so
+the scorer's values travel in `sdpo_ref_*` columns and the one public hook TRL calls per batch
+in that pass, `compute_ref_log_probs`, returns them instead of running a forward pass. No
+private method of TRL is overridden.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from sdpo_kit.io import atomic_path, read_parquet_metadata, write_jsonl, write_parquet
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
+REFERENCE_META_KEY = "sdpo_kit.reference"
+
+
+def score_reference(frame, model, tokenizer, args, fingerprint: str, step_dir: Path, state):
+    """Partition `frame` scored by `model` (= M_{t-1}), cached in `step_dir/reference.parquet`.
+
+    The cache is reused only if it was written for the same weights and tokenisation settings.
+    The main process scores and writes; the others wait and read the file (data-parallel
+    training shards the rows later, inside TRL's dataloader).
+    """
+    import polars as pl
+
+    path = step_dir / "reference.parquet"
+    settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
+    if state.is_main_process and not _cache_matches(path, settings):
+        from sdpo_kit.score import ScoreConfig, score_frame
+
+        config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
+        scored, rejects = score_frame(frame, model, tokenizer, config)
+        write_jsonl(step_dir / "reference.rejects.jsonl", [_as_dict(r) for r in rejects])
+        write_parquet(path, scored, metadata={REFERENCE_META_KEY: json.dumps(settings)})
+    state.wait_for_everyone()
+    return pl.read_parquet(path)
+
+
+def _cache_matches(path: Path, settings: dict) -> bool:
+    if not path.exists():
+        return False
+    stored = read_parquet_metadata(path).get(REFERENCE_META_KEY)
+    return stored is not None and json.loads(stored) == settings
+
+
+def _as_dict(obj: Any) -> dict:
+    return asdict(obj) if is_dataclass(obj) else dict(obj)
+
+
+def to_dataset(scored):
+    """A `datasets.Dataset` of TRL-conversational pairs plus the scorer's log-probs (`sdpo_ref_*`)."""
+    from datasets import Dataset
+
+    columns = ["prompt", "chosen", "rejected", *REF_COLUMNS]
+    return Dataset.from_list(scored.select(columns).rename(CARRIED).to_dicts())
+
+
+@dataclass
+class PrecomputedReferenceCollator:
+    """TRL's `DataCollatorForPreference` that also hands on the scorer's reference log-probs.
+
+    Output: TRL's batch (`input_ids`, `attention_mask`, `completion_mask`: (2B, L), chosen rows
+    first) plus `ref_chosen_logps`, `ref_rejected_logps`: (B,) fp32, unless TRL's own columns
+    already supplied them (after its precompute pass they are the same numbers).
+    """
+
+    base: Any  # trl.trainer.dpo_trainer.DataCollatorForPreference
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        carried = {src: [e[dst] for e in examples] for src, dst in CARRIED.items() if dst in examples[0]}
+        batch = self.base([{k: v for k, v in e.items() if k not in CARRIED.values()} for e in examples])
+        for name, values in carried.items():
+            batch.setdefault(name, torch.tensor(values, dtype=torch.float32))
+        return batch
+
+
+def trainer_class():
+    """`DPOTrainer` whose reference pass reads the log-probs already in the batch (imported lazily)."""
+    from trl import DPOTrainer
+
+    class PrecomputedReferenceDPOTrainer(DPOTrainer):
+        def compute_ref_log_probs(self, model, inputs):
+            # Public per-batch hook of TRL's precompute pass: the scorer already did this work.
+            if "ref_chosen_logps" in inputs:
+                device = self.accelerator.device
+                return inputs["ref_chosen_logps"].to(device), inputs["ref_rejected_logps"].to(device)
+            return super().compute_ref_log_probs(model, inputs)
+
+    return PrecomputedReferenceDPOTrainer
+
+
+def build_trainer(model, tokenizer, dataset, args, peft_config=None):
+    """A fresh DPO trainer for one step; `args` must have `precompute_ref_log_probs=True`."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    assert args.precompute_ref_log_probs, "the step trainer reads precomputed reference log-probs"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # TRL mirrors the pad token onto the model only when it builds the collator itself.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    base = DataCollatorForPreference(
+        pad_token_id=tokenizer.pad_token_id,
+        max_length=args.max_length,
+        truncation_mode=args.truncation_mode,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )
+    return trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=PrecomputedReferenceCollator(base),
+        peft_config=peft_config,
+    )
+
+
+def latest_checkpoint(folder: Path) -> str | None:
+    """The newest complete `checkpoint-N` under `folder` (a SIGKILL can leave a partial one)."""
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+
+
+def final_model(trainer):
+    """The trained weights as a plain transformers model: LoRA adapters merged in."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model
+
+
+def save_model(model, tokenizer, out: Path) -> None:
+    """Write M_t (safetensors, tokenizer, chat template) to `out` atomically (folder rename)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def save_state(trainer, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        trainer.state.save_to_json(str(tmp))
+
+
+def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int) -> dict:
+    """`summary.json` of one step; end metrics are the last logged window of training."""
+    logs = trainer.state.log_history
+    losses = [e["loss"] for e in logs if "loss" in e]
+    last = next((e for e in reversed(logs) if "rewards/margins" in e), {})
+    return {
+        "step": step,
+        "pairs": scored.height,
+        "rejected": rejects,
+        "optimizer_steps": trainer.state.global_step,
+        "ref_margin_mean": float(scored["margin"].mean()) if scored.height else None,
+        "ref_accuracy": float((scored["margin"] > 0).mean()) if scored.height else None,
+        "reward_margin_end": last.get("rewards/margins"),
+        "reward_accuracy_end": last.get("rewards/accuracies"),
+        "loss_first": losses[0] if losses else None,
+        "loss_end": losses[-1] if losses else None,
+        "seconds": round(seconds, 2),
+        "reference_fingerprint": ref_fp,
+        "model_fingerprint": model_fp,
+    }
