@@ -81,6 +81,11 @@ def select_models(models: list[dict], spec: str) -> list[dict]:
     return [m for m in models if m["name"] in wanted]
 
 
+def _as_dict(reject) -> dict:
+    """A reject of the data layer (has .to_dict()) or of the scorer (a dict) as a plain dict."""
+    return reject.to_dict() if hasattr(reject, "to_dict") else dict(reject)
+
+
 def data_key(pairs) -> str:
     """16 hex over the held-out pair ids in order: the cache key of the data."""
     return hashlib.sha256("\n".join(pairs["pair_id"].to_list()).encode()).hexdigest()[:16]
@@ -106,7 +111,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     score_kwargs = {"dtype": cfg.dtype} | ({"max_length": cfg.max_length} if cfg.max_length else {})
     scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(**score_kwargs))
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
-    rejects = [dict(r) for r in rejects]
+    rejects = [_as_dict(r) for r in rejects]
     meta = {"name": model["name"], "path": str(model["path"]), "fingerprint": model["fingerprint"], "key": key,
             "rejects": rejects}
     write_parquet(path, scored, metadata={META_KEY: json.dumps(meta, default=str)})
@@ -172,11 +177,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     models, meta = run_models(cfg.run)
     models = select_models(models, cfg.models)
-    loaded = load_pairs(cfg.data)
-    pairs = loaded.pairs.head(cfg.limit) if cfg.limit else loaded.pairs
+    loaded = load_pairs(cfg.data, limit=cfg.limit)
+    pairs = loaded.pairs
     if pairs.height == 0:
         raise ValueError(f"{cfg.data}: no valid pairs to evaluate on ({len(loaded.rejects)} rejected rows).")
-    rejects = [dict(r) for r in loaded.rejects]
+    rejects = [_as_dict(r) for r in loaded.rejects]
     scored = {}
     for m in models:
         scored[m["name"]], model_rejects = score_model(m, pairs, cfg, out)

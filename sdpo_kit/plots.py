@@ -138,6 +138,27 @@ def plot_reference_margins(models: list[dict], ax):
     return ax
 
 
+def plot_accuracy_by_source(models: list[dict], ax):
+    """Held-out preference accuracy (share of pairs with γ > 0) of S, M1, ... per source and overall.
+
+    `models`: eval.json "models" ([{"name", "accuracy", "per_source": {src: {"accuracy"}}}]).
+    """
+    sources = sorted({s for m in models for s in m.get("per_source", {})}) + ["all"]
+    width = 0.8 / max(len(models), 1)
+    for i, m in enumerate(models):
+        values = [m["accuracy"] if s == "all" else m["per_source"].get(s, {}).get("accuracy", np.nan) for s in sources]
+        color = "0.55" if i == 0 else step_color(i)
+        ax.bar(np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width, values, width, color=color, label=m["name"])
+    ax.set_xticks(np.arange(len(sources)), sources, rotation=20)
+    ax.axhline(0.5, color="0.4", ls=":", lw=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("preference accuracy [share with γ > 0]")
+    ax.set_title("Held-out preference accuracy per source")
+    ax.legend(loc="best", ncols=len(models))
+    ax.grid(axis="x", visible=False)
+    return ax
+
+
 def plot_partition_margins(partitions: list[dict], ax, bins: int = 30, reference: str = "the curation reference"):
     """Histograms of γ_ref per partition on shared bins. `partitions`: [{"step", "margin": list}]."""
     every = np.concatenate([np.asarray(p["margin"], float) for p in partitions if len(p["margin"])] or [np.zeros(1)])

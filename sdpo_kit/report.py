@@ -117,8 +117,9 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
         notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
         return figs, notes
     figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
-                        "reference of step t (the paper's Figure 2).", 1,
-                        lambda a: plots.plot_reference_margins(ev["models"], a[0])))
+                        "reference of step t (the paper's Figure 2); and each model's preference accuracy per source.",
+                        2, lambda a: (plots.plot_reference_margins(ev["models"], a[0]),
+                                      plots.plot_accuracy_by_source(ev["models"], a[1]))))
     scores = run["scores"]
     if scores is not None and signal in scores.columns:
         cols = [m["name"] for m in ev["models"]][:2]  # S and the first trained model

@@ -187,9 +187,13 @@ def test_report_from_contract_run_embeds_every_figure(tmp_path):
     assert margin_ax["lines"][1]["x"][0] == 5  # step 2 starts after step 1's 4 optimizer steps
     assert end_ax["bars"][0]["values"] == pytest.approx([s["summary"]["reward_margin_end"] for s in data["steps"]])
     ev = data["eval"]
-    ref_ax = figs["sdpo_reference_margins"]["axes"][0]
+    ref_ax, src_ax = figs["sdpo_reference_margins"]["axes"]
     assert ref_ax["ticks"] == ["S", "M1", "M2"]
     assert ref_ax["bars"][0]["values"] == pytest.approx([m["mean_margin"] for m in ev["models"]])
+    assert src_ax["ticks"] == [*SOURCES, "all"]
+    for bars, m in zip(src_ax["bars"], ev["models"]):
+        assert bars["label"] == m["name"]
+        assert bars["values"] == pytest.approx([m["per_source"][s]["accuracy"] for s in SOURCES] + [m["accuracy"]])
     hist_ax, mix_ax = figs["sdpo_partitions"]["axes"]
     assert [sum(h["counts"]) for h in hist_ax["hists"]] == [25, 30]
     manifest = data["manifest"]["steps"]
