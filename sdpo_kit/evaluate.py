@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ class EvalConfig:
         "help": "`all` (S and every M_t), `last` (S, M_{T-1} and M_T) or a comma list such as `S,M2`."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N held-out pairs."})
     max_length: int | None = field(default=None, metadata={
-        "help": "Scorer max_length in tokens; default: the scorer's default (TRL's)."})
+        "help": "Scorer max_length in tokens; default: the run's training max_length (config.yaml), else TRL's."})
+    truncation_mode: str | None = field(default=None, metadata={
+        "help": "keep_start | keep_end; default: the run's training setting (config.yaml), else TRL's."})
     dtype: str = field(default="float32", metadata={"help": "Dtype the models are loaded and scored in."})
     out: str | None = field(default=None, metadata={"help": "Output folder; default RUN/eval."})
 
@@ -53,6 +55,18 @@ class EvalConfig:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
         self.out = self.out or str(Path(self.run) / "eval")
+        # Score held-out pairs as the run trained: same max_length and truncation, unless overridden.
+        trained = _run_config(self.run)
+        self.max_length = self.max_length or trained.get("max_length")
+        self.truncation_mode = self.truncation_mode or trained.get("truncation_mode")
+
+
+def _run_config(run: str | Path) -> dict:
+    """The run's resolved config.yaml (StepwiseConfig + DPOConfig overrides), {} when absent."""
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def run_models(run_dir: str | Path) -> tuple[list[dict], dict]:
@@ -82,8 +96,10 @@ def select_models(models: list[dict], spec: str) -> list[dict]:
 
 
 def _as_dict(reject) -> dict:
-    """A reject of the data layer (has .to_dict()) or of the scorer (a dict) as a plain dict."""
-    return reject.to_dict() if hasattr(reject, "to_dict") else dict(reject)
+    """A reject (data layer: has .to_dict(); scorer: a dataclass or a dict) as a plain dict."""
+    if hasattr(reject, "to_dict"):
+        return reject.to_dict()
+    return asdict(reject) if is_dataclass(reject) else dict(reject)
 
 
 def data_key(pairs) -> str:
@@ -96,7 +112,9 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     import polars as pl
 
     path = out / "models" / f"{model['name']}.parquet"
-    key = {"data": data_key(pairs), "max_length": cfg.max_length, "dtype": cfg.dtype}
+    settings = {"max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode}
+    settings = {k: v for k, v in settings.items() if v is not None}  # unset: the scorer's default
+    key = {"data": data_key(pairs), "dtype": cfg.dtype, **settings}
     if model["fingerprint"] and path.is_file():
         cached = json.loads(read_parquet_metadata(path).get(META_KEY, "{}"))
         if cached.get("fingerprint") == model["fingerprint"] and cached.get("key") == key:
@@ -108,8 +126,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
     model["fingerprint"] = model["fingerprint"] or model_fingerprint(lm)
     print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
-    score_kwargs = {"dtype": cfg.dtype} | ({"max_length": cfg.max_length} if cfg.max_length else {})
-    scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(**score_kwargs))
+    scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(dtype=cfg.dtype, **settings))
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
     rejects = [_as_dict(r) for r in rejects]
     meta = {"name": model["name"], "path": str(model["path"]), "fingerprint": model["fingerprint"], "key": key,

@@ -37,17 +37,25 @@ def _find(path: str | None, run_dir: Path) -> Path | None:
     return None
 
 
-def _step_partition(run_dir: Path, step: dict, manifest: dict | None, parts_dir: Path | None) -> dict:
-    """Margins and source counts of the step's partition: the data card's when found, else reference.parquet."""
+def _step_partition(run_dir: Path, step: dict) -> dict:
+    """γ_ref and source counts of the pairs step t trained on.
+
+    From the partition files run.json names (margins under S, as in the data card) when they
+    carry a `margin` column, else from the step's reference.parquet (under M_{t-1}).
+    """
     import polars as pl
 
-    entry = next((s for s in (manifest or {}).get("steps", []) if s["step"] == step["step"]), None)
-    card = (parts_dir / entry["file"]) if parts_dir and entry else _find(step.get("partition"), run_dir)
-    path, under = (card, "S (data card)") if card and card.is_file() else (run_dir / step["dir"] / "reference.parquet", "each step's reference")
-    if not path.is_file():
-        return {}
-    df = pl.read_parquet(path, columns=["margin", "source"])
-    sources = entry["sources"] if entry else dict(df.group_by("source").len().iter_rows())
+    files = step.get("partition") or []
+    paths = [_find(f, run_dir) for f in ([files] if isinstance(files, str) else files)]
+    ok = paths and all(p and p.is_file() and "margin" in pl.read_parquet_schema(p) for p in paths)
+    if not ok:
+        paths, under = [run_dir / step["dir"] / "reference.parquet"], "each step's reference"
+        if not paths[0].is_file():
+            return {}
+    else:
+        under = "S (data card)"
+    df = pl.concat([pl.read_parquet(p, columns=["margin", "source"]) for p in paths])
+    sources = dict(sorted(df.group_by("source").len().iter_rows()))
     return {"step": step["step"], "margin": df["margin"].to_list(), "sources": sources, "under": under}
 
 
@@ -60,15 +68,15 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}/run.json not found: not a run directory written by `sdpo train`.")
     meta = read_json(run_dir / "run.json")
     parts_dir = _find(meta.get("partitions"), run_dir)
-    parts_dir = parts_dir if parts_dir and parts_dir.is_dir() else None
-    manifest = read_json(parts_dir / "manifest.json") if parts_dir and (parts_dir / "manifest.json").is_file() else None
+    has_manifest = parts_dir is not None and (parts_dir / "manifest.json").is_file()
+    manifest = read_json(parts_dir / "manifest.json") if has_manifest else None
     steps = []
     for s in meta.get("steps", []):
         d = run_dir / s["dir"]
         state = read_json(d / "trainer_state.json") if (d / "trainer_state.json").is_file() else {}
         summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {"step": s["step"]}
         steps.append({"step": s["step"], "summary": summary, "log_history": state.get("log_history", []),
-                      "partition": _step_partition(run_dir, s, manifest, parts_dir)})
+                      "partition": _step_partition(run_dir, s)})
     ev = run_dir / "eval"
     name = run_dir.resolve().name
     m = SEED_SUFFIX.search(name)

@@ -65,7 +65,7 @@ def write_contract_run(root: Path, name: str = "run", steps: int = 2, seed: int 
             "reward_margin_end": log[-2]["rewards/margins"], "reward_accuracy_end": log[-2]["rewards/accuracies"],
             "loss_first": log[0]["loss"], "loss_end": log[-2]["loss"], "seconds": 1.0,
             "reference_fingerprint": f"fp{t - 1}", "model_fingerprint": f"fp{t}"}))
-        run_steps.append({"step": t, "dir": f"step_{t}", "partition": str(parts / f"step_{t}.parquet"),
+        run_steps.append({"step": t, "dir": f"step_{t}", "partition": [str(parts / f"step_{t}.parquet")],
                           "reference_fingerprint": f"fp{t - 1}", "start_fingerprint": f"fp{t - 1}",
                           "model_fingerprint": f"fp{t}", "status": "done"})
     (parts / "manifest.json").write_text(json.dumps({"strategy": "margin", "params": {}, "seed": 0,

@@ -16,7 +16,8 @@ def evaluate(
     data: str = typer.Option(..., "--data", help="Held-out preference pairs (any format the data layer reads)."),
     models: str = typer.Option("all", "--models", help="all | last (S, M_{T-1}, M_T) | comma list, e.g. S,M2."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N held-out pairs."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Scorer max_length (tokens)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Scorer max_length (default: the run's)."),
+    truncation_mode: Optional[str] = typer.Option(None, "--truncation-mode", help="keep_start | keep_end (default: the run's)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
     out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/eval)."),
 ) -> None:
@@ -25,7 +26,8 @@ def evaluate(
     from sdpo_kit.evaluate import evaluate as run_eval
 
     try:
-        cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length, dtype=dtype, out=out)
+        cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length,
+                         truncation_mode=truncation_mode, dtype=dtype, out=out)
         result = run_eval(cfg)
     except (FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
