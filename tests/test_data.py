@@ -202,3 +202,28 @@ def test_datasetdict_dir_is_refused_with_its_splits(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(ValueError, match="train"):
         load_pairs(tmp_path / "dd")
+
+
+def test_canonical_pairs_load_back_unchanged(tmp_path):
+    """A canonical file (what curate writes) is itself valid input and a fixed point."""
+    first = load_pairs(write_jsonl(tmp_path / "std.jsonl", ROWS)).pairs
+    first.write_parquet(tmp_path / "canonical.parquet")
+    again = load_pairs(tmp_path / "canonical.parquet")
+    assert again.format == "trl-conversational" and again.pairs.equals(first)
+
+
+def test_empty_file_bom_and_jsonl_named_json(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    r = load_pairs(tmp_path / "empty.jsonl")
+    assert (r.rows, r.pairs.height, r.rejects) == (0, 0, []) and r.pairs.columns[0] == "pair_id"
+    (tmp_path / "bom.csv").write_bytes("\ufeffprompt,chosen,rejected\nq,a,b\n".encode())
+    assert load_pairs(tmp_path / "bom.csv").pairs.height == 1
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in ROWS[:2]) + "\n{oops\n")
+    r = load_pairs(tmp_path / "lines.json")
+    assert r.pairs.height == 2 and [(x.row, x.reason, x.raw) for x in r.rejects] == [(3, "unparsable", "{oops")]
+    assert r.summary() == "3 rows (trl-standard): 2 valid, 1 rejected (unparsable 1)"
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        load_pairs(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_pairs(tmp_path / "missing.jsonl")

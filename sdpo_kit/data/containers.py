@@ -108,7 +108,7 @@ def _parse_line(text: str, row: int) -> tuple[int, dict | RawError]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        return row, RawError("unparsable", f"invalid JSON: {e}", text)
+        return row, RawError("unparsable", f"invalid JSON: {e}", text.rstrip("\r\n"))
     if not isinstance(value, dict):
         return row, RawError("unparsable", f"expected a JSON object, got {type(value).__name__}", value)
     return row, value
@@ -117,7 +117,7 @@ def _parse_line(text: str, row: int) -> tuple[int, dict | RawError]:
 def _jsonl_rows(lines: Iterator[bytes]) -> Iterator[tuple[int, dict | RawError]]:
     for row, line in enumerate(lines, 1):
         try:
-            text = line.decode("utf-8")
+            text = line.decode("utf-8-sig" if row == 1 else "utf-8")  # a BOM may open the file
         except UnicodeDecodeError as e:
             yield row, RawError("non_utf8", f"byte {e.start}: not UTF-8", line.decode("utf-8", "replace"))
             continue
@@ -135,7 +135,7 @@ def _json(file: Path, batch_rows: int) -> Iterator[Chunk]:
     that is really JSON Lines falls back to the line reader."""
     with _open_binary(file) as f:
         data = f.read()
-    text = data.decode("utf-8", "surrogateescape")
+    text = data.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -163,7 +163,7 @@ def _csv(file: Path, batch_rows: int) -> Iterator[Chunk]:
     """CSV values are strings, so only the string formats (trl-standard, hh) fit in a CSV."""
     csv.field_size_limit(sys.maxsize)
     with _open_binary(file) as fb:
-        f = io.TextIOWrapper(fb, encoding="utf-8", errors="surrogateescape", newline="")
+        f = io.TextIOWrapper(fb, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.DictReader(f)
 
         def rows() -> Iterator[tuple[int, dict | RawError]]:

@@ -10,6 +10,7 @@ reasons: docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -46,6 +47,17 @@ class LoadResult:
     rejects: list[Reject] = field(default_factory=list)
     rows: int = 0
     format: str = ""
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        """Reject counts per reason, most frequent first."""
+        return dict(Counter(r.reason for r in self.rejects).most_common())
+
+    def summary(self) -> str:
+        """One line for logs: `300 rows (sharegpt): 295 valid, 5 rejected (duplicate 5)`."""
+        why = ", ".join(f"{k} {v:,}" for k, v in self.reasons.items())
+        return (f"{self.rows:,} rows ({self.format or 'format unknown'}): {self.pairs.height:,} valid, "
+                f"{len(self.rejects):,} rejected" + (f" ({why})" if why else ""))
 
 
 def rejects_path(out: str | Path) -> Path:
@@ -138,7 +150,8 @@ def _normalise_row(value: dict | RawError, state: dict, columns: dict, default_s
 
 def _extras(chunk: Chunk, kept: list[int], columns: dict, fmt: str) -> pl.DataFrame:
     """The kept rows' other columns, untouched (arrow-backed inputs keep their dtypes)."""
-    consumed = {columns.get(n, n) for n in CONSUMED[fmt]}
+    # An input `pair_id` (e.g. canonical pairs loaded again) is replaced by the recomputed one.
+    consumed = {columns.get(n, n) for n in CONSUMED[fmt]} | {"pair_id"}
     # An extra column that is named like a canonical one (e.g. a forced format ignores it) is renamed.
     rename = lambda c: f"{c}_input" if c in SCHEMA else c  # noqa: E731
     if chunk.table is not None:
