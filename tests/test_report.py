@@ -233,3 +233,31 @@ def test_report_without_eval_or_signal_says_what_is_missing(tmp_path):
 def test_report_rejects_a_folder_without_run_json(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "run.json not found" in result.output
+
+
+def screenshot_or_skip(html: Path, png: Path) -> Path:
+    """scripts/screenshot_report.py on `html`; skip (visibly) when no Chromium is installed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("screenshot_report", Path(__file__).parents[1] / "scripts" / "screenshot_report.py")
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    if shot.find_chromium() is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install -y chromium): report screenshot not taken")
+    return shot.screenshot(html, png, width=1400, height=3000)
+
+
+def assert_not_blank(png: Path) -> None:
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.size == (1400, 3000)
+        small = img.convert("RGB").resize((140, 300))
+    colours = small.getcolors(maxcolors=1 << 16)
+    assert len(colours) > 50  # figures and tables rendered, not a blank or error page
+
+
+def test_screenshot_of_contract_report(tmp_path):
+    runs = [write_contract_run(tmp_path, "easy-seed1", seed=1), write_contract_run(tmp_path, "easy-seed2", seed=2)]
+    html = write_report(runs, tmp_path / "report")["html"]
+    assert_not_blank(screenshot_or_skip(html, tmp_path / "report" / "screenshot.png"))
