@@ -47,9 +47,14 @@ def inspect(
 
         tokenizer = load_tokenizer(model)
     columns = column_map(prompt_col, chosen_col, rejected_col, source_col, conversations_col)
+    from rich.console import Console
+
+    # A spinner on stderr: a large file with --model takes a while, and stdout stays one JSON object.
+    status = Console(stderr=True).status(f"reading {path}" + (" and counting tokens" if model else ""))
     try:
-        summary, bad = inspect_data(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
-                                    strict=strict, limit=limit, tokenizer=tokenizer)
+        with status:
+            summary, bad = inspect_data(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
+                                        strict=strict, limit=limit, tokenizer=tokenizer)
     except (DataError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
