@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sdpo_kit.data import load_pairs
+from sdpo_kit.data import iter_pairs, load_pairs
 
 
 def user(text):
@@ -227,3 +227,13 @@ def test_empty_file_bom_and_jsonl_named_json(tmp_path):
         load_pairs(tmp_path / "notes.txt")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_pairs(tmp_path / "missing.jsonl")
+
+
+def test_parquet_streamed_in_batches_keeps_row_numbers(tmp_path):
+    rows = [dict(r) for r in ROWS]
+    rows[3]["rejected"] = rows[3]["chosen"]
+    pl.DataFrame(rows).write_parquet(tmp_path / "p.parquet", row_group_size=2)
+    chunks = list(iter_pairs(tmp_path / "p.parquet", batch_rows=2))
+    assert [c.rows for c in chunks] == [2, 2, 1]
+    assert [(r.file, r.row, r.reason) for c in chunks for r in c.rejects] == [("p.parquet", 4, "identical")]
+    assert [n for c in chunks for n in c.pairs["n"]] == [0, 1, 2, 4]
