@@ -162,5 +162,6 @@ def _hh_messages(text: str, name: str) -> list[Message]:
     """Split Anthropic's raw dialogue on its `\\n\\nHuman: ` / `\\n\\nAssistant: ` markers."""
     parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
     if len(parts) < 3 or parts[0]:
-        raise RowError("unparsable", f"{name}: not an HH dialogue (want '\\n\\nHuman: ...\\n\\nAssistant: ...')")
+        raise RowError("unparsable", f"{name}: not an HH dialogue (want '\\n\\nHuman: ...\\n\\nAssistant: ...'); "
+                       "string answers without a prompt column are read as HH, map a prompt with --prompt-col")
     return [_msg("user" if r == "Human" else "assistant", c) for r, c in zip(parts[1::2], parts[2::2])]
