@@ -260,7 +260,7 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     df, scorer = read_scored(path, cfg.by)
     parts, dropped = split_frame(df, cfg)
-    params = {k: v for k, v in asdict(cfg).items() if k != "seed"}
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("strategy", "seed")}
     params["steps"] = len(parts)
     params["fractions"] = list(cfg.fractions) if cfg.fractions else None
     if cfg.strategy == "by-source":
