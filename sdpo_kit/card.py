@@ -111,19 +111,22 @@ def plot_source_mix(data: pl.DataFrame, ax, group: str = "step"):
     counts = data.group_by(group, "source").len().sort(group, "source")
     groups = sorted(counts[group].unique().to_list())
     left = np.zeros(len(groups))
-    for source in sorted(counts["source"].unique().to_list()):
+    sources = sorted(counts["source"].unique().to_list())
+    totals = [counts.filter(pl.col(group) == g)["len"].sum() for g in groups]
+    for source in sources:
         sub = counts.filter(pl.col("source") == source)
         n = dict(zip(sub[group].to_list(), sub["len"].to_list()))
-        totals = [counts.filter(pl.col(group) == g)["len"].sum() for g in groups]
         share = np.array([n.get(g, 0) / t for g, t in zip(groups, totals)])
-        ax.barh([str(g) for g in groups], share, left=left, label=source)
+        bars = ax.barh([str(g) for g in groups], share, left=left, label=source)
+        ax.bar_label(bars, labels=[f"{x:.0%}" if x >= 0.06 else "" for x in share], label_type="center", fontsize=7)
         left += share
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of pairs")
     ax.set_ylabel(group)
     ax.invert_yaxis()
     ax.set_title(f"source mix per {group}")
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.8)
+    # Below the axes, so the legend never hides a bar.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(sources), 5), frameon=False)
     return ax
 
 
