@@ -136,14 +136,40 @@ def _chunk(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
     return ordered.with_columns(pl.Series("step", step, dtype=pl.Int32))
 
 
-def _stratified(ordered: pl.DataFrame) -> pl.DataFrame:
-    """Interleave sources so any contiguous run holds each source in proportion.
+def stratified_counts(per_source: dict[str, int], sizes: list[int]) -> dict[str, list[int]]:
+    """Pairs of each source per step: row sums = source sizes, column sums = step sizes, and every
+    cell within one pair of its exact share n_s * m_t / N (controlled rounding).
 
-    A pair at rank r of n_s within its source sits at (r + 0.5) / n_s; sorting everyone by that
-    position (Sainte-Laguë interleaving) keeps each source's order and spreads it evenly.
+    Start from the floors; the leftover pairs of each source (fewer than T) go one per step to the
+    steps still missing the most pairs (Gale-Ryser greedy, which always completes a realisable table).
     """
-    pos = (pl.int_range(pl.len()).over("source") + 0.5) / pl.len().over("source")
-    return ordered.with_columns(pos.alias("__pos")).sort(["__pos", "source"], maintain_order=True).drop("__pos")
+    names = sorted(per_source)
+    exact = np.outer([per_source[n] for n in names], sizes) / sum(sizes)
+    table = np.floor(exact).astype(np.int64)
+    row_need = np.array([per_source[n] for n in names]) - table.sum(1)
+    col_need = np.array(sizes) - table.sum(0)
+    frac = exact - table
+    for i in np.argsort(-row_need, kind="stable"):
+        cols = np.lexsort((-frac[i], -col_need))[: row_need[i]]  # most-needed steps, then largest remainder
+        if len(cols) and col_need[cols].min() <= 0:
+            raise AssertionError(f"controlled rounding failed for {per_source} over {sizes}")
+        table[i, cols] += 1
+        col_need[cols] -= 1
+    return {n: table[i].tolist() for i, n in enumerate(names)}
+
+
+def _chunk_stratified(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
+    """Per source, its first k_1 pairs (in `ordered`'s order) go to step 1, the next k_2 to step 2, ..."""
+    if min(sizes) == 0:
+        raise ValueError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
+    counts = stratified_counts(dict(ordered["source"].value_counts().iter_rows()), sizes)
+    source = ordered["source"].to_numpy()
+    rank = ordered.select(pl.int_range(pl.len()).over("source"))[:, 0].to_numpy()
+    step = np.empty(ordered.height, dtype=np.int32)
+    for name, k in counts.items():  # one vectorised pass per source, never per pair
+        mask = source == name
+        step[mask] = np.searchsorted(np.cumsum(k), rank[mask], side="right") + 1
+    return ordered.with_columns(pl.Series("step", step, dtype=pl.Int32))
 
 
 def _by_source(df: pl.DataFrame, steps: int) -> pl.DataFrame:
@@ -205,9 +231,8 @@ def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
             ordered = df.with_columns(pl.Series("__key", perm)).sort("__key").drop("__key")
         else:
             ordered = df.sort([cfg.by, ROW], descending=[cfg.strategy == "easy-to-hard", False])
-        if cfg.stratify == "source":
-            ordered = _stratified(ordered)
-        out = _chunk(ordered, step_sizes(df.height, cfg.fractions or (1 / steps,) * steps))
+        sizes = step_sizes(df.height, cfg.fractions or (1 / steps,) * steps)
+        out = (_chunk_stratified if cfg.stratify == "source" else _chunk)(ordered, sizes)
     return out.sort(ROW)
 
 

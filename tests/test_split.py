@@ -272,3 +272,22 @@ def test_cli_split_in_process(length_proxy, tmp_path):
     bad = CliRunner().invoke(app, ["curate", "split", str(length_proxy), "--out", str(tmp_path / "x"),
                                    "--fractions", "0.5,oops"])
     assert bad.exit_code != 0 and "--fractions" in bad.output
+
+
+def test_stratified_counts_is_a_controlled_rounding():
+    """Margins exact and every cell within one pair of n_s * m_t / N, over many random tables."""
+    import numpy as np
+
+    from sdpo_kit.split import step_sizes, stratified_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        per_source = {f"s{i}": int(n) for i, n in enumerate(rng.integers(1, 400, size=rng.integers(1, 9)))}
+        total = sum(per_source.values())
+        shares = rng.dirichlet(np.ones(rng.integers(1, 7)))
+        sizes = step_sizes(total, tuple(shares))
+        table = stratified_counts(per_source, sizes)
+        assert {s: sum(k) for s, k in table.items()} == per_source
+        assert [sum(col) for col in zip(*table.values())] == sizes
+        for s, row in table.items():
+            assert all(abs(k - per_source[s] * m / total) <= 1 for k, m in zip(row, sizes)), (per_source, sizes)
