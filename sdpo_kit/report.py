@@ -9,7 +9,7 @@ A figure whose inputs are missing is left out with a note saying which command w
 
 Several runs are compared by *label*: run.json `"label"` when present, else the run folder's
 name without a trailing `-seedN`/`_seedN`/`-sN`. Runs sharing a label are seeds of one
-configuration (seed: run.json `"seed"`, else that suffix): bars show their mean, error bars
+configuration (seed: run.json `"seed"`, else config.yaml's `seed`, else that suffix): bars show their mean, error bars
 one standard deviation, dots each seed.
 """
 
@@ -59,6 +59,15 @@ def _step_partition(run_dir: Path, step: dict) -> dict:
     return {"step": step["step"], "margin": df["margin"].to_list(), "sources": sources, "under": under}
 
 
+def _trained_seed(run_dir: Path, suffix: re.Match | None):
+    """The training seed: config.yaml's `seed` (a DPOConfig override), else the folder's -seedN suffix."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    seed = (yaml.safe_load(path.read_text()) or {}).get("seed") if path.is_file() else None
+    return seed if seed is not None else (int(suffix.group(1)) if suffix else None)
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
@@ -83,7 +92,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return {
         "dir": str(run_dir), "name": name, "meta": meta, "manifest": manifest, "steps": steps,
         "label": meta.get("label") or SEED_SUFFIX.sub("", name),
-        "seed": meta.get("seed", int(m.group(1)) if m else None),
+        "seed": meta.get("seed", _trained_seed(run_dir, m)),
         "eval": read_json(ev / "eval.json") if (ev / "eval.json").is_file() else None,
         "scores": pl.read_parquet(ev / "scores.parquet") if (ev / "scores.parquet").is_file() else None,
     }
@@ -174,7 +183,7 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
     meta = r["meta"]
     out = [f"## {r['name']}", "", f"mode `{meta.get('mode')}`, base model `{meta.get('base_model')}`, "
            f"β = {meta.get('beta')}, status `{meta.get('status')}`, label `{r['label']}`, seed {_fmt(r['seed'])}", ""]
-    out += _table(["step", "pairs", "γ_ref mean (partition)", "loss first", "loss end", "reward margin end",
+    out += _table(["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
                    "reward accuracy end"],
                   [[s["step"]] + [s["summary"].get(k) for k in ("pairs", "ref_margin_mean", "loss_first", "loss_end",
                                                              "reward_margin_end", "reward_accuracy_end")]

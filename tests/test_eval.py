@@ -115,9 +115,10 @@ def pipeline(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("e2e")
     df = pl.read_parquet(shared("alpaca_eval_pairs.parquet")).filter(
-        (pl.col("prompt").str.len_chars() < 200) & (pl.col("chosen") != pl.col("rejected")))
+        (pl.col("prompt").str.len_chars() < 200) & (pl.col("chosen") != pl.col("rejected"))).sample(
+        fraction=1.0, shuffle=True, seed=0)  # every source in both slices
     df.slice(0, 16).write_parquet(root / "train.parquet")
-    df.slice(100, 24).write_parquet(root / "heldout.parquet")
+    df.slice(16, 24).write_parquet(root / "heldout.parquet")
     model, tokenizer = load_model(tiny_model_dir)
     scored, _ = score_frame(load_pairs(root / "train.parquet").pairs, model, tokenizer, ScoreConfig(max_length=64))
     scored.write_parquet(root / "scored.parquet")
@@ -156,6 +157,7 @@ def test_eval_on_real_run_matches_scorer_and_caches(pipeline):
         assert stats["pairs"] == oracle.filter(pl.col("source") == src).height
     scores = pl.read_parquet(run / "eval" / "scores.parquet")
     assert scores.height == ev["data"]["pairs"] == 24 and "judge_confidence" in scores.columns
+    assert sum(s["pairs"] for s in m1["per_source"].values()) == 24 and len(m1["per_source"]) > 1
     # A rerun scores nothing: every model comes from the fingerprint cache, same numbers.
     before = {p.name: p.stat().st_mtime_ns for p in (run / "eval" / "models").iterdir()}
     again = _cli("eval", "--run", run, "--data", pipeline["heldout"])
