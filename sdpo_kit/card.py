@@ -198,9 +198,10 @@ def _plots_section(data: pl.DataFrame, out: Path, group: str, mix_group: str) ->
     return "\n\n".join(lines)
 
 
-def _provenance(scorer: dict | None) -> str:
+def _provenance(scorer: dict | None, scored: bool) -> str:
     if not scorer:
-        return "Not scored: no reference model margins."
+        return ("Scored, but the input carries no `sdpo_kit.scorer` provenance in its parquet footer." if scored
+                else "Not scored: no reference model margins.")
     return "Scored by `sdpo curate score`:\n\n```json\n" + json.dumps(scorer, indent=2, sort_keys=True) + "\n```"
 
 
@@ -232,7 +233,7 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
         ("Plots", _plots_section(data, out, "step", "step")),
         ("Dropped pairs", dropped),
         ("Parameters", "```json\n" + json.dumps(p, indent=2) + "\n```"),
-        ("Reference model", _provenance(manifest.get("scorer"))),
+        ("Reference model", _provenance(manifest.get("scorer"), True)),
         ("Use with TRL", "```python\nfrom datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
                          "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),
     ]
@@ -313,7 +314,7 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
             ("Whole dataset", _markdown_table(group_stats(data_all, "dataset"))),
             ("Plots", _plots_section(data_all, tmp, "source", "dataset")),
             ("Rejected rows", "\n".join(f"- `{r}`: {n}" for r, n in rejects.items()) or "None."),
-            ("Reference model", _provenance(scorer)),
+            ("Reference model", _provenance(scorer, is_scored)),
         ]
         write_text(tmp / "README.md", render_card(front, front["pretty_name"], intro, sections))
     return Path(out) / "README.md"
