@@ -139,7 +139,8 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
                                       plots.plot_accuracy_by_source(ev["models"], a[1]))))
     scores = run["scores"]
     if scores is not None and signal in scores.columns:
-        cols = [m["name"] for m in ev["models"]][:2]  # S and the first trained model
+        names = [m["name"] for m in ev["models"]]
+        cols = list(dict.fromkeys([names[0], names[-1]]))  # the start (S) and the final model
         data = [{"margin": scores[f"gamma_{c}"].to_list(), "signal": scores[signal].to_list(),
                  "signal_name": signal, "model": c} for c in cols]
         figs.append(_figure("difficulty", f"γ against the external difficulty signal `{signal}` on held-out "
@@ -197,8 +198,9 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
                       [[c["policy"], c["reference"], c["reward_margin_mean"], c["reward_accuracy"]]
                        for c in ev["comparisons"]]) + [""]
         if r["scores"] is not None and signal in r["scores"].columns:
-            rho = plots.spearman(r["scores"][signal].to_list(), r["scores"]["gamma_S"].to_list())
-            out += [f"Spearman ρ(γ of S, `{signal}`) = {rho:.3f}", ""]
+            for m in ev["models"]:
+                rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
+                out += [f"Spearman ρ(γ of {m['name']}, `{signal}`) = {rho:.3f}", ""]
     return "\n".join(out)
 
 
@@ -208,7 +210,9 @@ def comparison_markdown(runs: list[dict]) -> str:
              r["eval"]["models"][-1]["mean_margin"]] for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return ""
-    return "\n".join(["## Runs compared", ""] + _table(
+    keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}
+    warn = ["**Warning: these runs were evaluated on different held-out pairs; compare with care.**", ""]
+    return "\n".join(["## Runs compared", ""] + (warn if len(keys) > 1 else []) + _table(
         ["run", "label", "seed", "final model", "preference accuracy", "mean γ"], rows) + [""])
 
 
@@ -245,7 +249,8 @@ def _markdown_html(md: str) -> str:
             level = len(ln) - len(ln.lstrip("#"))
             parts.append(f"<h{level}>{html.escape(ln.lstrip('# '))}</h{level}>")
         elif ln.strip():
-            parts.append(f"<p>{html.escape(ln).replace('`', '')}</p>")
+            text = html.escape(ln).replace("`", "")
+            parts.append(f"<p class='note'><strong>{text.strip('*')}</strong></p>" if text.startswith("**") else f"<p>{text}</p>")
     return "\n".join(parts)
 
 

@@ -202,6 +202,8 @@ def test_report_from_contract_run_embeds_every_figure(tmp_path):
     diff = figs["sdpo_difficulty"]["axes"]
     rho = plots.spearman(data["scores"]["judge_confidence"], data["scores"]["gamma_S"])
     assert f"ρ = {rho:.3f}" in diff[0]["title"] and f"ρ(γ of S, `judge_confidence`) = {rho:.3f}" in paths["summary"].read_text()
+    assert [a["title"].split(":")[0] for a in diff] == ["γ_ref vs judge_confidence"] * 2
+    assert [a["ylabel"] for a in diff] == ["γ of S on held-out pairs [nats]", "γ of M2 on held-out pairs [nats]"]
 
 
 def test_report_compares_runs_grouped_by_label_and_seed(tmp_path):
@@ -219,6 +221,11 @@ def test_report_compares_runs_grouped_by_label_and_seed(tmp_path):
     assert margin_ax["bars"][0]["values"][1] == pytest.approx(finals[2]["mean_margin"])
     assert "±1 sd over seeds" in acc_ax["title"]
     assert "id='comparison'" in (out / "report.html").read_text()
+    assert "different held-out pairs" not in (out / "summary.md").read_text()
+    ev = json.loads((runs[2] / "eval" / "eval.json").read_text())
+    (runs[2] / "eval" / "eval.json").write_text(json.dumps(ev | {"data": ev["data"] | {"path": "other.parquet"}}))
+    write_report(runs, out)
+    assert "evaluated on different held-out pairs" in (out / "summary.md").read_text()
 
 
 def test_report_without_eval_or_signal_says_what_is_missing(tmp_path):
