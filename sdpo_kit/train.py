@@ -35,12 +35,12 @@ class StepwiseConfig:
     mode: str = field(
         default="stepwise",
         metadata={"help": "`stepwise`: one DPO run per partition, reference = previous step. `dpo`: one run on "
-                  "all partitions together, reference = S (the paper's baseline).", "choices": list(MODES)},
+                  "all partitions together, reference = S (the paper's baseline)."},
     )
     order: str = field(
         default="shuffled",
         metadata={"help": "Batch order inside a step: `shuffled` (TRL's default) or `sequential` (the "
-                  "partition's row order, e.g. easy-to-hard).", "choices": list(ORDERS)},
+                  "partition's row order, e.g. easy-to-hard)."},
     )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tuning. Adapters are merged after each step."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
@@ -187,6 +187,9 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     if state.is_main_process:
         write_json(run_dir / "run.json", run)
     checkpoint = ts.latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
+    if checkpoint:
+        rec["resumed_from"] = Path(checkpoint).name
+        print(f"[sdpo train] step {t}: resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     final = ts.final_model(trainer)
     model_fp = model_fingerprint(final)
