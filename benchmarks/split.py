@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ def main() -> None:
         split_file(path, tmp / f"out{i}", cfg)
         whole = time.perf_counter() - t0
         print(f"{name:36s} split_frame {core:6.2f} s   split_file (with outputs, card, plots) {whole:6.2f} s")
+    shutil.rmtree(tmp)
 
 
 if __name__ == "__main__":
