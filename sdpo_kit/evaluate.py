@@ -14,7 +14,8 @@ Writes `RUN/eval/`: `models/NAME.parquet` (the scorer's columns without the mess
 reused when the model fingerprint, the held-out pairs and the scoring settings match),
 `scores.parquet` (one row per pair kept by every model: pair_id, source, the held-out data's
 scalar columns, `gamma_NAME` per model, `reward_margin_P_vs_R` per comparison),
-`rejects.jsonl` (held-out rows dropped, with reasons) and `eval.json`.
+`rejects.jsonl` (held-out rows dropped, with reasons; a scorer reject once per model, tagged
+"model") and `eval.json` (`data.rejected` counts each dropped held-out pair once).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
     model["fingerprint"] = model["fingerprint"] or model_fingerprint(lm)
     print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
-    scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(dtype=cfg.dtype, **settings))
+    scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(dtype=cfg.dtype, **settings), file=str(cfg.data))
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
     rejects = [_as_dict(r) for r in rejects]
     meta = {"name": model["name"], "path": str(model["path"]), "fingerprint": model["fingerprint"], "key": key,
@@ -211,7 +212,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                      scores=f"models/{m['name']}.parquet")
     result = {"run": str(cfg.run), "beta": float(meta.get("beta", 0.1)), "config": asdict(cfg),
               "data": {"path": str(cfg.data), "pairs": table.height, "loaded": pairs.height,
-                       "rejected": len(rejects), "key": data_key(pairs)}, **result}
+                       "rejected": len(loaded.rejects) + pairs.height - table.height, "key": data_key(pairs)}, **result}
     write_parquet(out / "scores.parquet", table)
     write_jsonl(out / "rejects.jsonl", rejects)
     write_json(out / "eval.json", result)

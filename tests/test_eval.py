@@ -146,7 +146,7 @@ def test_eval_on_real_run_matches_scorer_and_caches(pipeline):
     pairs = load_pairs(pipeline["heldout"]).pairs
     policy, _ = load_model(run / "step_2" / "model")
     ref, tokenizer = load_model(run / "step_1" / "model")
-    oracle, _ = score_frame(pairs, ref, tokenizer, ScoreConfig(max_length=64), policy=policy)
+    oracle, _ = score_frame(pairs, ref, tokenizer, ScoreConfig(max_length=64, beta=0.1), policy=policy)
     comp = next(c for c in ev["comparisons"] if (c["policy"], c["reference"]) == ("M2", "M1"))
     assert comp["reward_margin_mean"] == pytest.approx(oracle["reward_margin"].mean(), abs=1e-4)
     assert comp["reward_accuracy"] == pytest.approx(oracle["reward_correct"].mean())
@@ -156,8 +156,12 @@ def test_eval_on_real_run_matches_scorer_and_caches(pipeline):
     for src, stats in m1["per_source"].items():
         assert stats["pairs"] == oracle.filter(pl.col("source") == src).height
     scores = pl.read_parquet(run / "eval" / "scores.parquet")
-    assert scores.height == ev["data"]["pairs"] == 24 and "judge_confidence" in scores.columns
-    assert sum(s["pairs"] for s in m1["per_source"].values()) == 24 and len(m1["per_source"]) > 1
+    assert scores.height == ev["data"]["pairs"] == oracle.height and "judge_confidence" in scores.columns
+    assert sum(s["pairs"] for s in m1["per_source"].values()) == oracle.height and len(m1["per_source"]) > 1
+    # Pairs whose prompt alone fills max_length (64) are dropped as counted rejects, never silently.
+    rejects = [json.loads(ln) for ln in (run / "eval" / "rejects.jsonl").read_text().splitlines()]
+    assert ev["data"]["rejected"] == 24 - oracle.height == len({r["row"] for r in rejects})
+    assert {r["reason"] for r in rejects} <= {"prompt_too_long"} and {r["model"] for r in rejects} <= {"S", "M1", "M2"}
     # A rerun scores nothing: every model comes from the fingerprint cache, same numbers.
     before = {p.name: p.stat().st_mtime_ns for p in (run / "eval" / "models").iterdir()}
     again = _cli("eval", "--run", run, "--data", pipeline["heldout"])
