@@ -220,7 +220,9 @@ def _score_packed(models: list, packed: list[Packed], pad_id: int, config: Score
 
     sums = [torch.zeros(2 * len(packed), dtype=torch.float64) for _ in models]
     counts = torch.zeros(2 * len(packed), dtype=torch.long)
-    bar = tqdm(total=len(packed), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True)
+    # `progress` may be a caller's bar (the file scorer's, over all shards): update it, never close it.
+    own = not hasattr(progress, "update")
+    bar = tqdm(total=len(packed), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress
     with torch.inference_mode():
         for group in batches([len(p.ids) for p in packed], config.token_budget):
             where = torch.tensor([[2 * i, 2 * i + 1] for i in group]).flatten()
@@ -228,11 +230,12 @@ def _score_packed(models: list, packed: list[Packed], pad_id: int, config: Score
                 s, n = _logp_sums(model, [packed[i] for i in group], pad_id, config.head_chunk)
                 sums[m][where], counts[where] = s, n
             bar.update(len(group))
-    bar.close()
+    if own:
+        bar.close()
     return sums, counts
 
 
-def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, policy=None, progress: bool = True,
+def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, policy=None, progress=True,
                 file: str = "", row_offset: int = 0, accelerator=None):
     """Score canonical pairs with `model` (the reference) and optionally `policy`.
 
@@ -297,7 +300,7 @@ def _score_distributed(pairs, model, tokenizer, config, policy, progress, file, 
 
     start, stop = shard_bounds(pairs.height, accelerator.process_index, accelerator.num_processes)
     scored, rejects = score_frame(pairs[start:stop], model, tokenizer, config, policy=policy,
-                                  progress=progress and accelerator.is_main_process, file=file,
+                                  progress=progress if accelerator.is_main_process else False, file=file,
                                   row_offset=row_offset + start)
     parts = gather_object([(scored, rejects)])  # in process order = row order
     return pl.concat([p[0] for p in parts], how="vertical_relaxed"), [r for p in parts for r in p[1]]
@@ -327,3 +330,10 @@ def provenance(model, tokenizer, config: ScoreConfig) -> dict[str, Any]:
 def config_from_dict(d: dict) -> ScoreConfig:
     names = {f.name for f in dataclasses.fields(ScoreConfig)}
     return ScoreConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def score_file(data, out, **kwargs):
+    """Score a whole file into `out` with shards, cache, resume and accelerate: see `sdpo_kit.score_run`."""
+    from sdpo_kit.score_run import score_file as run
+
+    return run(data, out, **kwargs)
