@@ -273,7 +273,7 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
 
 def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int | None, seed: int):
     from sdpo_kit.models import load_model
-    from sdpo_kit.score import ScoreConfig, score_frame
+    from sdpo_kit.score import ScoreConfig, provenance, score_frame
 
     total = pairs.height
     if sample is not None and sample < total:
@@ -282,9 +282,7 @@ def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int 
     cfg = ScoreConfig(**({"max_length": max_length} if max_length else {}))
     m, tok = load_model(model)
     scored, rejects = score_frame(pairs, m, tok, cfg)
-    from dataclasses import asdict
-
-    scorer = {"model": str(model), "config": asdict(cfg), "scored_pairs": pairs.height, "of_pairs": total,
+    scorer = {**provenance(m, tok, cfg), "model_arg": str(model), "scored_pairs": pairs.height, "of_pairs": total,
               "sample_seed": seed if pairs.height < total else None}
     return scored, list(rejects), scorer
 
