@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,8 @@ def train_parser():
     parser = TrlParser((StepwiseConfig, DPOConfig))
     defaults = {"output_dir": "unused", "logging_first_step": True, "save_total_limit": 1}
     if not torch.cuda.is_available():  # TRL's GPU defaults fail or crawl on CPU; flags/YAML still win
-        defaults.update(bf16=False, gradient_checkpointing=False)
+        # use_cpu also makes transformers pick accelerate's MULTI_CPU (gloo) state under a launcher.
+        defaults.update(bf16=False, gradient_checkpointing=False, use_cpu=True)
     parser.set_defaults(**defaults)
     return parser
 
@@ -139,7 +141,9 @@ def _start_run(cfg, args, overrides, plan, state) -> dict:
     import yaml
 
     run_dir = Path(cfg.out)
-    if (run_dir / "run.json").exists():
+    exists = (run_dir / "run.json").exists()
+    state.wait_for_everyone()  # every process looks before the main one writes
+    if exists:
         if not cfg.resume:
             raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out.")
         return read_json(run_dir / "run.json")
@@ -163,8 +167,6 @@ def _start_run(cfg, args, overrides, plan, state) -> dict:
 
 def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state) -> Path:
     """Step t: M_{t-1} = `start` scores `files`, then trains on them; returns M_t's folder."""
-    import polars as pl
-
     from sdpo_kit import train_step as ts
     from sdpo_kit.models import load_model, model_fingerprint
 
@@ -172,14 +174,13 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
     model, tokenizer = load_model(start)
     ref_fp = model_fingerprint(model)
-    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-    scored = ts.score_reference(frame, model, tokenizer, args, ref_fp, step_dir, state)
+    scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
     if scored.height == 0:
         raise ValueError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} (see reference.rejects.jsonl).")
     lora = _lora_config(cfg)
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
-    trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored), args, lora)
+    trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
     start_fp = start_fp or model_fingerprint(trainer.model)
     rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
     if t == 1:
@@ -207,6 +208,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         import shutil
 
         shutil.rmtree(step_dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per step
+        shutil.rmtree(step_dir / "dataset", ignore_errors=True)
     rec.update(status="done", model_fingerprint=model_fp)
     return step_dir / "model"
 
@@ -215,7 +217,11 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None) -> 
     """Run every step (or the single `dpo` run) into `cfg.out`; returns the run directory."""
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=args.use_cpu)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != state.num_processes:  # each process would train alone on all the data
+        raise RuntimeError(f"{world} processes were launched but accelerate set up {state.num_processes}; "
+                           "on CPU launch with `accelerate launch --multi_gpu --num_processes N` and keep use_cpu.")
     files = partition_files(cfg.partitions)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
     run = _start_run(cfg, args, overrides or {}, plan, state)

@@ -26,24 +26,31 @@ CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset colu
 REFERENCE_META_KEY = "sdpo_kit.reference"
 
 
-def score_reference(frame, model, tokenizer, args, fingerprint: str, step_dir: Path, state):
-    """Partition `frame` scored by `model` (= M_{t-1}), cached in `step_dir/reference.parquet`.
+def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str, step_dir: Path, state):
+    """The partition files scored by `model` (= M_{t-1}), cached in `step_dir/reference.parquet`.
 
     The cache is reused only if it was written for the same weights and tokenisation settings.
-    The main process scores and writes; the others wait and read the file (data-parallel
-    training shards the rows later, inside TRL's dataloader).
+    Under several processes each scores a contiguous share (the scorer gathers the whole on
+    every process); the main process writes the file and the rejects beside it.
     """
     import polars as pl
 
+    from sdpo_kit.score import ScoreConfig, score_frame
+
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
-    if state.is_main_process and not _cache_matches(path, settings):
-        from sdpo_kit.score import ScoreConfig, score_frame
-
+    if not _cache_matches(path, settings):  # every process looks before anything is written
         config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
-        scored, rejects = score_frame(frame, model, tokenizer, config)
-        write_jsonl(step_dir / "reference.rejects.jsonl", [_as_dict(r) for r in rejects])
-        write_parquet(path, scored, metadata={REFERENCE_META_KEY: json.dumps(settings)})
+        parts, rejects = [], []
+        for file in files:
+            scored, dropped = score_frame(pl.read_parquet(file), model, tokenizer, config, file=str(file),
+                                          accelerator=state, progress=state.is_main_process)
+            parts.append(scored)
+            rejects += [_as_dict(r) for r in dropped]
+        if state.is_main_process:
+            write_jsonl(step_dir / "reference.rejects.jsonl", rejects)
+            write_parquet(path, pl.concat(parts, how="diagonal_relaxed"),
+                          metadata={REFERENCE_META_KEY: json.dumps(settings)})
     state.wait_for_everyone()
     return pl.read_parquet(path)
 
@@ -59,12 +66,21 @@ def _as_dict(obj: Any) -> dict:
     return asdict(obj) if is_dataclass(obj) else dict(obj)
 
 
-def to_dataset(scored):
-    """A `datasets.Dataset` of TRL-conversational pairs plus the scorer's log-probs (`sdpo_ref_*`)."""
-    from datasets import Dataset
+def to_dataset(scored, folder: Path, state):
+    """A file-backed `datasets.Dataset` of TRL-conversational pairs plus the scorer's `sdpo_ref_*`.
 
-    columns = ["prompt", "chosen", "rejected", *REF_COLUMNS]
-    return Dataset.from_list(scored.select(columns).rename(CARRIED).to_dicts())
+    File-backed on purpose: TRL's precompute pass hands its results from the main process to
+    the others through a cache file beside the dataset, and an in-memory dataset puts that file
+    in a per-process temporary folder the other processes cannot see.
+    """
+    from datasets import Dataset, load_from_disk
+
+    if state.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)  # stale TRL cache files belong to old fingerprints
+        columns = ["prompt", "chosen", "rejected", *REF_COLUMNS]
+        Dataset.from_list(scored.select(columns).rename(CARRIED).to_dicts()).save_to_disk(str(folder))
+    state.wait_for_everyone()
+    return load_from_disk(str(folder))
 
 
 @dataclass

@@ -84,6 +84,7 @@ def parts3(tmp_path_factory) -> Path:
     return write_partitions(tmp_path_factory.mktemp("parts3"), steps=3, pairs=4)
 
 
+@pytest.mark.slow
 def test_three_steps_exact_reference_and_fingerprint_chain(tmp_path, parts3, tiny_model_dir):
     from sdpo_kit.io import read_parquet_metadata
     from sdpo_kit.models import load_model, model_fingerprint
@@ -170,6 +171,8 @@ def test_lora_two_steps_merges_adapter_each_step(tmp_path, tiny_model_dir):
 
 def _batch_refs(order: str, scored, tiny_model_dir, tmp_path) -> list[float]:
     """The reference log-probs of the pairs, in the order the trainer's dataloader yields them."""
+    from accelerate import PartialState
+
     from sdpo_kit import train_step
     from sdpo_kit.models import load_model
     from sdpo_kit.train import parse_train_args
@@ -177,7 +180,12 @@ def _batch_refs(order: str, scored, tiny_model_dir, tmp_path) -> list[float]:
     cfg, args, _ = parse_train_args(["--partitions", str(tmp_path), "--out", str(tmp_path / "o"), "--order", order, *FAST])
     args.output_dir = str(tmp_path / "o")
     model, tokenizer = load_model(tiny_model_dir)
-    trainer = train_step.build_trainer(model, tokenizer, train_step.to_dataset(scored), args)
+    dataset = train_step.to_dataset(scored, tmp_path / f"ds_{order}", PartialState())
+    forwards = []
+    model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    trainer = train_step.build_trainer(model, tokenizer, dataset, args)
+    assert trainer.ref_model is None and not forwards  # TRL loaded no reference and ran no reference pass
+    assert trainer.train_dataset["ref_chosen_logps"] == pytest.approx(scored["ref_chosen_logps"].to_list(), abs=1e-4)
     return [x for batch in trainer.get_train_dataloader() for x in batch["ref_chosen_logps"].tolist()]
 
 
@@ -191,8 +199,7 @@ def test_sequential_order_keeps_partition_order(tmp_path, tiny_model_dir):
     parts = write_partitions(tmp_path, steps=1, pairs=12)
     _, args, _ = parse_train_args(["--partitions", str(parts), "--out", "x", *FAST])
     model, tokenizer = load_model(tiny_model_dir)
-    frame = pl.read_parquet(parts / "step_1.parquet")
-    scored = score_reference(frame, model, tokenizer, args, model_fingerprint(model), tmp_path, PartialState())
+    scored = score_reference([parts / "step_1.parquet"], model, tokenizer, args, model_fingerprint(model), tmp_path, PartialState())
     expected = pl.Series(scored["ref_chosen_logps"]).cast(pl.Float32).to_list()
     sequential = _batch_refs("sequential", scored, tiny_model_dir, tmp_path)
     shuffled = _batch_refs("shuffled", scored, tiny_model_dir, tmp_path)
@@ -239,8 +246,8 @@ def test_accelerate_two_processes_matches_one(tmp_path, tiny_model_dir):
     bindir = str(Path(sys.executable).parent)
     two, one = tmp_path / "two", tmp_path / "one"
     sdpo = shutil.which("sdpo", path=bindir)
-    cmd = [shutil.which("accelerate", path=bindir), "launch", "--num_processes", "2", "--cpu", sdpo, "train"]
-    flags = ["--partitions", parts, "--model", tiny_model_dir, *FAST]
+    cmd = [shutil.which("accelerate", path=bindir), "launch", "--multi_gpu", "--num_processes", "2", sdpo, "train"]
+    flags = ["--partitions", parts, "--model", tiny_model_dir, "--order", "sequential", *FAST]
     done = subprocess.run([*cmd, *map(str, flags), "--out", str(two)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     # 2 processes x 2 pairs see the same global batches as 1 process x 4 pairs.
