@@ -33,8 +33,9 @@ def parts_dir(out: Path) -> Path:
 
 def cache_key(meta: dict) -> str:
     """Digest of everything that changes the numbers (library versions left out on purpose)."""
-    keep = {k: {f: v for f, v in m.items() if f not in ("versions", "model")} if isinstance(m, dict) else m
-            for k, m in meta.items() if k not in ("input", "rows")}
+    drop = ("versions", "model", "input")
+    keep = {k: {f: v for f, v in m.items() if f not in drop} if isinstance(m, dict) else m
+            for k, m in meta.items() if k not in drop}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -122,7 +123,7 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     if policy is not None:
         models.append(load_model(policy, config.dtype, device))
     tokenizer = models[0][1]
-    meta = {"reference": provenance(*models[0], config)}
+    meta = provenance(*models[0], config)  # the reference's, at the top level (docs/ARCHITECTURE.md)
     if policy is not None:
         meta |= {"policy": provenance(*models[1], config), "beta": config.beta}
     key = cache_key(meta)
