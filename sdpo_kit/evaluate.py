@@ -116,16 +116,21 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     settings = {"max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode}
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the scorer's default
     key = {"data": data_key(pairs), "dtype": cfg.dtype, **settings}
-    if model["fingerprint"] and path.is_file():
+    from sdpo_kit.models import load_model, model_fingerprint
+
+    lm = None
+    if not model["fingerprint"]:  # run.json lacks it: hashing the weights is cheap next to scoring
+        lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
+        model["fingerprint"] = model_fingerprint(lm)
+    if path.is_file():
         cached = json.loads(read_parquet_metadata(path).get(META_KEY, "{}"))
         if cached.get("fingerprint") == model["fingerprint"] and cached.get("key") == key:
             print(f"[sdpo eval] {model['name']}: cached ({path})")
             return pl.read_parquet(path), cached.get("rejects", [])
-    from sdpo_kit.models import load_model, model_fingerprint
     from sdpo_kit.score import ScoreConfig, score_frame
 
-    lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
-    model["fingerprint"] = model["fingerprint"] or model_fingerprint(lm)
+    if lm is None:
+        lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
     print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
     scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(dtype=cfg.dtype, **settings), file=str(cfg.data))
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])

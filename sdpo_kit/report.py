@@ -191,7 +191,9 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
                    for s in r["steps"]]) + [""]
     ev = r["eval"]
     if ev:
-        out += [f"Held-out: `{ev['data']['path']}`, {ev['data']['pairs']} pairs.", ""]
+        d = ev["data"]
+        out += [f"Held-out: `{d['path']}`, {d['pairs']} pairs scored by every model"
+                f" ({d.get('rejected', 0)} dropped, see eval/rejects.jsonl).", ""]
         out += _table(["model", "preference accuracy", "mean γ"],
                       [[m["name"], m["accuracy"], m["mean_margin"]] for m in ev["models"]]) + [""]
         out += _table(["policy", "reference", "reward margin mean", "reward accuracy"],

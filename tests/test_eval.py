@@ -206,3 +206,21 @@ def test_report_screenshot_in_headless_chromium(pipeline):
     out = pipeline["root"] / "report_shot"
     _cli("report", pipeline["run"], "--out", out)
     assert_not_blank(screenshot_or_skip(out / "report.html", out / "screenshot.png"))
+
+
+def test_eval_without_recorded_fingerprint_hashes_weights_and_caches(tmp_path, tiny_model_dir):
+    from conftest import shared
+    from sdpo_kit.models import load_model, model_fingerprint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"mode": "stepwise", "base_model": str(tiny_model_dir),
+                                              "base_fingerprint": None, "beta": 0.1, "steps": []}))
+    pl.read_parquet(shared("alpaca_eval_pairs.parquet")).filter(pl.col("prompt").str.len_chars() < 150).head(6) \
+        .write_parquet(tmp_path / "heldout.parquet")
+    argv = ["eval", "--run", run, "--data", tmp_path / "heldout.parquet", "--max-length", "96", "--models", "S"]
+    assert "scoring S" in _cli(*argv)
+    assert "S: cached" in _cli(*argv)
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert ev["models"][0]["fingerprint"] == model_fingerprint(load_model(tiny_model_dir)[0])
+    assert ev["comparisons"] == [] and ev["config"]["max_length"] == 96
