@@ -249,8 +249,9 @@ def _reject_counts(rejects) -> dict[str, int]:
 
 
 def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int | None, max_length: int | None,
-                  seed: int) -> tuple[pl.DataFrame, dict[str, int], int, dict | None]:
-    """(pairs, rejects per reason, input rows, scorer provenance) for a dataset card."""
+                  seed: int) -> dict:
+    """{pairs, scored, rows, rejects, score_rejects, scorer} for a dataset card: `pairs` = every valid
+    pair, `scored` = the pairs with margins (all of them, a seeded subset, or None)."""
     from sdpo_kit.io import read_parquet_metadata
 
     path = Path(data)
@@ -260,15 +261,17 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
         rej = path.with_name(path.name.removesuffix(".parquet") + ".rejects.jsonl")
         rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
         raw = read_parquet_metadata(path).get("sdpo_kit.scorer")
-        return pairs, _reject_counts(rejects), pairs.height + len(rejects), json.loads(raw) if raw else None
+        return {"pairs": pairs, "scored": pairs, "rows": pairs.height + len(rejects), "rejects": _reject_counts(rejects),
+                "score_rejects": {}, "scorer": json.loads(raw) if raw else None}
     from sdpo_kit.data import load_pairs
 
     loaded = load_pairs(path)
-    pairs, rejects, scorer = loaded.pairs, list(loaded.rejects), None
+    card = {"pairs": loaded.pairs, "scored": None, "rows": loaded.rows, "rejects": _reject_counts(loaded.rejects),
+            "score_rejects": {}, "scorer": None}
     if scored:
-        pairs, more, scorer = _score(pairs, model, sample, max_length, seed)
-        rejects += more
-    return pairs, _reject_counts(rejects), loaded.rows, scorer
+        card["scored"], more, card["scorer"] = _score(loaded.pairs, model, sample, max_length, seed)
+        card["score_rejects"] = _reject_counts(more)
+    return card
 
 
 def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int | None, seed: int):
@@ -287,32 +290,54 @@ def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int 
     return scored, list(rejects), scorer
 
 
+def _margins_section(card: dict) -> str:
+    scored, scorer = card["scored"], card["scorer"] or {}
+    n, of = scorer.get("scored_pairs", scored.height), scorer.get("of_pairs", scored.height)
+    head = ("Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt) under the reference model below; "
+            "reward accuracy = share of pairs with γ_ref > 0; lengths in tokens as the scorer counted them "
+            f"(before truncation at max_length {scorer.get('max_length', '?')}).")
+    if n < of:
+        head += (f" **Scored on a seeded random subset: {n} of the {of} valid pairs (seed {scorer['sample_seed']})**; "
+                 f"{scored.height} of them were kept by the scorer, and this section describes those only.")
+    per_all = scored.with_columns(pl.lit("all").alias("dataset"))
+    return (head + "\n\n" + _markdown_table(group_stats(scored, "source")) + "\n"
+            + _markdown_table(group_stats(per_all, "dataset")))
+
+
 def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",
                        sample: int | None = None, max_length: int | None = None, seed: int = 0,
                        overwrite: bool = False) -> Path:
-    """README.md + plots for a whole dataset, grouped by source; margins when scored."""
-    pairs, rejects, rows, scorer = load_for_card(data, scored, model, sample, max_length, seed)
+    """README.md + plots for a whole dataset, grouped by source; reference margins when scored."""
+    card = load_for_card(data, scored, model, sample, max_length, seed)
+    pairs = card["pairs"]
     if pairs.height == 0:
-        raise ValueError(f"{data}: no valid pairs to describe (rejects: {rejects})")
-    name = Path(data).name
-    front = {"pretty_name": f"Preference pairs: {name}", "tags": ["dpo", "preference"],
+        raise ValueError(f"{data}: no valid pairs to describe (rejects: {card['rejects']})")
+    front = {"pretty_name": f"Preference pairs: {Path(data).name}", "tags": ["dpo", "preference"],
              "task_categories": ["text-generation"], "size_categories": [_size_category(pairs.height)]}
-    is_scored = "margin" in pairs.columns
-    subset = ""
-    if scorer and scorer.get("of_pairs") and scorer["scored_pairs"] < scorer["of_pairs"]:
-        subset = (f" Margins come from a seeded random subset of {scorer['scored_pairs']} of the "
-                  f"{scorer['of_pairs']} valid pairs (seed {scorer['sample_seed']}); the table and plots describe that subset.")
-    intro = (f"`{data}`: {rows} input rows, {pairs.height} pairs described here, {sum(rejects.values())} rejected rows. "
-             + ("Scored with a reference model: margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt)." + subset
-                if is_scored else "Not scored: lengths and source mix only (`sdpo data card --scored` adds margins)."))
-    data_all = pairs.with_columns(pl.lit("all").alias("dataset"))
+    intro = (f"`{data}`: {card['rows']} input rows, {pairs.height} valid pairs, "
+             f"{sum(card['rejects'].values())} rows rejected by the data layer. "
+             + ("Reference-model margins: see below." if card["scored"] is not None else
+                "Not scored: lengths and source mix only (`sdpo data card --scored` adds reference margins)."))
+    rejected = "\n".join(f"- `{r}`: {n}" for r, n in card["rejects"].items()) or "None."
+    rejected += "".join(f"\n- `{r}`: {n} (scorer, among the scored pairs)" for r, n in card["score_rejects"].items())
+    everything = pairs.with_columns(pl.lit("all").alias("dataset"))
     with atomic_dir(out, overwrite) as tmp:
         sections = [
-            ("Per source", _markdown_table(group_stats(data_all, "source"))),
-            ("Whole dataset", _markdown_table(group_stats(data_all, "dataset"))),
-            ("Plots", _plots_section(data_all, tmp, "source", "dataset")),
-            ("Rejected rows", "\n".join(f"- `{r}`: {n}" for r, n in rejects.items()) or "None."),
-            ("Reference model", _provenance(scorer, is_scored)),
+            ("Per source", _markdown_table(group_stats(pairs, "source"))),
+            ("Whole dataset", _markdown_table(group_stats(everything, "dataset"))),
+        ]
+        plots = []
+        if card["scored"] is not None:
+            sections.append(("Reference margins", _margins_section(card)))
+            save_plot(plot_margin_hist, card["scored"], tmp / "plots" / "margin_hist.png", group="source")
+            plots.append("![margin histogram per source (scored pairs)](plots/margin_hist.png)")
+        save_plot(plot_source_mix, everything, tmp / "plots" / "source_mix.png", group="dataset")
+        save_plot(plot_lengths, pairs, tmp / "plots" / "lengths.png", group="source")
+        plots += ["![source mix](plots/source_mix.png)", "![lengths per source](plots/lengths.png)"]
+        sections += [
+            ("Plots", "\n\n".join(plots)),
+            ("Rejected rows", rejected),
+            ("Reference model", _provenance(card["scorer"], card["scored"] is not None)),
         ]
         write_text(tmp / "README.md", render_card(front, front["pretty_name"], intro, sections))
     return Path(out) / "README.md"

@@ -36,7 +36,7 @@ def test_unscored_card_of_each_shared_dataset(tmp_path):
         card = DatasetCard.load(out / "README.md")
         loaded = load_pairs(shared(name))
         assert card.data.pretty_name == f"Preference pairs: {name}"
-        assert f"{loaded.rows} input rows, {loaded.pairs.height} pairs described here, {len(loaded.rejects)} rejected" in card.text
+        assert f"{loaded.rows} input rows, {loaded.pairs.height} valid pairs, {len(loaded.rejects)} rows rejected" in card.text
         for reason, n in Counter(r.reason for r in loaded.rejects).items():
             assert f"- `{reason}`: {n}" in card.text
         assert "Not scored" in card.text and "margin_hist.png" not in card.text
@@ -71,7 +71,9 @@ def test_scored_card_with_the_tiny_model_on_a_subset(tiny_model_dir, tmp_path):
                                       "--model", str(tiny_model_dir), "--sample", "24", "--max-length", "256"])
     assert result.exit_code == 0, result.output
     card = DatasetCard.load(out / "README.md")
-    assert "seeded random subset of 24 of the" in card.text and "mean_margin" in card.text
+    assert "seeded random subset: 24 of the" in card.text and "mean_margin" in card.text
+    # Lengths and source mix still describe every valid pair, not just the scored subset.
+    assert "| all | 295 | " in card.text
     assert (out / "plots" / "margin_hist.png").read_bytes()[:8] == PNG
 
 
