@@ -258,10 +258,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_scored(path: str | os.PathLike, by: str = "margin") -> tuple[pl.DataFrame, dict | None]:
-    """The scored frame and the scorer's provenance; a clear error when score columns are missing."""
+def read_scored(path: str | os.PathLike, cfg: SplitConfig) -> tuple[pl.DataFrame, dict | None]:
+    """The scored frame and the scorer's provenance; a clear error when a needed column is missing."""
     df = pl.read_parquet(path)
-    missing = [c for c in dict.fromkeys(["prompt", "chosen", "rejected", "source", "margin", by]) if c not in df.columns]
+    needed = ["prompt", "chosen", "rejected", "source", "margin", cfg.by]
+    needed += ["chosen_truncated", "rejected_truncated"] if cfg.drop_truncated else []
+    missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; run `sdpo curate score` on it first")
     raw = read_parquet_metadata(path).get(SCORER_KEY)
@@ -283,7 +285,7 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    df, scorer = read_scored(path, cfg.by)
+    df, scorer = read_scored(path, cfg)
     parts, dropped = split_frame(df, cfg)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("strategy", "seed")}
     params["steps"] = len(parts)

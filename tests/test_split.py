@@ -257,6 +257,9 @@ def test_bad_config_and_input_errors(length_proxy, tmp_path):
     pl.read_parquet(length_proxy).drop("margin").write_parquet(unscored)
     with pytest.raises(ValueError, match=r"unscored.parquet: missing column\(s\) \['margin'\]"):
         _split(unscored, tmp_path / "p", strategy="random")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['chosen_truncated', 'rejected_truncated'\]"):
+        pl.read_parquet(length_proxy).drop("chosen_truncated", "rejected_truncated").write_parquet(unscored)
+        _split(unscored, tmp_path / "p", strategy="random", drop_truncated=True)
     with pytest.raises(ValueError, match="steps=9 but only 5 sources"):
         _split(length_proxy, tmp_path / "q", strategy="by-source", steps=9)
 
