@@ -1,0 +1,386 @@
+"""Reproduce the sDPO paper's comparison on SmolLM2-135M: DPO vs three sDPO splits, seeds, held-out eval.
+
+    python analysis/reproduce_sdpo.py --budget small > analysis/results/run.log 2>&1
+
+Stages, each resumable (a finished file is never recomputed):
+1. data: AlpacaEval pairs split BY PROMPT (data_seed) into train / validation / held-out; pairs
+   sampled from each side; S scores the training pairs once (curation margins γ_ref).
+2. per arm (analysis/configs/*.yaml except common.yaml) and seed: `sdpo curate split`'s library
+   call writes the partitions, `sdpo train` (in-process) trains, `sdpo eval` scores S, M1, ...
+   on the held-out pairs. A run whose run.json says "done" is skipped.
+3. results: table.md (mean ± sd over seeds), results.json, the `sdpo report` of every run.
+
+`--tune-lr 1e-5,5e-5` first trains the DPO arm (seed 0) once per learning rate and scores it on
+the validation slice (never the held-out pairs), picks one, and runs the experiment with it.
+Weights live under --root (default analysis/runs/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from sdpo_kit.io import read_json, write_json, write_parquet, write_text  # noqa: E402
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load_configs(budget: str, arms: list[str] | None) -> tuple[dict, dict]:
+    common = yaml.safe_load((HERE / "configs" / "common.yaml").read_text())
+    if budget not in common["budgets"]:
+        raise SystemExit(f"--budget {budget!r}: expected one of {sorted(common['budgets'])}")
+    found = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((HERE / "configs").glob("*.yaml")) if p.stem != "common"}
+    wanted = arms or list(found)
+    unknown = [a for a in wanted if a not in found]
+    if unknown:
+        raise SystemExit(f"--arms {unknown}: no analysis/configs/<arm>.yaml; have {sorted(found)}")
+    return common, {a: found[a] for a in wanted}
+
+
+# ---------------------------------------------------------------- 1. data
+
+def _prompt_text(pairs):
+    import polars as pl
+
+    return pairs.with_columns(pl.col("prompt").list.last().struct.field("content").alias("__prompt"))
+
+
+def split_prompts(pairs, common: dict, seed: int) -> dict[str, list[str]]:
+    """Distinct prompts shuffled with `seed`: first heldout share, then validation share, rest train."""
+    import numpy as np
+
+    prompts = sorted(_prompt_text(pairs)["__prompt"].unique().to_list())
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    n_held = round(common["heldout_prompt_share"] * len(prompts))
+    n_val = round(common["val_prompt_share"] * len(prompts))
+    shuffled = [prompts[i] for i in order]
+    return {"heldout": shuffled[:n_held], "val": shuffled[n_held:n_held + n_val], "train": shuffled[n_held + n_val:]}
+
+
+def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict:
+    """train/val/heldout parquet files of canonical pairs plus S-scored training pairs; data.json."""
+    if (data_dir / "data.json").is_file():
+        info = read_json(data_dir / "data.json")
+        wanted = {k: budget[k] for k in ("train_pairs", "val_pairs", "heldout_pairs", "max_length")}
+        if info.get("budget") != wanted or info.get("model") != str(model):
+            raise SystemExit(f"{data_dir} holds data for {info.get('budget')}, model {info.get('model')}; "
+                             f"this call wants {wanted}, model {model}: use another --root or delete it.")
+        return info
+    import polars as pl
+
+    from sdpo_kit.data import load_pairs
+    from sdpo_kit.models import load_model
+    from sdpo_kit.score import ScoreConfig, provenance, score_frame
+
+    began = time.time()
+    data = str((REPO / common["data"]).resolve()) if not Path(common["data"]).is_absolute() else common["data"]
+    loaded = load_pairs(data)
+    pairs = _prompt_text(loaded.pairs)
+    sides = split_prompts(pairs, common, common["data_seed"])
+    lm, tok = load_model(model)
+    # Prompt length filter, counted: TRL drops a pair whose prompt fills max_length; we also want
+    # room for the answers, so a prompt may take at most prompt_max_share of the window.
+    limit = int(budget["max_length"] * common["prompt_max_share"])
+    lengths = {p: len(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True, return_dict=True,
+                                              add_generation_prompt=True)["input_ids"])
+               for p in pairs["__prompt"].unique().to_list()}
+    pairs = pairs.with_columns(pl.col("__prompt").replace_strict(lengths, return_dtype=pl.Int64).alias("__ptok"))
+    info = {"input": data, "model": str(model),
+            "budget": {k: budget[k] for k in ("train_pairs", "val_pairs", "heldout_pairs", "max_length")},
+            "rows": loaded.rows, "loaded": pairs.height, "load_rejects": loaded.reasons,
+            "prompt_token_limit": limit, "max_length": budget["max_length"], "data_seed": common["data_seed"], "sides": {}}
+    for i, (side, n) in enumerate([("train", budget["train_pairs"]), ("val", budget["val_pairs"]),
+                                   ("heldout", budget["heldout_pairs"])]):
+        pool = pairs.filter(pl.col("__prompt").is_in(sides[side]))
+        fits = pool.filter(pl.col("__ptok") <= limit)
+        sample = fits.sample(min(n, fits.height), seed=common["data_seed"] + i, shuffle=True)
+        write_parquet(data_dir / f"{side}.parquet", sample.drop("__prompt", "__ptok"))
+        info["sides"][side] = {"prompts": len(sides[side]), "pool_pairs": pool.height,
+                               "dropped_prompt_too_long": pool.height - fits.height, "pairs": sample.height,
+                               "sampled_prompts": sample["__prompt"].n_unique(),
+                               "sources": dict(sorted(sample["source"].value_counts().iter_rows()))}
+    overlap = set(sides["train"]) & set(sides["heldout"]) | set(sides["val"]) & set(sides["heldout"])
+    assert not overlap and not set(sides["train"]) & set(sides["val"]), "prompt split leaked"
+    train = pl.read_parquet(data_dir / "train.parquet")
+    cfg = ScoreConfig(max_length=budget["max_length"], truncation_mode="keep_start", dtype="float32")
+    scored, rejects = score_frame(train, lm, tok, cfg)
+    meta = provenance(lm, tok, cfg)
+    fp = meta["fingerprint"]
+    write_parquet(data_dir / "train_scored.parquet", scored, metadata={"sdpo_kit.scorer": json.dumps(meta)})
+    info.update(base_fingerprint=fp, train_score_rejects=len(rejects), seconds=round(time.time() - began, 1),
+                train_truncated={"chosen": int(scored["chosen_truncated"].sum()),
+                                 "rejected": int(scored["rejected_truncated"].sum()), "pairs": scored.height},
+                train_gamma_S={"mean": float(scored["margin"].mean()), "accuracy": float((scored["margin"] > 0).mean())})
+    write_json(data_dir / "data.json", info)
+    log(f"data: {json.dumps(info['sides'])}  ({info['seconds']} s)")
+    return info
+
+
+# ---------------------------------------------------------------- 2. runs
+
+def write_partitions(arm: dict, seed: int, data_dir: Path, out: Path) -> Path:
+    from sdpo_kit.split import SplitConfig, split_file
+
+    if not (out / "manifest.json").is_file():
+        split_file(data_dir / "train_scored.parquet", out, SplitConfig(**arm["split"], seed=seed), overwrite=True)
+    return out
+
+
+def seed_step1_reference(run_dir: Path, parts: Path, mode: str, info: dict, max_length: int) -> None:
+    """Step 1's reference is S, which already scored every training pair in stage 1: hand the
+    trainer those rows in its reference cache (keyed by S's fingerprint and the tokenisation
+    settings; on any mismatch the trainer just rescores) instead of a second identical pass."""
+    import polars as pl
+
+    from sdpo_kit.train import partition_files
+
+    target = run_dir / "step_1" / "reference.parquet"
+    if target.exists():
+        return
+    files = partition_files(parts)
+    files = files if mode == "dpo" else files[:1]  # what the trainer's step 1 trains on
+    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    settings = {"fingerprint": info["base_fingerprint"], "max_length": max_length, "truncation_mode": "keep_start"}
+    write_parquet(target, frame, metadata={"sdpo_kit.reference": json.dumps(settings)})
+
+
+def train_argv(arm: dict, common: dict, budget: dict, model: str, parts: Path, run_dir: Path, seed: int,
+               overrides: dict | None = None) -> list[str]:
+    hp = {**common["train"], **arm.get("train", {}), **(overrides or {}),
+          "max_length": budget["max_length"], "per_device_train_batch_size": budget["per_device_train_batch_size"],
+          "seed": seed}
+    argv = ["train", "--partitions", str(parts), "--out", str(run_dir), "--model", str(model), "--mode", arm["mode"]]
+    for k, v in hp.items():
+        argv += [f"--{k}", str(v)]
+    return argv
+
+
+def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, model: str, root: Path,
+                 info: dict, heldout: Path, overrides: dict | None = None, run_name: str | None = None) -> Path:
+    """Train (unless done) and evaluate (cached per model) one arm with one seed; returns the run dir."""
+    from sdpo_kit.cli import app
+
+    run_dir = root / "runs" / (run_name or f"{arm['label']}-seed{seed}")
+    parts = write_partitions(arm, seed, root / "data", root / "partitions" / f"{arm['label']}-seed{seed}")
+    meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else None
+    argv = train_argv(arm, common, budget, model, parts, run_dir, seed, overrides)
+    if meta and meta.get("analysis_argv", argv) != argv:
+        raise SystemExit(f"{run_dir} was trained with other settings ({meta['analysis_argv']}); delete it to retrain.")
+    if meta and meta.get("status") == "done":
+        log(f"{run_dir.name}: trained already, skipping training")
+    else:
+        seed_step1_reference(run_dir, parts, arm["mode"], info, budget["max_length"])
+        log(f"{run_dir.name}: sdpo {' '.join(argv)}")
+        began = time.time()
+        app(argv + (["--resume"] if meta else []), standalone_mode=False)
+        log(f"{run_dir.name}: trained in {time.time() - began:.0f} s")
+    # The trainer's run.json has no label/seed fields to set: add them for `sdpo report`.
+    meta = read_json(run_dir / "run.json")
+    meta.update(label=arm["label"], seed=seed, arm=name, analysis_argv=argv)
+    write_json(run_dir / "run.json", meta)
+    evaluate_run(run_dir, heldout, root / "eval_cache" / heldout.stem)
+    return run_dir
+
+
+def evaluate_run(run_dir: Path, data: Path, cache: Path) -> dict:
+    """`sdpo eval` of S, M1, ..., with S's scores shared by every run (same fingerprint and key)."""
+    from sdpo_kit.evaluate import EvalConfig, evaluate
+
+    out = run_dir / "eval" if data.stem == "heldout" else run_dir / f"eval_{data.stem}"
+    n_models = 1 + len(read_json(run_dir / "run.json")["steps"])
+    if (out / "eval.json").is_file() and len(read_json(out / "eval.json")["models"]) == n_models:
+        return read_json(out / "eval.json")
+    if (cache / "S.parquet").is_file() and not (out / "models" / "S.parquet").is_file():
+        (out / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cache / "S.parquet", out / "models" / "S.parquet")  # evaluate() checks its key
+    began = time.time()
+    result = evaluate(EvalConfig(run=str(run_dir), data=str(data), out=str(out)))
+    if not (cache / "S.parquet").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / "models" / "S.parquet", cache / "S.parquet")
+    write_json(out / "seconds.json", {"seconds": round(time.time() - began, 1)})
+    log(f"{run_dir.name}: evaluated on {data.name} in {time.time() - began:.0f} s: "
+        + ", ".join(f"{m['name']} acc {m['accuracy']:.3f} γ {m['mean_margin']:+.2f}" for m in result["models"]))
+    return result
+
+
+# ---------------------------------------------------------------- 3. results
+
+def run_numbers(run_dir: Path) -> dict:
+    """The numbers one run contributes to the table (final model M_T against S)."""
+    meta, ev = read_json(run_dir / "run.json"), read_json(run_dir / "eval" / "eval.json")
+    final = ev["models"][-1]
+    vs_s = next(c for c in ev["comparisons"] if c["policy"] == final["name"] and c["reference"] == "S")
+    summaries = [read_json(run_dir / s["dir"] / "summary.json") for s in meta["steps"]]
+    return {
+        "run": run_dir.name, "label": meta["label"], "seed": meta["seed"], "final": final["name"],
+        "heldout_pairs": ev["data"]["pairs"], "S_accuracy": ev["models"][0]["accuracy"],
+        "S_mean_gamma": ev["models"][0]["mean_margin"], "accuracy": final["accuracy"],
+        "mean_gamma": final["mean_margin"], "reward_accuracy_vs_S": vs_s["reward_accuracy"],
+        "reward_margin_vs_S": vs_s["reward_margin_mean"],
+        "per_source": {k: {"accuracy": v["accuracy"], "pairs": v["pairs"],
+                           "reward_accuracy_vs_S": vs_s["per_source"][k]["reward_accuracy"]}
+                       for k, v in final["per_source"].items()},
+        "S_per_source": {k: v["accuracy"] for k, v in ev["models"][0]["per_source"].items()},
+        "reference_gamma": {r["reference"]: r["mean_margin"] for r in ev["reference_margins"]},
+        "optimizer_steps": sum(s["optimizer_steps"] for s in summaries),
+        "train_pairs": sum(s["pairs"] for s in summaries),
+        "train_seconds": round(sum(s["seconds"] for s in summaries), 1),
+        "eval_seconds": (read_json(run_dir / "eval" / "seconds.json")["seconds"]
+                         if (run_dir / "eval" / "seconds.json").is_file() else None),
+        "step_partitions": [{"step": s["step"], "pairs": s["pairs"], "ref_margin_mean": s["ref_margin_mean"],
+                             "loss_first": s["loss_first"], "loss_end": s["loss_end"]} for s in summaries],
+    }
+
+
+def _ms(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """Mean ± sample standard deviation over seeds, one line per arm (S first)."""
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    by = {lab: [r for r in rows if r["label"] == lab] for lab in labels}
+    s = rows[0]
+    out = [f"Held-out pairs: {s['heldout_pairs']}. Mean ± sd over seeds (n per arm in the `seeds` column).", "",
+           "| model | seeds | pref. accuracy (γ>0) | mean γ | reward acc. vs S | reward margin vs S | opt. steps | train s |",
+           "|---|---|---|---|---|---|---|---|",
+           f"| S (SmolLM2-135M-Instruct) | - | {s['S_accuracy']:.3f} | {s['S_mean_gamma']:+.2f} | - | - | - | - |"]
+    for lab, rs in by.items():
+        g = lambda k: [r[k] for r in rs]  # noqa: E731
+        out.append(f"| {lab} ({rs[0]['final']}) | {len(rs)} | {_ms(g('accuracy'), '.3f')} | {_ms(g('mean_gamma'), '+.2f')} "
+                   f"| {_ms(g('reward_accuracy_vs_S'), '.3f')} | {_ms(g('reward_margin_vs_S'), '+.3f')} "
+                   f"| {_ms(g('optimizer_steps'), '.0f')} | {_ms(g('train_seconds'), '.0f')} |")
+    sources = sorted(s["per_source"])
+    out += ["", "Per source: preference accuracy of the final model (reward accuracy vs S in brackets).", "",
+            "| model | " + " | ".join(f"{k} (n={s['per_source'][k]['pairs']})" for k in sources) + " |",
+            "|---" * (len(sources) + 1) + "|",
+            "| S | " + " | ".join(f"{s['S_per_source'][k]:.3f}" for k in sources) + " |"]
+    for lab, rs in by.items():
+        cells = [f"{_ms([r['per_source'][k]['accuracy'] for r in rs], '.2f')} "
+                 f"({_ms([r['per_source'][k]['reward_accuracy_vs_S'] for r in rs], '.2f')})" for k in sources]
+        out.append(f"| {lab} | " + " | ".join(cells) + " |")
+    out += ["", "Mean γ on the held-out pairs of each step's reference (the paper's Figure 2: S, M1, M2, ...).", "",
+            "| arm | " + " | ".join(["S", "M1", "M2", "M3"]) + " |", "|---|---|---|---|---|"]
+    for lab, rs in by.items():
+        cells = [_ms([r["reference_gamma"][n] for r in rs], "+.2f") if n in rs[0]["reference_gamma"] else "-"
+                 for n in ["S", "M1", "M2", "M3"]]
+        out.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: str) -> None:
+    from sdpo_kit.report import write_report
+
+    rows = [run_numbers(d) for d in run_dirs if (d / "eval" / "eval.json").is_file()]
+    if not rows:
+        return
+    write_json(results / "results.json", {"budget": budget_name, "data": info, "runs": rows})
+    write_text(results / "table.md", table_markdown(rows))
+    for d in run_dirs:  # the small files of every run, for checking a rerun against
+        keep = results / "runs" / d.name
+        for f in ["run.json", "config.yaml", "eval/eval.json",
+                  *[f"{s['dir']}/summary.json" for s in read_json(d / "run.json")["steps"]]]:
+            if (d / f).is_file():
+                (keep / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(d / f, keep / f)
+    write_report([str(d) for d in run_dirs], results / "report")
+    log(f"results: {results / 'table.md'}, {results / 'report' / 'report.html'}")
+
+
+# ---------------------------------------------------------------- main
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", default="small", help="smoke | small | full (sizes in analysis/configs/common.yaml).")
+    p.add_argument("--model", default=None, help="S: `default` or a model folder (default: common.yaml's).")
+    p.add_argument("--arms", default=None, help="Comma list of config names (default: every analysis/configs/*.yaml).")
+    p.add_argument("--seeds", default=None, help="Comma list of seeds (default: the budget's).")
+    p.add_argument("--root", default=None, help="Folder for data, partitions, runs (weights); default analysis/runs/BUDGET.")
+    p.add_argument("--results", default=None, help="Results folder; default analysis/results (small) else ROOT/results.")
+    p.add_argument("--tune-lr", default=None, help="Comma list of learning rates: validation checks of the DPO arm.")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.time()
+    common, arms = load_configs(args.budget, args.arms.split(",") if args.arms else None)
+    budget = common["budgets"][args.budget]
+    model = args.model or common["model"]
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
+    root = Path(args.root or HERE / "runs" / args.budget)
+    results = Path(args.results or (HERE / "results" if args.budget == "small" else root / "results"))
+    log(f"budget {args.budget}: {budget}; model {model}; arms {list(arms)}; seeds {seeds}; root {root}")
+    info = prepare_data(common, budget, model, root / "data")
+    if args.tune_lr:  # validation checks first; the runs below use the learning rate they pick
+        dpo = load_configs(args.budget, ["dpo"])[1]["dpo"]
+        common["train"]["learning_rate"] = tune(args.tune_lr, dpo, common, budget, model, root, info, results)
+    # Seed-major order: an interrupted experiment still has every arm at the seeds it finished.
+    run_dirs = [run_arm_seed(name, arm, seed, common, budget, model, root, info, root / "data" / "heldout.parquet")
+                for seed in seeds for name, arm in arms.items()]
+    write_results(run_dirs, results, info, args.budget)
+    log(f"done in {time.time() - began:.0f} s")
+    return 0
+
+
+def tune(lrs: str, arm: dict, common: dict, budget: dict, model: str, root: Path, info: dict, results: Path) -> float:
+    """DPO arm, seed 0, one run per learning rate, scored on the validation slice only.
+
+    Picks the rate with the highest reward accuracy against S on the validation pairs (ties:
+    the larger mean reward margin), i.e. the one whose DPO update generalises best to new prompts.
+    """
+    rows = []
+    for lr in lrs.split(","):
+        run = run_arm_seed("dpo", arm, 0, common, budget, model, root, info, root / "data" / "val.parquet",
+                           overrides={"learning_rate": float(lr)}, run_name=f"tune-dpo-lr{lr}")
+        ev = read_json(run / "eval_val" / "eval.json")
+        vs_s = ev["comparisons"][-1]
+        rows.append({"lr": lr, "learning_rate": float(lr), "val_pairs": ev["data"]["pairs"], "S_accuracy": ev["models"][0]["accuracy"],
+                     "accuracy": ev["models"][-1]["accuracy"], "mean_gamma": ev["models"][-1]["mean_margin"],
+                     "reward_accuracy_vs_S": vs_s["reward_accuracy"], "reward_margin_vs_S": vs_s["reward_margin_mean"]})
+        log(f"tune lr={lr}: {rows[-1]}")
+    best = max(rows, key=lambda r: (r["reward_accuracy_vs_S"], r["reward_margin_vs_S"]))
+    write_json(results / "validation.json", {"beta": common["train"]["beta"], "checks": rows,
+                                             "chosen_learning_rate": best["learning_rate"],
+                                             "rule": "max validation reward accuracy vs S, then reward margin"})
+    log(f"tune: learning_rate {best['learning_rate']} chosen on the validation slice")
+    adopt(root / "runs" / f"tune-dpo-lr{best['lr']}", arm, {**common, "train": {**common["train"], "learning_rate": best[
+        "learning_rate"]}}, budget, model, root)
+    return best["learning_rate"]
+
+
+def adopt(src: Path, arm: dict, common: dict, budget: dict, model: str, root: Path) -> None:
+    """The chosen validation run IS the DPO arm's seed-0 run (same data, seed and settings, only
+    another folder): copy its weights instead of training the same thing twice."""
+    dst = root / "runs" / f"{arm['label']}-seed0"
+    if dst.exists():
+        return
+    meta = read_json(src / "run.json")
+    argv = train_argv(arm, common, budget, model, root / "partitions" / f"{arm['label']}-seed0", dst, 0)
+    if meta["status"] != "done" or [a for a in meta["analysis_argv"] if a != str(src)] != [a for a in argv if a != str(dst)]:
+        return
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("eval*"))
+    write_json(dst / "run.json", {**meta, "analysis_argv": argv, "adopted_from": src.name})
+    log(f"{dst.name}: adopted from {src.name} (identical training settings)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""analysis/reproduce_sdpo.py: the prompt split, the table, and the whole experiment on the tiny model.
+
+    python -m pytest -q tests/test_analysis.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from conftest import REPO, shared
+
+
+@pytest.fixture(scope="module")
+def rep():
+    spec = importlib.util.spec_from_file_location("reproduce_sdpo", REPO / "analysis" / "reproduce_sdpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prompts(path: Path) -> set[str]:
+    df = pl.read_parquet(path)
+    return set(df["prompt"].list.last().struct.field("content").to_list())
+
+
+def test_prompt_split_is_disjoint_seeded_and_complete(rep):
+    from sdpo_kit.data import load_pairs
+
+    pairs = load_pairs(shared("alpaca_eval_pairs.parquet"), limit=3000).pairs
+    common = {"heldout_prompt_share": 0.2, "val_prompt_share": 0.1}
+    a, b, c = (rep.split_prompts(pairs, common, s) for s in (0, 0, 1))
+    assert a == b and a != c
+    sides = [set(a[k]) for k in ("train", "val", "heldout")]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    everyone = set(pairs["prompt"].list.last().struct.field("content").to_list())
+    assert set().union(*sides) == everyone
+    assert len(sides[2]) == round(0.2 * len(everyone)) and len(sides[1]) == round(0.1 * len(everyone))
+
+
+def test_table_is_mean_and_sample_sd_over_seeds(rep):
+    def row(label, seed, acc):
+        return {"label": label, "seed": seed, "final": "M1", "heldout_pairs": 10, "S_accuracy": 0.4, "S_mean_gamma": -3.0,
+                "accuracy": acc, "mean_gamma": acc - 1, "reward_accuracy_vs_S": acc, "reward_margin_vs_S": 0.1,
+                "optimizer_steps": 4, "train_seconds": 10.0, "per_source": {"x": {"accuracy": acc, "pairs": 10,
+                                                                                  "reward_accuracy_vs_S": acc}},
+                "S_per_source": {"x": 0.4}, "reference_gamma": {"S": -3.0, "M1": acc}}
+
+    accs = [0.5, 0.6, 0.8]
+    md = rep.table_markdown([row("dpo", s, a) for s, a in enumerate(accs)] + [row("one", 0, 0.7)])
+    expected = f"{statistics.mean(accs):.3f} ± {statistics.stdev(accs):.3f}"
+    dpo_line = next(line for line in md.splitlines() if line.startswith("| dpo (M1) | 3 |"))
+    assert expected in dpo_line
+    assert "| one (M1) | 1 | 0.700 |" in md
+
+
+@pytest.mark.slow
+def test_smoke_budget_end_to_end_then_resumes_without_retraining(rep, tiny_model_dir, tmp_path):
+    shared("alpaca_eval_pairs.parquet")
+    root, results = tmp_path / "root", tmp_path / "results"
+    argv = ["--budget", "smoke", "--model", str(tiny_model_dir), "--root", str(root), "--results", str(results),
+            "--arms", "dpo,sdpo_by_source"]
+    assert rep.main(argv) == 0
+
+    data = root / "data"
+    train, val, held = (_prompts(data / f"{s}.parquet") for s in ("train", "val", "heldout"))
+    assert not (train & held or val & held or train & val)
+    out = json.loads((results / "results.json").read_text())
+    runs = {r["label"]: r for r in out["runs"]}
+    assert set(runs) == {"dpo", "sdpo-by-source"}
+    # Equal data: both arms trained on every training pair the scorer kept.
+    kept = pl.read_parquet(data / "train_scored.parquet").height
+    assert runs["dpo"]["train_pairs"] == runs["sdpo-by-source"]["train_pairs"] == kept
+    assert runs["dpo"]["final"] == "M1" and runs["sdpo-by-source"]["final"] == "M3"
+
+    # by-source: steps follow S's reward accuracy per source, highest first (the paper's order).
+    manifest = json.loads((root / "partitions" / "sdpo-by-source-seed0" / "manifest.json").read_text())
+    order = [s["source"] for s in manifest["params"]["source_order"]]
+    firsts = [min(order.index(src) for src in step["sources"]) for step in manifest["steps"]]
+    assert firsts == sorted(firsts)
+
+    # The table's numbers are the naive formulas over the per-pair scores.
+    run_dir = root / "runs" / "sdpo-by-source-seed0"
+    scores = pl.read_parquet(run_dir / "eval" / "scores.parquet")
+    r = runs["sdpo-by-source"]
+    assert r["accuracy"] == pytest.approx(float((scores["gamma_M3"] > 0).mean()))
+    assert r["mean_gamma"] == pytest.approx(float(scores["gamma_M3"].mean()))
+    assert r["reward_accuracy_vs_S"] == pytest.approx(float((scores["gamma_M3"] > scores["gamma_S"]).mean()))
+    assert [r["reference_gamma"][n] for n in ("S", "M1", "M2")] == pytest.approx(
+        [float(scores[f"gamma_{n}"].mean()) for n in ("S", "M1", "M2")])
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["label"], meta["seed"], meta["status"]) == ("sdpo-by-source", 0, "done")
+    assert (results / "report" / "report.html").is_file() and (results / "table.md").is_file()
+
+    # Rerun: every run is skipped (weights untouched) and the table comes out identical.
+    weights = sorted(root.glob("runs/*/step_*/model/model.safetensors"))
+    stamps = [p.stat().st_mtime_ns for p in weights]
+    table = (results / "table.md").read_text()
+    assert rep.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in weights] == stamps and len(weights) == 4
+    assert (results / "table.md").read_text() == table
