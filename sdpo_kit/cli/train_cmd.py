@@ -2,9 +2,12 @@
 
     sdpo train --partitions parts/ --model default --out runs/demo --max_length 256
     sdpo train --fields          # every flag: StepwiseConfig + trl.DPOConfig
+    accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...   # gloo on CPU
 """
 
 from __future__ import annotations
+
+import os
 
 import typer
 
@@ -15,7 +18,8 @@ def train(ctx: typer.Context) -> None:
     Flags: --partitions DIR --out RUN_DIR [--model default] [--mode stepwise|dpo]
     [--order shuffled|sequential] [--lora_r R ...] [--resume] [--config run.yaml], plus any
     trl.DPOConfig field (--beta, --learning_rate, --max_length, --report_to, ...).
-    `sdpo train --fields` lists them all. Works under `accelerate launch`.
+    `sdpo train --fields` lists them all. Data-parallel on CPU (gloo):
+    `accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...`.
     """
     from sdpo_kit.train import train_parser, parse_train_args, train_stepwise
 
@@ -29,4 +33,5 @@ def train(ctx: typer.Context) -> None:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     run_dir = train_stepwise(cfg, args, overrides)
-    typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
+    if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
