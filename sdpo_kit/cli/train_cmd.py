@@ -34,4 +34,4 @@ def train(ctx: typer.Context) -> None:
         raise typer.Exit(2) from err
     run_dir = train_stepwise(cfg, args, overrides)
     if int(os.environ.get("RANK", "0")) == 0:
-            typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
+        typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
