@@ -10,8 +10,9 @@ gives γ_π = log π(y_w|x) − log π(y_l|x) on every held-out pair. From those
   scorer's `--policy M_t --reference R` margin β·[(πP_w−πR_w)−(πP_l−πR_l)]; R = S and R = M_{t-1};
 - mean γ of each step's reference (S, M1, ...): γ of M_{t-1} is the reference of step t.
 
-Writes `RUN/eval/`: `models/NAME.parquet` (the scorer's columns without the messages; cached:
-reused when the model fingerprint, the held-out pairs and the scoring settings match),
+Writes `RUN/eval/`: `models/NAME.parquet` + `.rejects.jsonl` (`sdpo curate score`'s output for
+that model; reused when the model fingerprint, the held-out pairs and the scoring settings match,
+and scored pairs are cached across runs by the scorer's fingerprint-keyed pair cache),
 `scores.parquet` (one row per pair kept by every model: pair_id, source, the held-out data's
 scalar columns, `gamma_NAME` per model, `reward_margin_P_vs_R` per comparison),
 `rejects.jsonl` (held-out rows dropped, with reasons; a scorer reject once per model, tagged
@@ -26,9 +27,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit.io import read_json, read_parquet_metadata, write_json, write_jsonl, write_parquet
+from sdpo_kit.io import read_json, write_json, write_jsonl, write_parquet
 
-META_KEY = "sdpo_kit.eval"
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
@@ -109,36 +109,40 @@ def data_key(pairs) -> str:
 
 
 def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, list[dict]]:
-    """The scorer's frame of one model on `pairs` (no message columns), read from cache when valid."""
+    """The scorer's frame of one model on the held-out pairs and its rejects (dicts).
+
+    Scores through `sdpo_kit.score_run.score_file`, so finished pairs land in the scorer's
+    per-pair cache keyed by the weights' fingerprint: S, shared by every run of a comparison,
+    costs one forward pass in all. A sidecar `NAME.json` ({fingerprint, key}) lets a rerun skip
+    even loading the model when nothing changed.
+    """
     import polars as pl
 
+    from sdpo_kit.data import rejects_path
+    from sdpo_kit.models import load_model, model_fingerprint
+    from sdpo_kit.score import ScoreConfig
+
     path = out / "models" / f"{model['name']}.parquet"
+    sidecar = path.with_suffix(".json")
     settings = {"max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode}
     settings = {k: v for k, v in settings.items() if v is not None}  # unset: the scorer's default
     key = {"data": data_key(pairs), "dtype": cfg.dtype, **settings}
-    from sdpo_kit.models import load_model, model_fingerprint
-
-    lm = None
     if not model["fingerprint"]:  # run.json lacks it: hashing the weights is cheap next to scoring
-        lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
-        model["fingerprint"] = model_fingerprint(lm)
-    if path.is_file():
-        cached = json.loads(read_parquet_metadata(path).get(META_KEY, "{}"))
-        if cached.get("fingerprint") == model["fingerprint"] and cached.get("key") == key:
-            print(f"[sdpo eval] {model['name']}: cached ({path})")
-            return pl.read_parquet(path), cached.get("rejects", [])
-    from sdpo_kit.score import ScoreConfig, score_frame
+        model["fingerprint"] = model_fingerprint(load_model(model["path"], dtype=cfg.dtype)[0])
+    done = sidecar.is_file() and path.is_file() and read_json(sidecar) == {"fingerprint": model["fingerprint"], "key": key}
+    if done:
+        print(f"[sdpo eval] {model['name']}: cached ({path})")
+    else:
+        from sdpo_kit.score_run import score_file
 
-    if lm is None:
-        lm, tokenizer = load_model(model["path"], dtype=cfg.dtype)
-    print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
-    scored, rejects = score_frame(pairs, lm, tokenizer, ScoreConfig(dtype=cfg.dtype, **settings), file=str(cfg.data))
+        print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
+        score_file(cfg.data, path, model=model["path"], config=ScoreConfig(dtype=cfg.dtype, **settings),
+                   limit=cfg.limit, resume=False)
+        write_json(sidecar, {"fingerprint": model["fingerprint"], "key": key})
+    scored = pl.read_parquet(path)
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
-    rejects = [_as_dict(r) for r in rejects]
-    meta = {"name": model["name"], "path": str(model["path"]), "fingerprint": model["fingerprint"], "key": key,
-            "rejects": rejects}
-    write_parquet(path, scored, metadata={META_KEY: json.dumps(meta, default=str)})
-    return scored, rejects
+    lines = rejects_path(path).read_text(encoding="utf-8").splitlines() if rejects_path(path).is_file() else []
+    return scored, [json.loads(ln) for ln in lines if ln]
 
 
 def gamma_table(pairs, scored: dict[str, Any]):
@@ -205,10 +209,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if pairs.height == 0:
         raise ValueError(f"{cfg.data}: no valid pairs to evaluate on ({len(loaded.rejects)} rejected rows).")
     rejects = [_as_dict(r) for r in loaded.rejects]
+    seen = {(r["file"], r["row"]) for r in rejects}
     scored = {}
     for m in models:
         scored[m["name"]], model_rejects = score_model(m, pairs, cfg, out)
-        rejects += [{"model": m["name"], **r} for r in model_rejects]
+        rejects += [{"model": m["name"], **r} for r in model_rejects if (r.get("file"), r.get("row")) not in seen]
     names = [m["name"] for m in models]
     result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)))
     table = result.pop("table")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,15 @@ def test_eval_on_real_run_matches_scorer_and_caches(pipeline):
     assert again.count("cached") == 3 and "scoring" not in again and "scoring" in pipeline["eval_output"]
     assert {p.name: p.stat().st_mtime_ns for p in (run / "eval" / "models").iterdir()} == before
     assert json.loads((run / "eval" / "eval.json").read_text())["models"] == ev["models"]
+    # Another run with the same S: its S comes from the scorer's fingerprint-keyed pair cache.
+    other = pipeline["root"] / "runs" / "other"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps(meta | {"steps": []}))
+    cache = Path(os.environ["SDPO_KIT_CACHE"]) / "scores"
+    entries = sorted(cache.rglob("*.parquet"))
+    _cli("eval", "--run", other, "--data", pipeline["heldout"], "--max-length", "64")
+    assert sorted(cache.rglob("*.parquet")) == entries  # nothing new was scored
+    assert json.loads((other / "eval" / "eval.json").read_text())["models"][0]["mean_margin"] == ev["models"][0]["mean_margin"]
 
 
 @pytest.mark.slow
