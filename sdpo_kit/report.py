@@ -99,14 +99,23 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _figure(name: str, caption: str, ncols: int, draw) -> dict:
-    """Make a 1×ncols figure, let `draw(axes)` fill it, and keep the figure plus its series."""
+    """Make a 1×ncols figure, let `draw(axes)` fill it; keep its PNG bytes and plotted series."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     with plt.style.context(plots.STYLE):
         fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False)
         draw(list(axes[0]))
         fig.tight_layout()
-    return {"name": name, "caption": caption, "fig": fig, "series": [plots.axes_series(a) for a in axes[0]]}
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    series = [plots.axes_series(a) for a in axes[0]]
+    plt.close(fig)  # many runs make many figures: never keep them open
+    return {"name": name, "caption": caption, "png": buf.getvalue(), "series": series}
 
 
 def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict], list[str]]:
@@ -258,13 +267,6 @@ def _markdown_html(md: str) -> str:
 
 def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "judge_confidence") -> dict[str, Path]:
     """Write report.html (images inline), one PNG per figure, figures.json and summary.md into `out`."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     runs = [load_run(d) for d in run_dirs]
     names = [r["name"] for r in runs]
@@ -276,14 +278,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
     for text, prefix, figs, notes in blocks:
         body = [_markdown_html(text)] + [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
         for f in figs:
-            buf = io.BytesIO()
-            f["fig"].savefig(buf, format="png", dpi=110, bbox_inches="tight")
-            plt.close(f["fig"])
             png = out / f"{prefix}{f['name']}.png"
             with atomic_path(png) as tmp:
-                tmp.write_bytes(buf.getvalue())
+                tmp.write_bytes(f["png"])
             index[png.stem] = {"png": png.name, "caption": f["caption"], "axes": f["series"]}
-            b64 = base64.b64encode(buf.getvalue()).decode()
+            b64 = base64.b64encode(f["png"]).decode()
             body.append(f"<figure id='{png.stem}'><img alt='{png.stem}' src='data:image/png;base64,{b64}'>"
                         f"<figcaption>{html.escape(f['caption'])}</figcaption></figure>")
         sections.append("<section>" + "\n".join(body) + "</section>")
