@@ -149,7 +149,7 @@ def _start_run(cfg, args, overrides, plan, state) -> dict:
         return read_json(run_dir / "run.json")
     run = {
         "mode": cfg.mode, "base_model": cfg.model, "base_fingerprint": None,
-        "partitions": str(cfg.partitions), "beta": args.beta, "status": "running",
+        "partitions": str(cfg.partitions), "beta": args.beta, "seed": args.seed, "status": "running",
         "steps": [
             {"step": t, "dir": f"step_{t}", "partition": [str(f) for f in files],
              "reference_fingerprint": None, "start_fingerprint": None, "model_fingerprint": None,
