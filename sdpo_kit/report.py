@@ -160,23 +160,34 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
     return figs, notes
 
 
+def _final_vs_s(ev: dict) -> dict:
+    """The final model's held-out numbers: preference accuracy, and its reward margin/accuracy vs S."""
+    final = ev["models"][-1]
+    vs_s = next((c for c in ev["comparisons"] if c["policy"] == final["name"] and c["reference"] == "S"), {})
+    return {"model": final["name"], "accuracy": final["accuracy"], "mean_margin": final["mean_margin"],
+            "reward_margin": vs_s.get("reward_margin_mean"), "reward_accuracy": vs_s.get("reward_accuracy")}
+
+
 def comparison_figures(runs: list[dict]) -> list[dict]:
-    """Held-out accuracy and mean γ of each run's final model, grouped by label (seeds = error bars)."""
+    """Held-out accuracy and reward margin vs S of each run's final model, by label (seeds = error bars)."""
     groups: dict[str, dict] = {}
     for r in runs:
         if r["eval"]:
-            final = r["eval"]["models"][-1]
-            g = groups.setdefault(r["label"], {"label": r["label"], "accuracy": [], "mean_margin": []})
+            final = _final_vs_s(r["eval"])
+            g = groups.setdefault(r["label"], {"accuracy": [], "reward_margin": []})
             g["accuracy"].append(final["accuracy"])
-            g["mean_margin"].append(final["mean_margin"])
+            if final["reward_margin"] is not None:
+                g["reward_margin"].append(final["reward_margin"])
     if len(runs) < 2 or not groups:
         return []
-    acc = [{"label": g["label"], "values": g["accuracy"]} for g in groups.values()]
-    mar = [{"label": g["label"], "values": g["mean_margin"]} for g in groups.values()]
-    return [_figure("comparison", "Held-out preference accuracy (share of pairs with γ > 0) and mean γ of each "
-                    "run's final model; runs with the same label are seeds (mean, ±1 sd, dots).", 2,
+    acc = [{"label": k, "values": g["accuracy"]} for k, g in groups.items()]
+    mar = [{"label": k, "values": g["reward_margin"]} for k, g in groups.items() if g["reward_margin"]]
+    return [_figure("comparison", "Held-out preference accuracy (share of pairs with γ > 0) of each run's final "
+                    "model, and its implicit reward margin β·(γ_final − γ_S) over S; runs with the same label are "
+                    "seeds (mean, ±1 sd, dots).", 2,
                     lambda a: (plots.plot_run_comparison(acc, a[0], "preference accuracy", "share of pairs with γ > 0"),
-                               plots.plot_run_comparison(mar, a[1], "mean γ", "mean γ [nats]")))]
+                               plots.plot_run_comparison(mar, a[1], "reward margin vs S",
+                                                         "β·(γ_final − γ_S) [nats]")))]
 
 
 def _fmt(v: Any) -> str:
@@ -217,14 +228,14 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
 
 def comparison_markdown(runs: list[dict]) -> str:
     """Final model of every run on its held-out data, one row per run."""
-    rows = [[r["name"], r["label"], r["seed"], r["eval"]["models"][-1]["name"], r["eval"]["models"][-1]["accuracy"],
-             r["eval"]["models"][-1]["mean_margin"]] for r in runs if r["eval"]]
+    rows = [[r["name"], r["label"], r["seed"], *(_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return ""
     keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}
     warn = ["**Warning: these runs were evaluated on different held-out pairs; compare with care.**", ""]
     return "\n".join(["## Runs compared", ""] + (warn if len(keys) > 1 else []) + _table(
-        ["run", "label", "seed", "final model", "preference accuracy", "mean γ"], rows) + [""])
+        ["run", "label", "seed", "final model", "preference accuracy", "mean γ", "reward margin vs S",
+         "reward accuracy vs S"], rows) + [""])
 
 
 def summary_markdown(runs: list[dict], signal: str = "judge_confidence") -> str:

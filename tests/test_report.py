@@ -218,7 +218,12 @@ def test_report_compares_runs_grouped_by_label_and_seed(tmp_path):
     assert acc_ax["ticks"] == ["easy", "dpo"]
     assert acc_ax["bars"][0]["values"] == pytest.approx([(finals[0]["accuracy"] + finals[1]["accuracy"]) / 2,
                                                          finals[2]["accuracy"]])
-    assert margin_ax["bars"][0]["values"][1] == pytest.approx(finals[2]["mean_margin"])
+    vs_s = [next(c for c in load_run(r)["eval"]["comparisons"] if c["reference"] == "S" and c["policy"] == f["name"])
+            for r, f in zip(runs, finals)]
+    assert margin_ax["bars"][0]["values"] == pytest.approx([
+        (vs_s[0]["reward_margin_mean"] + vs_s[1]["reward_margin_mean"]) / 2, vs_s[2]["reward_margin_mean"]])
+    assert margin_ax["errors"][0][0] == pytest.approx(
+        np.std([vs_s[0]["reward_margin_mean"], vs_s[1]["reward_margin_mean"]], ddof=1))
     assert "±1 sd over seeds" in acc_ax["title"]
     assert "id='comparison'" in (out / "report.html").read_text()
     assert "different held-out pairs" not in (out / "summary.md").read_text()
