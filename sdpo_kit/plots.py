@@ -162,15 +162,19 @@ def plot_accuracy_by_source(models: list[dict], ax):
 def plot_partition_margins(partitions: list[dict], ax, bins: int = 30, reference: str = "the curation reference"):
     """Histograms of γ_ref per partition on shared bins. `partitions`: [{"step", "margin": list}]."""
     every = np.concatenate([np.asarray(p["margin"], float) for p in partitions if len(p["margin"])] or [np.zeros(1)])
-    edges = np.histogram_bin_edges(every[np.isfinite(every)], bins=bins)
+    every = every[np.isfinite(every)]
+    # Bins over the 1st-99th percentile (outliers go to the edge bins) so a few long answers
+    # with huge |γ| do not squash everything else into one bar; counts still sum to n.
+    lo, hi = np.percentile(every, [1, 99]) if len(every) else (0.0, 1.0)
+    edges = np.histogram_bin_edges(np.clip(every, lo, hi), bins=bins)
     for p in partitions:
         m = np.asarray(p["margin"], float)
-        counts, _ = np.histogram(m, bins=edges)
+        counts, _ = np.histogram(np.clip(m, edges[0], edges[-1]), bins=edges)
         color = step_color(p["step"])
         ax.stairs(counts, edges, fill=True, alpha=0.35, color=color, label=f"step {p['step']} (n={len(m)}, mean {m.mean():.3g})")
         ax.stairs(counts, edges, color=color, lw=1.2, label="_outline")  # crisp outline over the translucent fill
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_xlabel("γ_ref = log π_ref(y_w|x) − log π_ref(y_l|x) [nats]")
+    ax.set_xlabel("γ_ref = log π_ref(y_w|x) − log π_ref(y_l|x) [nats], clipped to 1st–99th pct")
     ax.set_ylabel("pairs")
     ax.set_title(f"γ_ref per partition, under {reference}")
     ax.legend(loc="best")
@@ -210,7 +214,7 @@ def plot_run_comparison(groups: list[dict], ax, metric: str = "accuracy", ylabel
     ax.scatter(xs, [v for g in groups for v in g["values"]], color="k", s=12, zorder=3, label="one seed")
     ax.set_ylabel(ylabel or metric)
     seeds = max((len(g["values"]) for g in groups), default=0)
-    ax.set_title(f"Held-out {metric} of the final model per run" + (" (±1 sd over seeds)" if seeds > 1 else ""))
+    ax.set_title(f"Held-out {metric}, final model per run" + ("\n(bars: mean, ±1 sd over seeds)" if seeds > 1 else ""))
     ax.grid(axis="x", visible=False)
     return ax
 
