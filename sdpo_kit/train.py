@@ -172,8 +172,12 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
 
     run_dir, began = Path(cfg.out), time.time()
     step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
+    from transformers import set_seed
+
     model, tokenizer = load_model(start)
     ref_fp = model_fingerprint(model)
+    model.to(state.device)  # the scorer runs where the model is; the trainer would move it anyway
+    set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
     scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
     if scored.height == 0:
         raise ValueError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} (see reference.rejects.jsonl).")
