@@ -37,6 +37,11 @@ def step_color(step: int) -> str:
     return STEP_COLORS[(step - 1) % len(STEP_COLORS)]
 
 
+def model_color(name: str) -> str:
+    """Grey for S; M_t gets the colour of step t, whichever models an eval kept."""
+    return "0.55" if name == "S" else step_color(int(name.lstrip("M")))
+
+
 def _training_points(log_history: list[dict], key: str) -> tuple[list[float], list[float]]:
     """(optimizer step, value) of every training log entry that carries `key`."""
     rows = [r for r in log_history if key in r and "step" in r]
@@ -127,8 +132,7 @@ def plot_reference_margins(models: list[dict], ax):
     names = [m["name"] for m in models]
     values = [float(m["mean_margin"]) for m in models]
     errs = [float(m.get("sem") or 0.0) for m in models]
-    colors = ["0.55"] + [step_color(i) for i in range(1, len(models))]
-    bars = ax.bar(names, values, yerr=errs, capsize=4, color=colors[: len(models)], label="mean γ")
+    bars = ax.bar(names, values, yerr=errs, capsize=4, color=[model_color(n) for n in names], label="mean γ")
     ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=3)
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xlabel("model (S = start; M_{t-1} is the reference of step t)")
@@ -147,7 +151,7 @@ def plot_accuracy_by_source(models: list[dict], ax):
     width = 0.8 / max(len(models), 1)
     for i, m in enumerate(models):
         values = [m["accuracy"] if s == "all" else m["per_source"].get(s, {}).get("accuracy", np.nan) for s in sources]
-        color = "0.55" if i == 0 else step_color(i)
+        color = model_color(m["name"])
         ax.bar(np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width, values, width, color=color, label=m["name"])
     ax.set_xticks(np.arange(len(sources)), sources, rotation=20)
     ax.axhline(0.5, color="0.4", ls=":", lw=1)
