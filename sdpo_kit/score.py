@@ -6,11 +6,10 @@
     scored, rejects = score_frame(pairs, model, tokenizer, ScoreConfig(max_length=1024))
 
 Per pair we reproduce TRL 1.16's `DPOTrainer` reference pass (tokenisation, truncation, the sum
-of completion-token log-probs) but run it differently: pairs are sorted by length and grouped
-under a token budget (little padding); chosen and rejected share one row, their common prefix
-(the prompt and often the answer's opening) computed once with a block attention mask; and the
-LM head projects only the positions whose next token is a scored completion token. The file
-layer (shards, cache, resume, accelerate) is in `sdpo_kit.score_file`.
+of completion-token log-probs: `sdpo_kit.tokenize`) but run it differently (`sdpo_kit.logps`):
+unpadded sequences, short ones packed together, a long prefix shared by chosen and rejected
+computed once, and the LM head only where a completion token is scored. The file layer (shards,
+cache, resume, accelerate) is `sdpo_kit.score_run`.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from sdpo_kit.tokenize import Sequence, common_prefix_length, prompt_too_long, tokenize_pair, truncate
+from sdpo_kit.tokenize import Sequence, prompt_too_long, tokenize_pair, truncate
 
 SCORED_COLUMNS = {
     "ref_chosen_logps": pl.Float64, "ref_rejected_logps": pl.Float64, "margin": pl.Float64,
@@ -48,12 +47,14 @@ class ScoreConfig:
     dtype: str = field(default="float32", metadata={
         "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
                 "for ordering only). The model passed in must already have this dtype."})
-    token_budget: int = field(default=4096, metadata={
-        "help": "Tokens (rows x padded length) per forward call; larger = bigger matmuls and more memory."})
+    token_budget: int = field(default=512, metadata={
+        "help": "Short sequences are packed side by side into rows of at most this many tokens (one forward "
+                "each); a longer sequence runs alone, unpadded, which is fastest on CPU."})
     beta: float = field(default=0.1, metadata={
         "help": "DPO beta scaling the implicit reward margin when a policy model is scored too."})
-    share_prefix: bool = field(default=True, metadata={
-        "help": "Compute the common prefix of chosen and rejected (the prompt at least) once per pair."})
+    share_prefix: int = field(default=256, metadata={
+        "help": "When chosen and rejected share at least this many leading tokens (long dialogue prompts), "
+                "compute them once and run each completion on the prefix's KV cache; 0 = never."})
     head_chunk: int = field(default=512, metadata={
         "help": "Positions projected through the LM head at once (bounds the chunk x vocab logits memory)."})
 
@@ -64,6 +65,8 @@ class ScoreConfig:
             raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.share_prefix < 0:
+            raise ValueError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
         if self.token_budget < 1 or self.head_chunk < 1:
             raise ValueError(f"token_budget and head_chunk must be >= 1, got {self.token_budget}, {self.head_chunk}")
         if self.beta <= 0:
@@ -74,37 +77,8 @@ class ScoreConfig:
         return {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
 
 
-@dataclass
-class Packed:
-    """One pair as a single row: chosen's tokens, then rejected's tokens after their common prefix.
-
-    Rejected's tail sits at row positions `len(chosen.ids)...` but keeps its own position ids
-    (`prefix...`) and attends to the shared prefix plus itself, so each hidden state equals the
-    one of a separate forward pass.
-    """
-
-    ids: list[int]
-    positions: list[int]
-    prefix: int  # tokens shared by chosen and rejected
-    chosen: Sequence
-    rejected: Sequence
-
-    def gather(self, seq: Sequence, is_rejected: bool) -> tuple[list[int], list[int]]:
-        """(row index of the hidden state predicting each scored token, the token ids)."""
-        offset = len(self.chosen.ids) - self.prefix if is_rejected else 0
-        rows = [t - 1 if t - 1 < self.prefix else t - 1 + offset for t in seq.scored]
-        return rows, [seq.ids[t] for t in seq.scored]
-
-
-def pack(chosen: Sequence, rejected: Sequence, share_prefix: bool = True) -> Packed:
-    s = min(common_prefix_length(chosen.ids, rejected.ids), len(chosen.ids)) if share_prefix else 0
-    tail = rejected.ids[s:]
-    positions = list(range(len(chosen.ids))) + list(range(s, s + len(tail)))
-    return Packed(chosen.ids + tail, positions, s, chosen, rejected)
-
-
 def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, row_offset: int):
-    """Per input row: a `Packed` plus token counts, or a `Reject` (prompt_too_long)."""
+    """Per input row: the truncated (chosen, rejected) sequences plus token counts, or a `Reject`."""
     from sdpo_kit.data import Reject
 
     extra = [c for c in ("tools", "chat_template_kwargs") if c in pairs.columns]
@@ -120,90 +94,8 @@ def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, r
             continue
         seqs = (truncate(p, c, config.max_length, config.truncation_mode),
                 truncate(p, r, config.max_length, config.truncation_mode))
-        out.append((pack(*seqs, share_prefix=config.share_prefix), (len(p), len(c), len(r))))
+        out.append((seqs, (len(p), len(c), len(r))))
     return out
-
-
-def batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices grouped so that rows x max length <= budget (a longer row goes alone), shortest first."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups, current = [], []
-    for i in order:
-        if current and (len(current) + 1) * lengths[i] > budget:
-            groups.append(current)
-            current = []
-        current.append(i)
-    return groups + ([current] if current else [])
-
-
-def _backbone_and_head(model):
-    """The transformer body (hidden states out) and the LM head, as TRL's fused head finds them."""
-    if hasattr(model, "get_base_model"):  # PEFT: the adapters live inside the wrapped model's modules
-        model = model.get_base_model()
-    text = model.config.get_text_config()
-    scale = next((getattr(text, k) for k in ("logit_scale", "output_multiplier", "lm_head_multiplier")
-                  if getattr(text, k, None) is not None), None)
-    if scale is None and getattr(text, "logits_scaling", None) is not None:
-        scale = text.logits_scaling if text.model_type == "hyperclovax" else 1 / text.logits_scaling
-    softcap = getattr(text, "final_logit_softcapping", None)
-    return model.base_model, model.get_output_embeddings(), (1.0 if scale is None else scale), softcap
-
-
-def _inputs(packed: list[Packed], pad_id: int, dtype):
-    """input_ids, position_ids (B, L) and the additive block-causal mask (B, 1, L, L) of a group."""
-    import torch
-
-    B, L = len(packed), max(len(p.ids) for p in packed)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    pos = torch.zeros((B, L), dtype=torch.long)
-    causal = torch.ones((L, L), dtype=torch.bool).tril()
-    allowed = torch.zeros((B, L, L), dtype=torch.bool)
-    for b, p in enumerate(packed):
-        n, a, s = len(p.ids), len(p.chosen.ids), p.prefix
-        ids[b, :n] = torch.tensor(p.ids)
-        pos[b, :n] = torch.tensor(p.positions)
-        allowed[b, :a, :a] = causal[:a, :a]
-        allowed[b, a:n, :s] = True  # rejected's tail sees the shared prefix ...
-        allowed[b, a:n, a:n] = causal[: n - a, : n - a]  # ... and itself, never chosen's tail
-        allowed[b, range(n, L), range(n, L)] = True  # padding attends to itself only (no NaN rows)
-    mask = torch.zeros((B, 1, L, L), dtype=dtype).masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-    return ids, pos, mask
-
-
-def _logp_sums(model, packed: list[Packed], pad_id: int, head_chunk: int):
-    """Summed completion log-probs and scored-token counts, shape (2B,): [chosen_0, rejected_0, ...]."""
-    import torch
-
-    backbone, head, scale, softcap = _backbone_and_head(model)
-    dtype, device = head.weight.dtype, head.weight.device
-    ids, pos, mask = _inputs(packed, pad_id, dtype)
-    hidden = backbone(input_ids=ids.to(device), position_ids=pos.to(device), attention_mask=mask.to(device),
-                      use_cache=False).last_hidden_state
-    b_idx, t_idx, targets, seg = [], [], [], []
-    for b, p in enumerate(packed):
-        for k, seq in enumerate((p.chosen, p.rejected)):
-            rows, toks = p.gather(seq, is_rejected=k == 1)
-            b_idx += [b] * len(rows)
-            t_idx += rows
-            targets += toks
-            seg += [2 * b + k] * len(rows)
-    h = hidden[torch.tensor(b_idx, dtype=torch.long), torch.tensor(t_idx, dtype=torch.long)]
-    targets = torch.tensor(targets, dtype=torch.long, device=device)
-    per_token = torch.cat([_head_logps(head, h[i:i + head_chunk], targets[i:i + head_chunk], scale, softcap)
-                           for i in range(0, len(h), head_chunk)] or [h.new_zeros(0, dtype=torch.float32)])
-    seg = torch.tensor(seg, dtype=torch.long, device=device)
-    sums = torch.zeros(2 * len(packed), dtype=torch.float64, device=device).index_add_(0, seg, per_token.double())
-    return sums.cpu(), torch.bincount(seg, minlength=2 * len(packed)).cpu()
-
-
-def _head_logps(head, h, targets, scale: float, softcap: float | None):
-    """log p(target) for (n, d) hidden states: the LM head on these rows only, log-softmax in fp32."""
-    import torch
-
-    logits = head(h).float() * scale
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    return logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
 
 
 def _check_dtype(model, config: ScoreConfig, role: str) -> None:
@@ -213,26 +105,29 @@ def _check_dtype(model, config: ScoreConfig, role: str) -> None:
                          f"sdpo_kit.models.load_model(path, dtype={config.dtype!r})")
 
 
-def _score_packed(models: list, packed: list[Packed], pad_id: int, config: ScoreConfig, progress: bool):
-    """(sums, counts) per model, each (2N,) in `packed` order, over token-budget groups."""
+def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: ScoreConfig, progress):
+    """(sums, counts) per model, each (2N,) with [chosen_0, rejected_0, chosen_1, ...], via `logps.plan`."""
     import torch
     from tqdm.auto import tqdm
 
-    sums = [torch.zeros(2 * len(packed), dtype=torch.float64) for _ in models]
-    counts = torch.zeros(2 * len(packed), dtype=torch.long)
+    from sdpo_kit.logps import Scorer, plan
+
+    items = plan(pairs, config.token_budget, config.share_prefix or None)
     # `progress` may be a caller's bar (the file scorer's, over all shards): update it, never close it.
     own = not hasattr(progress, "update")
-    bar = tqdm(total=len(packed), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress
+    bar = tqdm(total=len(pairs), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress
+    scorers = [Scorer(m, 2 * len(pairs), config.head_chunk) for m in models]
+    halves = [0] * len(pairs)  # segments done per pair: the bar counts whole pairs
     with torch.inference_mode():
-        for group in batches([len(p.ids) for p in packed], config.token_budget):
-            where = torch.tensor([[2 * i, 2 * i + 1] for i in group]).flatten()
-            for m, model in enumerate(models):
-                s, n = _logp_sums(model, [packed[i] for i in group], pad_id, config.head_chunk)
-                sums[m][where], counts[where] = s, n
-            bar.update(len(group))
+        for item in items:
+            for scorer in scorers:
+                scorer.run(item, pairs)
+            for i in ([item[1]] * 2 if item[0] == "shared" else [seg // 2 for seg, _ in item[1]]):
+                halves[i] += 1
+                bar.update(halves[i] == 2)
     if own:
         bar.close()
-    return sums, counts
+    return [s.sums for s in scorers], scorers[0].counts
 
 
 def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, policy=None, progress=True,
@@ -255,15 +150,14 @@ def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, p
     items = _pair_rows(pairs, tokenizer, config, file, row_offset)
     rejects = [it for it in items if isinstance(it, Reject)]
     keep = [i for i, it in enumerate(items) if not isinstance(it, Reject)]
-    packed = [items[i][0] for i in keep]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    seqs = [items[i][0] for i in keep]
     models = [model] + ([policy] if policy is not None else [])
-    sums, counts = _score_packed(models, packed, pad_id, config, progress)
+    sums, counts = _score_pairs(models, seqs, config, progress)
     lengths = [items[i][1] for i in keep]
-    return _assemble(pairs[keep], packed, lengths, sums, counts, config.beta), rejects
+    return _assemble(pairs[keep], seqs, lengths, sums, counts, config.beta), rejects
 
 
-def _assemble(kept: pl.DataFrame, packed, lengths, sums, counts, beta: float) -> pl.DataFrame:
+def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float) -> pl.DataFrame:
     chosen, rejected = sums[0][0::2].tolist(), sums[0][1::2].tolist()
     n_c, n_r = counts[0::2].tolist(), counts[1::2].tolist()
     mean_c = [s / n if n else None for s, n in zip(chosen, n_c)]
@@ -275,8 +169,8 @@ def _assemble(kept: pl.DataFrame, packed, lengths, sums, counts, beta: float) ->
         "margin_per_token": [None if c is None or r is None else c - r for c, r in zip(mean_c, mean_r)],
         "prompt_tokens": [p for p, _, _ in lengths], "chosen_tokens": [c for _, c, _ in lengths],
         "rejected_tokens": [r for _, _, r in lengths],
-        "chosen_truncated": [p.chosen.truncated for p in packed],
-        "rejected_truncated": [p.rejected.truncated for p in packed],
+        "chosen_truncated": [c.truncated for c, _ in seqs],
+        "rejected_truncated": [r.truncated for _, r in seqs],
     }
     if len(sums) > 1:
         pc, pr = sums[1][0::2].tolist(), sums[1][1::2].tolist()

@@ -7,7 +7,8 @@ import math
 import polars as pl
 import pytest
 
-from sdpo_kit.score import ScoreConfig, batches, pack, score_frame, shard_bounds
+from sdpo_kit.logps import plan
+from sdpo_kit.score import ScoreConfig, score_frame, shard_bounds
 from sdpo_kit.tokenize import tokenize_pair, truncate
 
 WORDS = "the cat sat on a warm mat while rain fell over quiet hills and old roads".split()
@@ -67,11 +68,12 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
-@pytest.mark.parametrize("mode", ["keep_start", "keep_end"])
-def test_matches_trl_reference_pass(tiny, tiny_model_dir, tmp_path, mode):
+@pytest.mark.parametrize("mode,share", [("keep_start", 25), ("keep_end", 0)])  # shared-prefix KV / packed rows
+def test_matches_trl_reference_pass(tiny, tiny_model_dir, tmp_path, mode, share):
     frame = mixed_pairs()
     expected = trl_reference(frame, tiny_model_dir, tmp_path, 96, mode)
-    scored, rejects = score_frame(frame, *tiny, ScoreConfig(max_length=96, truncation_mode=mode, token_budget=300),
+    scored, rejects = score_frame(frame, *tiny, ScoreConfig(max_length=96, truncation_mode=mode, token_budget=120,
+                                                            share_prefix=share),
                                   progress=False, file="mem")
     assert sorted(scored["pair_id"]) == sorted(expected)  # TRL kept exactly the pairs we kept
     if mode == "keep_start":
@@ -112,8 +114,8 @@ def test_columns_order_and_naive_oracle(tiny):
 
 def test_sharing_and_budget_do_not_change_numbers(tiny):
     frame = mixed_pairs()
-    a, _ = score_frame(frame, *tiny, ScoreConfig(max_length=96, share_prefix=False, token_budget=1), progress=False)
-    b, _ = score_frame(frame, *tiny, ScoreConfig(max_length=96, share_prefix=True, token_budget=10_000),
+    a, _ = score_frame(frame, *tiny, ScoreConfig(max_length=96, share_prefix=0, token_budget=1), progress=False)
+    b, _ = score_frame(frame, *tiny, ScoreConfig(max_length=96, share_prefix=10, token_budget=10_000),
                        progress=False)
     for col in ("ref_chosen_logps", "ref_rejected_logps"):
         assert all(close(x, y, 1e-4) for x, y in zip(a[col], b[col]))
@@ -147,15 +149,16 @@ def test_standard_format_tokenisation_matches_trl(smollm_tokenizer):
 
 def test_helpers_and_config_validation():
     assert [shard_bounds(7, i, 3) for i in range(3)] == [(0, 3), (3, 5), (5, 7)]
-    groups = batches([5, 1, 9, 3, 3], budget=9)
-    assert sorted(i for g in groups for i in g) == list(range(5))
-    assert all(len(g) * max([5, 1, 9, 3, 3][i] for i in g) <= 9 for g in groups)
     seq = truncate([1, 2, 3], [4, 5, 6], 4, "keep_end")
     assert (seq.ids, seq.start, list(seq.scored)) == ([3, 4, 5, 6], 1, [1, 2, 3])
-    packed = pack(truncate([1, 2], [3, 4], None, "keep_start"), truncate([1, 2], [3, 5], None, "keep_start"))
-    assert (packed.ids, packed.positions, packed.prefix) == ([1, 2, 3, 4, 5], [0, 1, 2, 3, 3], 3)
-    assert packed.gather(packed.rejected, True) == ([1, 2], [3, 5])
-    for bad in ({"truncation_mode": "middle"}, {"dtype": "float16"}, {"max_length": 1}, {"beta": 0}):
+    a, b, c = truncate([1, 2], [3, 4], None, "keep_start"), truncate([1, 2], [3, 5], None, "keep_start"), seq
+    items = plan([(a, b), (a, c), (c, c)], budget=9, share_min=3)
+    assert items[:2] == [("shared", 0, 3), ("shared", 2, 4)]  # (a, c) share 0 tokens: packed instead
+    rows = [row for kind, row in items[2:]]
+    assert sorted(seg for row in rows for seg, _ in row) == [2, 3]
+    assert all(sum(len(s.ids) for _, s in row) <= 9 or len(row) == 1 for row in rows)
+    for bad in ({"truncation_mode": "middle"}, {"dtype": "float16"}, {"max_length": 1}, {"beta": 0},
+                {"share_prefix": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ScoreConfig(**bad)
     assert not math.isnan(ScoreConfig().token_budget)
