@@ -138,7 +138,7 @@ def test_existing_run_needs_resume(tmp_path, parts3, tiny_model_dir):
     (out).mkdir()
     (out / "run.json").write_text("{}")
     result = CliRunner().invoke(app, ["train", "--partitions", str(parts3), "--model", str(tiny_model_dir), "--out", str(out), *FAST])
-    assert result.exit_code != 0 and "--resume" in str(result.exception)
+    assert result.exit_code == 2 and "pass --resume" in result.output
 
 
 def test_mode_dpo_trains_once_on_all_partitions_against_base(tmp_path, parts3, tiny_model_dir):
@@ -258,3 +258,8 @@ def test_accelerate_two_processes_matches_one(tmp_path, tiny_model_dir):
         assert_exact_first_log(two / f"step_{t}")
         a, b = load_weights(one / f"step_{t}" / "model"), load_weights(two / f"step_{t}" / "model")
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_missing_partitions_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--partitions", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "does not exist" in result.output

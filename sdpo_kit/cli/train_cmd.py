@@ -29,9 +29,9 @@ def train(ctx: typer.Context) -> None:
         return
     try:
         cfg, args, overrides = parse_train_args(argv)
-    except (ValueError, FileNotFoundError) as err:
+        run_dir = train_stepwise(cfg, args, overrides)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: say what, no traceback
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
-    run_dir = train_stepwise(cfg, args, overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
