@@ -169,7 +169,14 @@ def test_eval_on_real_run_matches_scorer_and_caches(pipeline):
     assert again.count("cached") == 3 and "scoring" not in again and "scoring" in pipeline["eval_output"]
     assert {p.name: p.stat().st_mtime_ns for p in (run / "eval" / "models").iterdir()} == before
     assert json.loads((run / "eval" / "eval.json").read_text())["models"] == ev["models"]
-    # Another run with the same S: its S comes from the scorer's fingerprint-keyed pair cache.
+
+
+@pytest.mark.slow
+def test_eval_of_another_run_reuses_s_from_the_pair_cache(pipeline):
+    """Runs sharing S (DPO vs sDPO arms, seeds) score its held-out pairs once in all."""
+    run = pipeline["run"]
+    meta = json.loads((run / "run.json").read_text())
+    ev = json.loads((run / "eval" / "eval.json").read_text())
     other = pipeline["root"] / "runs" / "other"
     other.mkdir()
     (other / "run.json").write_text(json.dumps(meta | {"steps": []}))
