@@ -43,7 +43,9 @@ class StepwiseConfig:
         metadata={"help": "Batch order inside a step: `shuffled` (TRL's default) or `sequential` (the "
                   "partition's row order, e.g. easy-to-hard)."},
     )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tuning. Adapters are merged after each step."})
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank; 0 = full fine-tuning. Adapters are merged after each step."}
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     lora_target_modules: str = field(
@@ -64,7 +66,9 @@ class StepwiseConfig:
         if self.order not in ORDERS:
             raise ValueError(f"--order must be one of {ORDERS}, got {self.order!r}.")
         if self.lora_r < 0 or self.lora_alpha <= 0:
-            raise ValueError(f"--lora_r must be >= 0 and --lora_alpha > 0, got r={self.lora_r}, alpha={self.lora_alpha}.")
+            raise ValueError(
+                f"--lora_r must be >= 0 and --lora_alpha > 0, got r={self.lora_r}, alpha={self.lora_alpha}."
+            )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -180,7 +184,8 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
     scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
     if scored.height == 0:
-        raise ValueError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} (see reference.rejects.jsonl).")
+        raise ValueError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
+                         "(see reference.rejects.jsonl).")
     lora = _lora_config(cfg)
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
