@@ -72,6 +72,26 @@ def split_prompts(pairs, common: dict, seed: int) -> dict[str, list[str]]:
     return {"heldout": shuffled[:n_held], "val": shuffled[n_held:n_held + n_val], "train": shuffled[n_held + n_val:]}
 
 
+def sample_side(pairs, prompts: list[str], side: str, n: int, limit: int, seed: int, data_dir: Path) -> dict:
+    """Write `side`.parquet: n pairs drawn (seeded) among the side's pairs whose prompt fits `limit` tokens.
+
+    The held-out pairs are the first n of one seeded order of the pool, so a smaller held-out
+    budget is a subset of a larger one.
+    """
+    import polars as pl
+
+    pool = pairs.filter(pl.col("__prompt").is_in(prompts))
+    fits = pool.filter(pl.col("__ptok") <= limit)
+    if side == "heldout":
+        sample = fits.sample(fraction=1.0, seed=seed, shuffle=True).head(n)
+    else:
+        sample = fits.sample(min(n, fits.height), seed=seed, shuffle=True)
+    write_parquet(data_dir / f"{side}.parquet", sample.drop("__prompt", "__ptok"))
+    return {"prompts": len(prompts), "pool_pairs": pool.height, "dropped_prompt_too_long": pool.height - fits.height,
+            "pairs": sample.height, "sampled_prompts": sample["__prompt"].n_unique(),
+            "sources": dict(sorted(sample["source"].value_counts().iter_rows()))}
+
+
 def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict:
     """train/val/heldout parquet files of canonical pairs plus S-scored training pairs; data.json."""
     if (data_dir / "data.json").is_file():
@@ -106,14 +126,7 @@ def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict
             "prompt_token_limit": limit, "max_length": budget["max_length"], "data_seed": common["data_seed"], "sides": {}}
     for i, (side, n) in enumerate([("train", budget["train_pairs"]), ("val", budget["val_pairs"]),
                                    ("heldout", budget["heldout_pairs"])]):
-        pool = pairs.filter(pl.col("__prompt").is_in(sides[side]))
-        fits = pool.filter(pl.col("__ptok") <= limit)
-        sample = fits.sample(min(n, fits.height), seed=common["data_seed"] + i, shuffle=True)
-        write_parquet(data_dir / f"{side}.parquet", sample.drop("__prompt", "__ptok"))
-        info["sides"][side] = {"prompts": len(sides[side]), "pool_pairs": pool.height,
-                               "dropped_prompt_too_long": pool.height - fits.height, "pairs": sample.height,
-                               "sampled_prompts": sample["__prompt"].n_unique(),
-                               "sources": dict(sorted(sample["source"].value_counts().iter_rows()))}
+        info["sides"][side] = sample_side(pairs, sides[side], side, n, limit, common["data_seed"] + i, data_dir)
     overlap = set(sides["train"]) & set(sides["heldout"]) | set(sides["val"]) & set(sides["heldout"])
     assert not overlap and not set(sides["train"]) & set(sides["val"]), "prompt split leaked"
     train = pl.read_parquet(data_dir / "train.parquet")
@@ -193,23 +206,27 @@ def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, mo
     meta = read_json(run_dir / "run.json")
     meta.update(label=arm["label"], seed=seed, arm=name, analysis_argv=argv)
     write_json(run_dir / "run.json", meta)
-    evaluate_run(run_dir, heldout, root / "eval_cache" / heldout.stem)
+    # Intermediate models (M1, M2: the paper's Figure 2) are scored for the budget's
+    # `all_models_seeds` only; every seed scores S and its final model.
+    steps = len(meta["steps"])
+    models = "all" if seed in budget.get("all_models_seeds", [seed]) or steps == 1 else f"S,M{steps}"
+    evaluate_run(run_dir, heldout, root / "eval_cache" / heldout.stem, models)
     return run_dir
 
 
-def evaluate_run(run_dir: Path, data: Path, cache: Path) -> dict:
-    """`sdpo eval` of S, M1, ..., with S's scores shared by every run (same fingerprint and key)."""
+def evaluate_run(run_dir: Path, data: Path, cache: Path, models: str = "all") -> dict:
+    """`sdpo eval` of S, M1, ... (`models`), with S's scores shared by every run (same fingerprint and key)."""
     from sdpo_kit.evaluate import EvalConfig, evaluate
 
     out = run_dir / "eval" if data.stem == "heldout" else run_dir / f"eval_{data.stem}"
-    n_models = 1 + len(read_json(run_dir / "run.json")["steps"])
+    n_models = 1 + len(read_json(run_dir / "run.json")["steps"]) if models == "all" else len(models.split(","))
     if (out / "eval.json").is_file() and len(read_json(out / "eval.json")["models"]) == n_models:
         return read_json(out / "eval.json")
     if (cache / "S.parquet").is_file() and not (out / "models" / "S.parquet").is_file():
         (out / "models").mkdir(parents=True, exist_ok=True)
         shutil.copy2(cache / "S.parquet", out / "models" / "S.parquet")  # evaluate() checks its key
     began = time.time()
-    result = evaluate(EvalConfig(run=str(run_dir), data=str(data), out=str(out)))
+    result = evaluate(EvalConfig(run=str(run_dir), data=str(data), out=str(out), models=models))
     if not (cache / "S.parquet").is_file():
         cache.mkdir(parents=True, exist_ok=True)
         shutil.copy2(out / "models" / "S.parquet", cache / "S.parquet")
@@ -238,7 +255,7 @@ def run_numbers(run_dir: Path) -> dict:
                        for k, v in final["per_source"].items()},
         "S_per_source": {k: v["accuracy"] for k, v in ev["models"][0]["per_source"].items()},
         "reference_gamma": {r["reference"]: r["mean_margin"] for r in ev["reference_margins"]},
-        "optimizer_steps": sum(s["optimizer_steps"] for s in summaries),
+        "steps": len(summaries), "optimizer_steps": sum(s["optimizer_steps"] for s in summaries),
         "train_pairs": sum(s["pairs"] for s in summaries),
         "train_seconds": round(sum(s["seconds"] for s in summaries), 1),
         "eval_seconds": (read_json(run_dir / "eval" / "seconds.json")["seconds"]
@@ -280,9 +297,11 @@ def table_markdown(rows: list[dict]) -> str:
     out += ["", "Mean γ on the held-out pairs of each step's reference (the paper's Figure 2: S, M1, M2, ...).", "",
             "| arm | " + " | ".join(["S", "M1", "M2", "M3"]) + " |", "|---|---|---|---|---|"]
     for lab, rs in by.items():
-        cells = [_ms([r["reference_gamma"][n] for r in rs], "+.2f") if n in rs[0]["reference_gamma"] else "-"
-                 for n in ["S", "M1", "M2", "M3"]]
-        out.append(f"| {lab} | " + " | ".join(cells) + " |")
+        rs = [r for r in rs if len(r["reference_gamma"]) == r["steps"] + 1]  # runs that scored every M_t
+        if rs:
+            cells = [_ms([r["reference_gamma"][n] for r in rs], "+.2f") if n in rs[0]["reference_gamma"] else "-"
+                     for n in ["S", "M1", "M2", "M3"]]
+            out.append(f"| {lab} (seeds {', '.join(str(r['seed']) for r in rs)}) | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -316,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="Folder for data, partitions, runs (weights); default analysis/runs/BUDGET.")
     p.add_argument("--results", default=None, help="Results folder; default analysis/results (small) else ROOT/results.")
     p.add_argument("--tune-lr", default=None, help="Comma list of learning rates: validation checks of the DPO arm.")
+    p.add_argument("--results-only", action="store_true",
+                   help="Train nothing: write the results of the runs already evaluated (e.g. an interrupted experiment).")
     return p.parse_args(argv)
 
 
@@ -330,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results or (HERE / "results" if args.budget == "small" else root / "results"))
     log(f"budget {args.budget}: {budget}; model {model}; arms {list(arms)}; seeds {seeds}; root {root}")
     info = prepare_data(common, budget, model, root / "data")
+    if args.results_only:
+        done = [root / "runs" / f"{arm['label']}-seed{seed}" for seed in seeds for arm in arms.values()]
+        write_results([d for d in done if (d / "eval" / "eval.json").is_file()], results, info, args.budget)
+        return 0
     if args.tune_lr:  # validation checks first; the runs below use the learning rate they pick
         dpo = load_configs(args.budget, ["dpo"])[1]["dpo"]
         common["train"]["learning_rate"] = tune(args.tune_lr, dpo, common, budget, model, root, info, results)

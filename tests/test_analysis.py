@@ -47,7 +47,7 @@ def test_table_is_mean_and_sample_sd_over_seeds(rep):
     def row(label, seed, acc):
         return {"label": label, "seed": seed, "final": "M1", "heldout_pairs": 10, "S_accuracy": 0.4, "S_mean_gamma": -3.0,
                 "accuracy": acc, "mean_gamma": acc - 1, "reward_accuracy_vs_S": acc, "reward_margin_vs_S": 0.1,
-                "optimizer_steps": 4, "train_seconds": 10.0, "per_source": {"x": {"accuracy": acc, "pairs": 10,
+                "steps": 1, "optimizer_steps": 4, "train_seconds": 10.0, "per_source": {"x": {"accuracy": acc, "pairs": 10,
                                                                                   "reward_accuracy_vs_S": acc}},
                 "S_per_source": {"x": 0.4}, "reference_gamma": {"S": -3.0, "M1": acc}}
 
