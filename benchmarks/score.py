@@ -3,7 +3,7 @@
     python benchmarks/score.py --pairs 48            # fp32 ours vs TRL, then ours in bf16
     python benchmarks/score.py --pairs 8 --no-trl    # quick: ours only
 
-Same pairs (the first valid rows of ../shared/data/alpaca_eval_pairs.parquet), default model
+Same pairs (a seeded random sample of ../shared/data/alpaca_eval_pairs.parquet), default model
 (SmolLM2-135M-Instruct), max_length 1024. TRL's pass is `DPOTrainer._precompute_ref_logps`, i.e.
 exactly what `precompute_ref_log_probs=True` runs (tokenisation excluded for TRL, included for
 us). Roofline: 2 x parameters FLOPs per real token (prompt+completion after truncation, chosen
@@ -21,6 +21,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 DATA = Path(__file__).resolve().parent.parent / ".." / "shared" / "data" / "alpaca_eval_pairs.parquet"
+
+
+class Seconds(float):
+    """Wall seconds that also carry the process's CPU seconds (load-independent with --threads 1)."""
+
+    def __new__(cls, wall: float, cpu: float):
+        obj = super().__new__(cls, wall)
+        obj.cpu = cpu
+        return obj
 
 
 def matmul_gflops(dtype, n: int = 2048, reps: int = 5) -> float:
@@ -65,9 +74,9 @@ def run_ours(frame, model, tokenizer, config):
 
     score_frame(frame.head(2), model, tokenizer, config, progress=False)  # warm-up
     peak_rss_reset()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     scored, _ = score_frame(frame, model, tokenizer, config, progress=False)
-    return scored, time.perf_counter() - t, peak_rss_gib()
+    return scored, Seconds(time.perf_counter() - t, time.process_time() - cpu), peak_rss_gib()
 
 
 def run_trl(frame, model_path, max_length: int, batch_size: int):
@@ -84,9 +93,9 @@ def run_trl(frame, model_path, max_length: int, batch_size: int):
     trainer = DPOTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(frame.to_dicts()))
     peak_rss_reset()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     ds = trainer._precompute_ref_logps(trainer.train_dataset, "train", batch_size)
-    seconds = time.perf_counter() - t
+    seconds = Seconds(time.perf_counter() - t, time.process_time() - cpu)
     ref = {k: (c, r) for k, c, r in zip(ds["pair_id"], ds["ref_chosen_logps"], ds["ref_rejected_logps"])}
     return ref, seconds, peak_rss_gib()
 
@@ -105,20 +114,26 @@ def report(name, pairs, tokens, seconds, params, peak, roof_gflops, rss):
     rate = 2 * params * tokens / seconds / 1e9
     print(f"{name:<14} {pairs / seconds:7.3f} pairs/s {tokens / seconds:8.0f} real tok/s  {seconds:7.1f} s  "
           f"{rate:6.1f} GFLOP/s = {rate / roof_gflops:5.1%} of the {peak} roofline ({roof_gflops:.0f})  "
-          f"peak RSS {rss:.2f} GiB")
+          f"peak RSS {rss:.2f} GiB  (CPU {seconds.cpu:.1f} s)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0, help="Which random sample of valid pairs.")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=8, help="TRL's precompute batch size.")
     parser.add_argument("--token-budget", type=int, default=4096)
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads; 1 gives load-independent CPU-time ratios on a busy machine")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model, resolve_model_path
@@ -127,7 +142,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}")
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     print(f"matmul 2048^3: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.0f} GFLOP/s")
-    frame = load_pairs(DATA, limit=args.pairs * 2).pairs.head(args.pairs)
+    frame = load_pairs(DATA).pairs.sample(args.pairs, seed=args.seed)  # a spread of lengths, as in real use
     model, tokenizer = load_model("default")
     params = sum(p.numel() for p in model.parameters())
     config = ScoreConfig(max_length=args.max_length, token_budget=args.token_budget)
@@ -140,7 +155,7 @@ def main() -> None:
         ref, trl_seconds, trl_rss = run_trl(frame, resolve_model_path("default"), args.max_length, args.batch_size)
         report("TRL fp32", len(ref), tokens, trl_seconds, params, "fp32", fp32, trl_rss)
         worst, rel = max_diff(ours, ref)
-        print(f"speed-up {trl_seconds / seconds:.2f}x;  max |Δlogp| vs TRL {worst:.2e} "
+        print(f"speed-up {trl_seconds / seconds:.2f}x wall, {trl_seconds.cpu / seconds.cpu:.2f}x CPU time;  max |Δlogp| vs TRL {worst:.2e} "
               f"({rel:.2f} of the 1e-3 + 1e-5·|logp| bound)")
     if not args.no_bf16:
         model16, _ = load_model("default", dtype="bfloat16")

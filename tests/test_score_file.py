@@ -69,6 +69,7 @@ def test_cli_writes_scores_rejects_and_provenance(tiny_model_dir, tmp_path):
 
 
 def test_rescoring_hits_the_cache(tiny_model_dir, tmp_path, monkeypatch):
+    import sdpo_kit.logps as logps
     import sdpo_kit.score as score
 
     monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
@@ -79,7 +80,7 @@ def test_rescoring_hits_the_cache(tiny_model_dir, tmp_path, monkeypatch):
     def no_forward(*args, **kwargs):
         raise AssertionError("a cached pair went through the model again")
 
-    monkeypatch.setattr(score, "_logp_sums", no_forward)
+    monkeypatch.setattr(logps.Scorer, "run", no_forward)
     second = score.score_file(data, tmp_path / "b.parquet", model=tiny_model_dir, config=ScoreConfig(max_length=96),
                               progress=False, shard_rows=3)
     assert pl.read_parquet(first).equals(pl.read_parquet(second))
