@@ -21,6 +21,11 @@ from pathlib import Path
 from sdpo_kit.io import read_json, write_json, write_text
 
 MODES = ("stepwise", "dpo")
+
+
+class TrainInputError(ValueError):
+    """Bad user input found while training (as opposed to a bug): the CLI prints it without a traceback."""
+
 ORDERS = ("shuffled", "sequential")
 
 
@@ -184,7 +189,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
     scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
     if scored.height == 0:
-        raise ValueError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
+        raise TrainInputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
                          "(see reference.rejects.jsonl).")
     lora = _lora_config(cfg)
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before

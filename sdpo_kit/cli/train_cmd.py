@@ -21,17 +21,24 @@ def train(ctx: typer.Context) -> None:
     `sdpo train --fields` lists them all. Data-parallel on CPU (gloo):
     `accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...`.
     """
-    from sdpo_kit.train import train_parser, parse_train_args, train_stepwise
+    from sdpo_kit.train import TrainInputError, parse_train_args, train_parser, train_stepwise
 
     argv = list(ctx.args)
     if "--fields" in argv:
         typer.echo(train_parser().format_help())
         return
-    try:
+    try:  # flags and YAML: any ValueError here is the user's
         cfg, args, overrides = parse_train_args(argv)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    try:  # only input errors are reported plainly; a bug inside training keeps its traceback
         run_dir = train_stepwise(cfg, args, overrides)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # bad input: say what, no traceback
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+    except (TrainInputError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2) from err
