@@ -66,7 +66,8 @@ def _kept_rows(data: Path, start: int, chunk) -> list[int]:
     return [r for r in range(start + 1, start + chunk.rows + 1) if r not in dropped][: chunk.pairs.height]
 
 
-def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config, cache: PairCache, bar, file: str):
+def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config, cache: PairCache, bar, file: str,
+                 accelerator=None):
     """Scored frame and rejects of one chunk; pairs found in the cache skip the forward pass."""
     from sdpo_kit.data import Reject
 
@@ -76,13 +77,14 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
     tables = [] if cached is None else [cached]
     if todo.height:
         scored, rejects = score_frame(todo, models[0], tokenizer, config, policy=models[1] if len(models) > 1 else None,
-                                      progress=bar or False, file=file)
+                                      progress=bar or False, file=file, accelerator=accelerator)
         fresh = pl.concat([scored.select(["pair_id", *_score_cols(scored)]),
                            pl.DataFrame({"pair_id": [todo["pair_id"][r.row - 1] for r in rejects],
                                          "_reject": [r.detail for r in rejects]},
                                         schema={"pair_id": pl.String, "_reject": pl.String})],
                           how="diagonal_relaxed")
-        cache.put(fresh)
+        if accelerator is None or accelerator.is_main_process:  # every process holds the gathered whole
+            cache.put(fresh)
         tables.append(fresh)
     if bar is not None:
         bar.update(pairs.height - todo.height + (len(rejects) if todo.height else 0))
@@ -100,6 +102,27 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
 
 def _score_cols(frame: pl.DataFrame) -> list[str]:
     return [c for c in (*SCORED_COLUMNS, *POLICY_COLUMNS) if c in frame.columns]
+
+
+def score_frame_cached(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, file: str = "",
+                       accelerator=None, progress: bool = True):
+    """`score_frame` of `model` through the pair cache that `sdpo curate score` fills.
+
+    The trainer scores partition t with M_{t-1}; for step 1 that is S with the curation settings,
+    so the pairs come straight from the cache instead of a second forward pass.
+    Returns `(scored, rejects)` like `score_frame`, rows numbered by position in `pairs`.
+    """
+    from sdpo_kit.models import cache_dir
+
+    from tqdm.auto import tqdm
+
+    store = PairCache(cache_dir() / "scores" / cache_key(provenance(model, tokenizer, config)))
+    rows = list(range(1, pairs.height + 1))
+    bar = tqdm(total=pairs.height, desc="scoring reference", unit="pair") if progress else None
+    try:
+        return _score_chunk(pairs, rows, [model], tokenizer, config, store, bar, file, accelerator)
+    finally:
+        bar and bar.close()
 
 
 def score_file(data, out, *, model="default", config: ScoreConfig | None = None, policy=None, resume: bool = True,

@@ -2,7 +2,8 @@
 
     python -m pytest -q tests/test_train.py -k exact_reference
 
-The reference log-probs come from the curation scorer (`sdpo_kit.score.score_frame`), cached in
+The reference log-probs come from the curation scorer (`score_frame_cached`: step 1 reads what
+`sdpo curate score` already computed with S), cached in
 `step_t/reference.parquet`, and reach TRL through its own `precompute_ref_log_probs=True` path,
 so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
 (and fails on a dataset that already has `ref_*` columns: duplicate columns on concatenation), so
@@ -35,7 +36,8 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
     """
     import polars as pl
 
-    from sdpo_kit.score import ScoreConfig, score_frame
+    from sdpo_kit.score import ScoreConfig
+    from sdpo_kit.score_run import score_frame_cached
 
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
@@ -43,8 +45,8 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
         config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
         parts, rejects = [], []
         for file in files:
-            scored, dropped = score_frame(pl.read_parquet(file), model, tokenizer, config, file=str(file),
-                                          accelerator=state, progress=state.is_main_process)
+            scored, dropped = score_frame_cached(pl.read_parquet(file), model, tokenizer, config, file=str(file),
+                                                 accelerator=state, progress=state.is_main_process)
             parts.append(scored)
             rejects += [_as_dict(r) for r in dropped]
         if state.is_main_process:

@@ -262,3 +262,30 @@ def test_accelerate_two_processes_matches_one(tmp_path, tiny_model_dir):
 def test_missing_partitions_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["train", "--partitions", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkeypatch):
+    """S scored the pairs during curation: step 1 reads them from the pair cache, adds nothing to it."""
+    monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
+    parts = write_partitions(tmp_path / "parts", steps=1, pairs=4)
+    score = CliRunner().invoke(app, ["curate", "score", str(parts / "step_1.parquet"), "--model", str(tiny_model_dir),
+                                     "--out", str(tmp_path / "scored.parquet"), "--max-length", "64"])
+    assert score.exit_code == 0, score.output
+    cache_files = lambda: sorted((tmp_path / "cache" / "scores").rglob("*.parquet"))  # noqa: E731
+    before = cache_files()
+    assert before, "curation filled the pair cache"
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("step 1 ran the scorer although S's scores were cached")
+
+    import sdpo_kit.score
+    import sdpo_kit.score_run
+
+    monkeypatch.setattr(sdpo_kit.score, "score_frame", no_forward)
+    monkeypatch.setattr(sdpo_kit.score_run, "score_frame", no_forward)
+    sdpo_train("--partitions", parts, "--model", tiny_model_dir, "--out", tmp_path / "run", *FAST)
+    assert cache_files() == before  # nothing rescored for S
+    ref = pl.read_parquet(tmp_path / "run" / "step_1" / "reference.parquet").sort("pair_id")
+    curated = pl.read_parquet(tmp_path / "scored.parquet").sort("pair_id")
+    assert ref["ref_chosen_logps"].to_list() == curated["ref_chosen_logps"].to_list()
+    assert_exact_first_log(tmp_path / "run" / "step_1")
