@@ -7,7 +7,7 @@
 
 Per pair we reproduce TRL 1.16's `DPOTrainer` reference pass (tokenisation, truncation, the sum
 of completion-token log-probs: `sdpo_kit.tokenize`) but run it differently (`sdpo_kit.logps`):
-unpadded sequences, short ones packed together, a long prefix shared by chosen and rejected
+length-sorted batches padded on the right without a mask, a long prefix shared by chosen and rejected
 computed once, and the LM head only where a completion token is scored. The file layer (shards,
 cache, resume, accelerate) is `sdpo_kit.score_run`.
 """
@@ -48,8 +48,8 @@ class ScoreConfig:
         "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
                 "for ordering only). The model passed in must already have this dtype."})
     token_budget: int = field(default=512, metadata={
-        "help": "Short sequences are packed side by side into rows of at most this many tokens (one forward "
-                "each); a longer sequence runs alone, unpadded, which is fastest on CPU."})
+        "help": "Sequences of similar length (within 1/8) are batched, right-padded, up to this many tokens "
+                "per forward counting padding; a longer sequence runs alone."})
     beta: float = field(default=0.1, metadata={
         "help": "DPO beta scaling the implicit reward margin when a policy model is scored too."})
     share_prefix: int = field(default=256, metadata={

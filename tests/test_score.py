@@ -68,7 +68,7 @@ def tiny(tiny_model_dir):
     return load_model(tiny_model_dir)
 
 
-@pytest.mark.parametrize("mode,share", [("keep_start", 25), ("keep_end", 0)])  # shared-prefix KV / packed rows
+@pytest.mark.parametrize("mode,share", [("keep_start", 25), ("keep_end", 0)])  # shared-prefix KV / padded batches
 def test_matches_trl_reference_pass(tiny, tiny_model_dir, tmp_path, mode, share):
     frame = mixed_pairs()
     expected = trl_reference(frame, tiny_model_dir, tmp_path, 96, mode)
@@ -88,7 +88,7 @@ def test_matches_trl_reference_pass(tiny, tiny_model_dir, tmp_path, mode, share)
 
 
 def test_columns_order_and_naive_oracle(tiny):
-    """Input order kept; sums equal a plain full-logits forward of each sequence (no packing, no sharing)."""
+    """Input order kept; sums equal a plain full-logits forward of each sequence (no batching, no sharing)."""
     import torch
 
     model, tokenizer = tiny
@@ -153,10 +153,10 @@ def test_helpers_and_config_validation():
     assert (seq.ids, seq.start, list(seq.scored)) == ([3, 4, 5, 6], 1, [1, 2, 3])
     a, b, c = truncate([1, 2], [3, 4], None, "keep_start"), truncate([1, 2], [3, 5], None, "keep_start"), seq
     items = plan([(a, b), (a, c), (c, c)], budget=9, share_min=3)
-    assert items[:2] == [("shared", 0, 3), ("shared", 2, 4)]  # (a, c) share 0 tokens: packed instead
+    assert items[:2] == [("shared", 0, 3), ("shared", 2, 4)]  # (a, c) share 0 tokens: batched instead
     rows = [row for kind, row in items[2:]]
     assert sorted(seg for row in rows for seg, _ in row) == [2, 3]
-    assert all(sum(len(s.ids) for _, s in row) <= 9 or len(row) == 1 for row in rows)
+    assert all(len(row) * len(row[0][1].ids) <= 9 or len(row) == 1 for row in rows)  # padding counts
     for bad in ({"truncation_mode": "middle"}, {"dtype": "float16"}, {"max_length": 1}, {"beta": 0},
                 {"share_prefix": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
