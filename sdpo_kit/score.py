@@ -48,7 +48,7 @@ class ScoreConfig:
         "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
                 "for ordering only). The model passed in must already have this dtype."})
     token_budget: int = field(default=512, metadata={
-        "help": "Sequences of similar length (within 1/8) are batched, right-padded, up to this many tokens "
+        "help": "Sequences of similar length (within 1/32) are batched, right-padded, up to this many tokens "
                 "per forward counting padding; a longer sequence runs alone."})
     beta: float = field(default=0.1, metadata={
         "help": "DPO beta scaling the implicit reward margin when a policy model is scored too."})
