@@ -268,7 +268,7 @@ def run_numbers(run_dir: Path) -> dict:
 def _ms(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
 
 
 def table_markdown(rows: list[dict]) -> str:
