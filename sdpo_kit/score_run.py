@@ -91,7 +91,8 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
     table = pl.concat(tables, how="diagonal_relaxed").unique("pair_id", keep="first", maintain_order=True)
     if "_reject" not in table.columns:
         table = table.with_columns(pl.lit(None, pl.String).alias("_reject"))
-    joined = pairs.with_columns(pl.Series("_row", rows, dtype=pl.Int64)).join(
+    stale = [c for c in table.columns if c != "pair_id" and c in pairs.columns]  # e.g. a scored partition
+    joined = pairs.drop(stale).with_columns(pl.Series("_row", rows, dtype=pl.Int64)).join(
         table, on="pair_id", how="left", maintain_order="left")
     bad = joined["_reject"].is_not_null()
     rejects = [Reject(file, r["_row"], "prompt_too_long", r["_reject"],

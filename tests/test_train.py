@@ -265,27 +265,36 @@ def test_missing_partitions_is_a_clear_error(tmp_path):
 
 
 def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkeypatch):
-    """S scored the pairs during curation: step 1 reads them from the pair cache, adds nothing to it."""
-    monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
-    parts = write_partitions(tmp_path / "parts", steps=1, pairs=4)
-    score = CliRunner().invoke(app, ["curate", "score", str(parts / "step_1.parquet"), "--model", str(tiny_model_dir),
-                                     "--out", str(tmp_path / "scored.parquet"), "--max-length", "64"])
-    assert score.exit_code == 0, score.output
-    cache_files = lambda: sorted((tmp_path / "cache" / "scores").rglob("*.parquet"))  # noqa: E731
-    before = cache_files()
-    assert before, "curation filled the pair cache"
+    """S scored the pairs during curation: step 1 reads them from the pair cache; step 2 scores with M1.
 
-    def no_forward(*args, **kwargs):
-        raise AssertionError("step 1 ran the scorer although S's scores were cached")
-
-    import sdpo_kit.score
+    The partitions carry S's score columns (as `sdpo curate split` writes them): step 2's
+    reference must be M1's numbers, not those stale columns.
+    """
     import sdpo_kit.score_run
+    from sdpo_kit.models import load_model, model_fingerprint
 
-    monkeypatch.setattr(sdpo_kit.score, "score_frame", no_forward)
-    monkeypatch.setattr(sdpo_kit.score_run, "score_frame", no_forward)
+    monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
+    parts = write_partitions(tmp_path / "parts", steps=2, pairs=4)
+    for t in (1, 2):
+        out = tmp_path / f"scored_{t}.parquet"
+        score = CliRunner().invoke(app, ["curate", "score", str(parts / f"step_{t}.parquet"), "--model",
+                                         str(tiny_model_dir), "--out", str(out), "--max-length", "64"])
+        assert score.exit_code == 0, score.output
+        shutil.copy(out, parts / f"step_{t}.parquet")
+    s_fp = model_fingerprint(load_model(tiny_model_dir)[0])
+    real, scored_with = sdpo_kit.score_run.score_frame, []
+
+    def recording(pairs, model, *args, **kwargs):
+        scored_with.append(model_fingerprint(model))
+        return real(pairs, model, *args, **kwargs)
+
+    monkeypatch.setattr(sdpo_kit.score_run, "score_frame", recording)
     sdpo_train("--partitions", parts, "--model", tiny_model_dir, "--out", tmp_path / "run", *FAST)
-    assert cache_files() == before  # nothing rescored for S
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert s_fp not in scored_with  # step 1: straight from the curation cache
+    assert scored_with == [run["steps"][1]["reference_fingerprint"]]  # step 2: M1 ran
     ref = pl.read_parquet(tmp_path / "run" / "step_1" / "reference.parquet").sort("pair_id")
-    curated = pl.read_parquet(tmp_path / "scored.parquet").sort("pair_id")
+    curated = pl.read_parquet(tmp_path / "scored_1.parquet").sort("pair_id")
     assert ref["ref_chosen_logps"].to_list() == curated["ref_chosen_logps"].to_list()
-    assert_exact_first_log(tmp_path / "run" / "step_1")
+    for t in (1, 2):
+        assert_exact_first_log(tmp_path / "run" / f"step_{t}")
