@@ -180,7 +180,15 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
     logs = trainer.state.log_history
     losses = [e["loss"] for e in logs if "loss" in e]
     last = next((e for e in reversed(logs) if "rewards/margins" in e), {})
+    first = next((e for e in logs if "rewards/chosen" in e), {})
+    # At the first optimisation step the policy IS the reference, so its rewards must be ~0; a
+    # larger value means the precomputed reference came from other weights or settings.
+    drift = max(abs(first.get("rewards/chosen", 0.0)), abs(first.get("rewards/rejected", 0.0)))
+    if drift > 1e-3:
+        print(f"[sdpo train] WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
+              "log-probs do not match the starting weights", flush=True)
     return {
+        "reference_exact": drift <= 1e-3,
         "step": step,
         "pairs": scored.height,
         "rejected": rejects,

@@ -76,6 +76,7 @@ def assert_exact_first_log(step_dir: Path) -> None:
     assert first["step"] == 1
     assert abs(first["rewards/chosen"]) < 1e-3 and abs(first["rewards/rejected"]) < 1e-3, first
     assert abs(first["loss"] - math.log(2)) < 1e-3, first
+    assert json.loads((step_dir / "summary.json").read_text())["reference_exact"] is True
 
 
 @pytest.fixture(scope="module")
