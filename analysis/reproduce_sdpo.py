@@ -105,7 +105,8 @@ def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict
 
     from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model
-    from sdpo_kit.score import ScoreConfig, provenance, score_frame
+    from sdpo_kit.score import ScoreConfig, provenance
+    from sdpo_kit.score_run import score_frame_cached
 
     began = time.time()
     data = str((REPO / common["data"]).resolve()) if not Path(common["data"]).is_absolute() else common["data"]
@@ -131,7 +132,8 @@ def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict
     assert not overlap and not set(sides["train"]) & set(sides["val"]), "prompt split leaked"
     train = pl.read_parquet(data_dir / "train.parquet")
     cfg = ScoreConfig(max_length=budget["max_length"], truncation_mode="keep_start", dtype="float32")
-    scored, rejects = score_frame(train, lm, tok, cfg)
+    # Through the pair cache: every run's step 1 (reference S, same settings) then reads these rows.
+    scored, rejects = score_frame_cached(train, lm, tok, cfg, file=str(data_dir / "train.parquet"))
     meta = provenance(lm, tok, cfg)
     fp = meta["fingerprint"]
     write_parquet(data_dir / "train_scored.parquet", scored, metadata={"sdpo_kit.scorer": json.dumps(meta)})
@@ -152,24 +154,6 @@ def write_partitions(arm: dict, seed: int, data_dir: Path, out: Path) -> Path:
     if not (out / "manifest.json").is_file():
         split_file(data_dir / "train_scored.parquet", out, SplitConfig(**arm["split"], seed=seed), overwrite=True)
     return out
-
-
-def seed_step1_reference(run_dir: Path, parts: Path, mode: str, info: dict, max_length: int) -> None:
-    """Step 1's reference is S, which already scored every training pair in stage 1: hand the
-    trainer those rows in its reference cache (keyed by S's fingerprint and the tokenisation
-    settings; on any mismatch the trainer just rescores) instead of a second identical pass."""
-    import polars as pl
-
-    from sdpo_kit.train import partition_files
-
-    target = run_dir / "step_1" / "reference.parquet"
-    if target.exists():
-        return
-    files = partition_files(parts)
-    files = files if mode == "dpo" else files[:1]  # what the trainer's step 1 trains on
-    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
-    settings = {"fingerprint": info["base_fingerprint"], "max_length": max_length, "truncation_mode": "keep_start"}
-    write_parquet(target, frame, metadata={"sdpo_kit.reference": json.dumps(settings)})
 
 
 def train_argv(arm: dict, common: dict, budget: dict, model: str, parts: Path, run_dir: Path, seed: int,
@@ -197,7 +181,6 @@ def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, mo
     if meta and meta.get("status") == "done":
         log(f"{run_dir.name}: trained already, skipping training")
     else:
-        seed_step1_reference(run_dir, parts, arm["mode"], info, budget["max_length"])
         log(f"{run_dir.name}: sdpo {' '.join(argv)}")
         began = time.time()
         app(argv + (["--resume"] if meta else []), standalone_mode=False)
