@@ -8,7 +8,8 @@ Stages, each resumable (a finished file is never recomputed):
 2. per arm (analysis/configs/*.yaml except common.yaml) and seed: `sdpo curate split`'s library
    call writes the partitions, `sdpo train` (in-process) trains, `sdpo eval` scores S, M1, ...
    on the held-out pairs. A run whose run.json says "done" is skipped.
-3. results: table.md (mean ± sd over seeds), results.json, the `sdpo report` of every run.
+3. results: table.md (mean ± sd over seeds, then arm-vs-arm differences with a bootstrap over seeds
+   and held-out prompts: analysis/compare.py), results.json, the `sdpo report` of every run.
 
 `--tune-lr 1e-5,5e-5` first trains the DPO arm (seed 0) once per learning rate and scores it on
 the validation slice (never the held-out pairs), picks one, and runs the experiment with it.
@@ -35,6 +36,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sdpo_kit.io import read_json, write_json, write_parquet, write_text  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from compare import comparison_markdown  # noqa: E402
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -295,7 +300,8 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
     if not rows:
         return
     write_json(results / "results.json", {"budget": budget_name, "data": info, "runs": rows})
-    write_text(results / "table.md", table_markdown(rows))
+    write_text(results / "table.md", table_markdown(rows) + "\n" + comparison_markdown(
+        [d for d in run_dirs if (d / "eval" / "eval.json").is_file()]))
     for d in run_dirs:  # the small files of every run, for checking a rerun against
         keep = results / "runs" / d.name
         for f in ["run.json", "config.yaml", "eval/eval.json",

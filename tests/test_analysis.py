@@ -10,6 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -19,6 +20,14 @@ from conftest import REPO, shared
 @pytest.fixture(scope="module")
 def rep():
     spec = importlib.util.spec_from_file_location("reproduce_sdpo", REPO / "analysis" / "reproduce_sdpo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location("compare", REPO / "analysis" / "compare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,6 +68,27 @@ def test_table_is_mean_and_sample_sd_over_seeds(rep):
     assert "| one (M1) | 1 | 0.700 |" in md
 
 
+def test_bootstrap_resamples_whole_prompts(compare):
+    # One seed each, two prompts: "p" with one pair of difference 1, "q" with two pairs of 3.
+    # A draw picks two prompts: {p,p} -> 1, {q,q} -> 3, {p,q} -> (1+3+3)/3 = 7/3; nothing else.
+    a, b = np.array([[1.0, 3.0, 3.0]]), np.zeros((1, 3))
+    r = compare.two_level_bootstrap(a, b, np.array(["p", "q", "q"]), draws=4000)
+    assert r["mean"] == pytest.approx(7 / 3)
+    assert set(np.round(r["draws"], 9)) == {1.0, 3.0, round(7 / 3, 9)}
+    assert (r["lo"], r["hi"]) == (1.0, 3.0)  # each extreme has probability 1/4 > 2.5%
+    assert r["clusters"] == 2 and r["pairs"] == 3
+
+
+def test_bootstrap_resamples_seeds(compare):
+    # One pair; arm a's two seeds give γ 0 and 2, b gives 0: a draw averages two resampled seeds,
+    # so it is 0 (p=1/4), 1 (p=1/2) or 2 (p=1/4); with a single seed the interval collapses.
+    r = compare.two_level_bootstrap(np.array([[0.0], [2.0]]), np.zeros((1, 1)), np.array(["p"]), draws=4000)
+    assert r["mean"] == 1.0 and set(r["draws"]) == {0.0, 1.0, 2.0} and (r["lo"], r["hi"]) == (0.0, 2.0)
+    assert abs((r["draws"] == 1.0).mean() - 0.5) < 0.05
+    one = compare.two_level_bootstrap(np.array([[2.0]]), np.zeros((1, 1)), np.array(["p"]), draws=100)
+    assert (one["lo"], one["hi"], one["p_positive"]) == (2.0, 2.0, 1.0)
+
+
 @pytest.mark.slow
 def test_smoke_budget_end_to_end_then_resumes_without_retraining(rep, tiny_model_dir, tmp_path):
     shared("alpaca_eval_pairs.parquet")
@@ -93,6 +123,12 @@ def test_smoke_budget_end_to_end_then_resumes_without_retraining(rep, tiny_model
     assert r["reward_accuracy_vs_S"] == pytest.approx(float((scores["gamma_M3"] > scores["gamma_S"]).mean()))
     assert [r["reference_gamma"][n] for n in ("S", "M1", "M2")] == pytest.approx(
         [float(scores[f"gamma_{n}"].mean()) for n in ("S", "M1", "M2")])
+    # The arm-vs-arm line is the plain mean over pairs of the two final models' γ difference.
+    dpo = pl.read_parquet(root / "runs" / "dpo-seed0" / "eval" / "scores.parquet").select("pair_id", "gamma_M1")
+    both = scores.join(dpo, on="pair_id", suffix="_dpo")
+    assert both.height == scores.height
+    line = next(ln for ln in (results / "table.md").read_text().splitlines() if ln.startswith("| sdpo-by-source − dpo |"))
+    assert f"| {float((both['gamma_M3'] - both['gamma_M1_dpo']).mean()):+.2f} | [" in line and "| 1 vs 1 |" in line
     meta = json.loads((run_dir / "run.json").read_text())
     assert (meta["label"], meta["seed"], meta["status"]) == ("sdpo-by-source", 0, "done")
     assert (results / "report" / "report.html").is_file() and (results / "table.md").is_file()

@@ -1,0 +1,92 @@
+"""Arm-vs-arm differences in held-out γ, with a bootstrap over held-out prompts.
+
+    python analysis/compare.py analysis/runs/small/runs/*-seed*   # prints the markdown table
+
+The seeds of the experiment vary training only (batch order, the random split); they say nothing
+about how much the *held-out sample* decides a difference between two arms. This bootstraps both:
+each draw resamples every arm's seeds and the held-out prompts with replacement (a prompt's pairs
+move together: AlpacaEval has several answer pairs per prompt, and they are not independent), and
+reports the 95% interval of the difference in mean γ of the final models. The difference in
+mean γ times β is the difference in mean implicit-reward margin against S.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+# (arm, baseline): every sDPO arm against plain DPO, and the paper's ordered splits against random.
+COMPARISONS = [("sdpo-easy-to-hard", "dpo"), ("sdpo-by-source", "dpo"), ("sdpo-random", "dpo"),
+               ("sdpo-easy-to-hard", "sdpo-random"), ("sdpo-by-source", "sdpo-random")]
+
+
+def final_gammas(run_dir: Path) -> pl.DataFrame:
+    """pair_id, prompt text and γ of the run's final model on the held-out pairs."""
+    final = json.loads((run_dir / "eval" / "eval.json").read_text())["models"][-1]["name"]
+    df = pl.read_parquet(run_dir / "eval" / "models" / f"{final}.parquet", columns=["pair_id", "prompt", "margin"])
+    return df.select("pair_id", pl.col("prompt").list.last().struct.field("content").alias("prompt_text"),
+                     pl.col("margin").alias("gamma"))
+
+
+def arm_gammas(run_dirs: list[Path]) -> dict[str, pl.DataFrame]:
+    """label -> one row per held-out pair: pair_id, prompt_text, gamma (list: one γ per seed of the arm)."""
+    by_label: dict[str, list[pl.DataFrame]] = {}
+    for d in sorted(run_dirs):
+        label = json.loads((d / "run.json").read_text())["label"]
+        by_label.setdefault(label, []).append(final_gammas(d))
+    return {lab: pl.concat(frames).group_by("pair_id", "prompt_text", maintain_order=True).agg(pl.col("gamma"))
+            for lab, frames in by_label.items()}
+
+
+def two_level_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray, draws: int = 10_000, seed: int = 0) -> dict:
+    """Mean over pairs of (a's γ − b's γ), each averaged over seeds, and its 95% percentile interval.
+
+    a: (seeds_a, pairs), b: (seeds_b, pairs) γ of the final models; clusters: (pairs,) prompt labels.
+    Each draw resamples each arm's seeds and then the clusters (as many as there are), both with
+    replacement, so the interval covers training noise and the held-out sample together.
+    """
+    rng = np.random.default_rng(seed)
+    labels, idx = np.unique(clusters, return_inverse=True)
+
+    def seed_mean(g: np.ndarray) -> np.ndarray:  # (draws, pairs): γ averaged over resampled seeds
+        w = rng.multinomial(len(g), np.full(len(g), 1 / len(g)), size=draws) / len(g)
+        return w @ g
+
+    diff = seed_mean(a) - seed_mean(b)
+    w = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=draws)[:, idx]  # per pair
+    means = (w * diff).sum(1) / w.sum(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": float((a.mean(0) - b.mean(0)).mean()), "lo": float(lo), "hi": float(hi),
+            "p_positive": float((means > 0).mean()), "pairs": int(a.shape[1]), "clusters": len(labels), "draws": means}
+
+
+def comparison_markdown(run_dirs: list[Path], draws: int = 10_000) -> str:
+    arms = arm_gammas(run_dirs)
+    rows = []
+    for arm, base in COMPARISONS:
+        if arm not in arms or base not in arms:
+            continue
+        both = arms[arm].join(arms[base].select("pair_id", pl.col("gamma").alias("base")), on="pair_id", how="inner")
+        a, b = (np.array(both[c].to_list(), dtype=float).T for c in ("gamma", "base"))
+        r = two_level_bootstrap(a, b, both["prompt_text"].to_numpy(), draws)
+        rows.append(f"| {arm} − {base} | {len(a)} vs {len(b)} | {r['pairs']} ({r['clusters']} prompts) "
+                    f"| {r['mean']:+.2f} | [{r['lo']:+.2f}, {r['hi']:+.2f}] | {r['p_positive']:.2f} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "Differences in held-out mean γ of the final models, each arm averaged over its seeds (× β = the "
+        f"difference in reward margin vs S). 95% interval from {draws:,} draws that resample each arm's seeds "
+        "and the held-out prompts (a prompt's pairs move together).", "",
+        "| arms | seeds | held-out pairs | Δ mean γ | 95% interval | share of draws > 0 |",
+        "|---|---|---|---|---|---|", *rows]) + "\n"
+
+
+if __name__ == "__main__":
+    dirs = [Path(p) for p in sys.argv[1:] if (Path(p) / "eval" / "eval.json").is_file()]
+    if not dirs:
+        raise SystemExit("usage: python analysis/compare.py RUN_DIR... (each with run.json and eval/eval.json)")
+    print(comparison_markdown(dirs))
