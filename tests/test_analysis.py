@@ -17,20 +17,21 @@ import pytest
 from conftest import REPO, shared
 
 
-@pytest.fixture(scope="module")
-def rep():
-    spec = importlib.util.spec_from_file_location("reproduce_sdpo", REPO / "analysis" / "reproduce_sdpo.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "analysis" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def rep():
+    return _script("reproduce_sdpo")
 
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location("compare", REPO / "analysis" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("compare")
 
 
 def _prompts(path: Path) -> set[str]:
