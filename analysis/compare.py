@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from sdpo_kit.data import prompt_text
+
 # (arm, baseline): every sDPO arm against plain DPO, and the paper's ordered splits against random.
 COMPARISONS = [("sdpo-easy-to-hard", "dpo"), ("sdpo-by-source", "dpo"), ("sdpo-random", "dpo"),
                ("sdpo-easy-to-hard", "sdpo-random"), ("sdpo-by-source", "sdpo-random")]
@@ -28,7 +30,7 @@ def final_gammas(run_dir: Path) -> pl.DataFrame:
     """pair_id, prompt text and γ of the run's final model on the held-out pairs."""
     final = json.loads((run_dir / "eval" / "eval.json").read_text())["models"][-1]["name"]
     df = pl.read_parquet(run_dir / "eval" / "models" / f"{final}.parquet", columns=["pair_id", "prompt", "margin"])
-    return df.select("pair_id", pl.col("prompt").list.last().struct.field("content").alias("prompt_text"),
+    return df.select("pair_id", prompt_text().alias("prompt_text"),
                      pl.col("margin").alias("gamma"))
 
 

@@ -60,9 +60,9 @@ def load_configs(budget: str, arms: list[str] | None) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- 1. data
 
 def _prompt_text(pairs):
-    import polars as pl
+    from sdpo_kit.data import prompt_text
 
-    return pairs.with_columns(pl.col("prompt").list.last().struct.field("content").alias("__prompt"))
+    return pairs.with_columns(prompt_text().alias("__prompt"))
 
 
 def split_prompts(pairs, common: dict, seed: int) -> dict[str, list[str]]:
@@ -198,26 +198,20 @@ def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, mo
     # `all_models_seeds` only; every seed scores S and its final model.
     steps = len(meta["steps"])
     models = "all" if seed in budget.get("all_models_seeds", [seed]) or steps == 1 else f"S,M{steps}"
-    evaluate_run(run_dir, heldout, root / "eval_cache" / heldout.stem, models)
+    evaluate_run(run_dir, heldout, models)
     return run_dir
 
 
-def evaluate_run(run_dir: Path, data: Path, cache: Path, models: str = "all") -> dict:
-    """`sdpo eval` of S, M1, ... (`models`), with S's scores shared by every run (same fingerprint and key)."""
+def evaluate_run(run_dir: Path, data: Path, models: str = "all") -> dict:
+    """`sdpo eval` of S, M1, ... (`models`); S's scores come from the scorer's pair cache after the first run."""
     from sdpo_kit.evaluate import EvalConfig, evaluate
 
     out = run_dir / "eval" if data.stem == "heldout" else run_dir / f"eval_{data.stem}"
     n_models = 1 + len(read_json(run_dir / "run.json")["steps"]) if models == "all" else len(models.split(","))
     if (out / "eval.json").is_file() and len(read_json(out / "eval.json")["models"]) == n_models:
         return read_json(out / "eval.json")
-    if (cache / "S.parquet").is_file() and not (out / "models" / "S.parquet").is_file():
-        (out / "models").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(cache / "S.parquet", out / "models" / "S.parquet")  # evaluate() checks its key
     began = time.time()
     result = evaluate(EvalConfig(run=str(run_dir), data=str(data), out=str(out), models=models))
-    if not (cache / "S.parquet").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(out / "models" / "S.parquet", cache / "S.parquet")
     write_json(out / "seconds.json", {"seconds": round(time.time() - began, 1)})
     log(f"{run_dir.name}: evaluated on {data.name} in {time.time() - began:.0f} s: "
         + ", ".join(f"{m['name']} acc {m['accuracy']:.3f} γ {m['mean_margin']:+.2f}" for m in result["models"]))

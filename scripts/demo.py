@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from sdpo_kit.cli import app
-from sdpo_kit.data import load_pairs
+from sdpo_kit.data import load_pairs, prompt_text
 from sdpo_kit.io import write_parquet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def run(*args: str) -> None:
 def make_slices() -> tuple[Path, Path]:
     """Train and held-out slices that share no prompt (seeded), as canonical parquet files."""
     pairs = load_pairs(ALPACA).pairs  # rejects (identical, empty, duplicate) are left out here
-    pairs = pairs.with_columns(_text=pl.col("prompt").list.last().struct.field("content"))
+    pairs = pairs.with_columns(_text=prompt_text())
     prompts = pairs.select("_text").unique().sort("_text").sample(fraction=1.0, shuffle=True, seed=SEED)
     held_out = prompts["_text"][:HELDOUT_PROMPTS].implode()
     train = (pairs.filter(~pl.col("_text").is_in(held_out)).sample(fraction=1.0, shuffle=True, seed=SEED)

@@ -113,9 +113,9 @@ def score_frame_cached(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfi
     so the pairs come straight from the cache instead of a second forward pass.
     Returns `(scored, rejects)` like `score_frame`, rows numbered by position in `pairs`.
     """
-    from sdpo_kit.models import cache_dir
-
     from tqdm.auto import tqdm
+
+    from sdpo_kit.models import cache_dir
 
     store = PairCache(cache_dir() / "scores" / cache_key(provenance(model, tokenizer, config)))
     rows = list(range(1, pairs.height + 1))
@@ -123,7 +123,8 @@ def score_frame_cached(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfi
     try:
         return _score_chunk(pairs, rows, [model], tokenizer, config, store, bar, file, accelerator)
     finally:
-        bar and bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def score_file(data, out, *, model="default", config: ScoreConfig | None = None, policy=None, resume: bool = True,

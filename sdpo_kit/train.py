@@ -21,12 +21,11 @@ from pathlib import Path
 from sdpo_kit.io import read_json, write_json, write_text
 
 MODES = ("stepwise", "dpo")
+ORDERS = ("shuffled", "sequential")
 
 
 class TrainInputError(ValueError):
     """Bad user input found while training (as opposed to a bug): the CLI prints it without a traceback."""
-
-ORDERS = ("shuffled", "sequential")
 
 
 @dataclass
@@ -190,7 +189,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
     if scored.height == 0:
         raise TrainInputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
-                         "(see reference.rejects.jsonl).")
+                              "(see reference.rejects.jsonl).")
     lora = _lora_config(cfg)
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")

@@ -12,6 +12,7 @@ rejects, duplicates, strict mode), `stats` (what `sdpo data inspect` prints).
 
 from sdpo_kit.data.formats import FORMATS, pair_id
 from sdpo_kit.data.load import DataError, LoadResult, Reject, iter_pairs, load_pairs, rejects_path, write_rejects
+from sdpo_kit.data.stats import prompt_text
 
-__all__ = ["FORMATS", "DataError", "LoadResult", "Reject", "iter_pairs", "load_pairs", "pair_id", "rejects_path",
-           "write_rejects"]
+__all__ = ["FORMATS", "DataError", "LoadResult", "Reject", "iter_pairs", "load_pairs", "pair_id", "prompt_text",
+           "rejects_path", "write_rejects"]

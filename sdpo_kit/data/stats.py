@@ -47,6 +47,12 @@ def inspect_data(path: str | Path, *, format: str | None = None, columns: dict[s
     return summary, result.rejects
 
 
+def prompt_text() -> pl.Expr:
+    """The prompt's last turn (the message being answered) on canonical pairs: the key that a
+    by-prompt train / held-out split groups on, so no prompt lands on both sides."""
+    return pl.col("prompt").list.last().struct.field("content")
+
+
 def _stats(values: pl.Series) -> dict[str, float]:
     return {"mean": round(float(values.mean()), 1), "p50": float(values.median()),
             "p95": float(values.quantile(0.95, "nearest")), "max": int(values.max()), "min": int(values.min())}
