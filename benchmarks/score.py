@@ -3,7 +3,7 @@
     python benchmarks/score.py --pairs 48            # fp32 ours vs TRL, then ours in bf16
     python benchmarks/score.py --pairs 8 --no-trl    # quick: ours only
 
-Same pairs (a seeded random sample of ../shared/data/alpaca_eval_pairs.parquet), default model
+Same pairs (a seeded random sample of data/alpaca_eval_pairs.parquet), default model
 (SmolLM2-135M-Instruct), max_length 1024. TRL's pass is `DPOTrainer._precompute_ref_logps`, i.e.
 exactly what `precompute_ref_log_probs=True` runs (tokenisation excluded for TRL, included for
 us). Roofline: 2 x parameters FLOPs per real token (prompt+completion after truncation, chosen
@@ -20,7 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-DATA = Path(__file__).resolve().parent.parent / ".." / "shared" / "data" / "alpaca_eval_pairs.parquet"
+DATA = Path(__file__).resolve().parent.parent / "data" / "alpaca_eval_pairs.parquet"
 
 
 class Seconds(float):

@@ -2,7 +2,7 @@
 
     python benchmarks/split.py [SCORED.parquet] [--rows 100000]
 
-Without a scored file it builds one from the real AlpacaEval pairs (../shared/data) with a
+Without a scored file it builds one from the real AlpacaEval pairs (data/) with a
 length-proxy margin (0.9 * (rejected_tokens - chosen_tokens), tokens = chars // 4; no model),
 resampled with replacement to --rows rows. Resampling keeps real text, lengths and source
 mix; pair_ids repeat, which the splitter does not care about (it keys on row position).
@@ -40,7 +40,7 @@ RUNS = [
 def synthesize(rows: int, out: Path) -> Path:
     from sdpo_kit.data import load_pairs
 
-    pairs = load_pairs(REPO / ".." / "shared" / "data" / "alpaca_eval_pairs.parquet").pairs
+    pairs = load_pairs(REPO / "data" / "alpaca_eval_pairs.parquet").pairs
     chars = {c: pl.col(c).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum().cast(pl.Int64)
              for c in ("prompt", "chosen", "rejected")}
     df = pairs.sample(rows, with_replacement=True, seed=0).with_columns(

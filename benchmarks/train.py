@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / ".." / "shared" / "data" / "alpaca_eval_pairs.parquet"
+DATA = REPO / "data" / "alpaca_eval_pairs.parquet"
 
 
 def write_partition(out: Path, pairs: int) -> Path:

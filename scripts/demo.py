@@ -20,7 +20,7 @@ from sdpo_kit.data import load_pairs, prompt_text
 from sdpo_kit.io import write_parquet
 
 REPO = Path(__file__).resolve().parent.parent
-ALPACA = (REPO / ".." / "shared" / "data" / "alpaca_eval_pairs.parquet").resolve()
+ALPACA = REPO / "data" / "alpaca_eval_pairs.parquet"
 OUT = REPO / "demo_out"
 TRAIN_PER_SOURCE = 8  # 5 sources -> 40 training pairs, ~13 per step
 HELDOUT_PROMPTS = 40  # prompts kept out of training entirely

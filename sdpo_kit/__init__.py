@@ -1,6 +1,6 @@
 """sdpo_kit: stepwise DPO (sDPO, Kim et al. 2024) on top of TRL.
 
-    sdpo data inspect ../shared/data/dpo_en_demo.json
+    sdpo data inspect data/dpo_en_demo.json
     sdpo curate score DATA --model default --out scored.parquet
     sdpo curate split scored.parquet --steps 3 --strategy easy-to-hard --out partitions/
     sdpo train --partitions partitions/ --model default --out runs/sdpo

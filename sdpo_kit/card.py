@@ -1,6 +1,6 @@
 """Data cards (Hugging Face dataset-card README.md) for partitions and whole datasets, with plots.
 
-    sdpo data card ../shared/data/dpo_en_demo.json --out data_cards/dpo_en_demo
+    sdpo data card data/dpo_en_demo.json --out data_cards/dpo_en_demo
 
 A card is YAML front matter (parsed by `huggingface_hub.DatasetCard.load`), a table of
 statistics per group (a step, or a source for a whole dataset) and PNG plots under `plots/`.

@@ -1,6 +1,6 @@
 """`sdpo eval`: score S and every M_t of a run on held-out pairs and summarise them.
 
-    sdpo eval --run runs/sdpo --data ../shared/data/alpaca_eval_pairs.parquet --limit 64
+    sdpo eval --run runs/sdpo --data data/alpaca_eval_pairs.parquet --limit 64
 
 For each model π (S = the run's base model, M_t = the model after step t) the curation scorer
 gives γ_π = log π(y_w|x) − log π(y_l|x) on every held-out pair. From those numbers alone:

@@ -25,7 +25,7 @@ from sdpo_kit.tokenize import Sequence, common_prefix_length
 
 
 def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | None):
-    """Work items: ("shared", pair index, prefix length) and ("batch", [(segment, Sequence), ...]).
+    """Work items: ("prefix", pair index, prefix length) and ("batch", [(segment, Sequence), ...]).
 
     Segment 2i is pair i's chosen sequence, 2i+1 its rejected one. A batch's sequences are sorted
     longest first; (count x longest) <= budget unless the batch holds one sequence.
@@ -34,7 +34,7 @@ def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | N
     for i, (chosen, rejected) in enumerate(pairs):
         s = common_prefix_length(chosen.ids, rejected.ids)
         if share_min is not None and s >= share_min:
-            items.append(("shared", i, s))
+            items.append(("prefix", i, s))
         else:
             singles += [(2 * i, chosen), (2 * i + 1, rejected)]
     batches: list[list] = []
@@ -77,7 +77,7 @@ class Scorer:
         self.counts = torch.zeros(n_segments, dtype=torch.long)
 
     def run(self, item, pairs) -> None:
-        if item[0] == "shared":
+        if item[0] == "prefix":
             _, i, s = item
             self._shared(2 * i, *pairs[i], s)
         else:

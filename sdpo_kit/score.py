@@ -1,6 +1,6 @@
 """Reference log-probs for preference pairs: TRL-exact numbers, computed fast.
 
-    sdpo curate score ../shared/data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
+    sdpo curate score data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
 
     from sdpo_kit.score import ScoreConfig, score_frame
     scored, rejects = score_frame(pairs, model, tokenizer, ScoreConfig(max_length=1024))
@@ -122,7 +122,7 @@ def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: S
         for item in items:
             for scorer in scorers:
                 scorer.run(item, pairs)
-            for i in ([item[1]] * 2 if item[0] == "shared" else [seg // 2 for seg, _ in item[1]]):
+            for i in ([item[1]] * 2 if item[0] == "prefix" else [seg // 2 for seg, _ in item[1]]):
                 halves[i] += 1
                 bar.update(halves[i] == 2)
     if own:

@@ -1,6 +1,6 @@
 """Score a whole preference file: shards, a per-pair cache, resume after a crash, accelerate.
 
-    sdpo curate score ../shared/data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
+    sdpo curate score data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
     accelerate launch --num_processes 2 --cpu --no_python sdpo curate score DATA --model default --out X.parquet
 
 The input is read in chunks of `shard_rows` rows (`sdpo_kit.data.iter_pairs`); chunk k becomes

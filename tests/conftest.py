@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+DATA = REPO / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 # Keep every test off the network and out of the user's cache.
@@ -25,10 +25,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def shared(name: str) -> Path:
-    """A file of ../shared/data; skip (visibly) when the checkout has no shared folder."""
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"shared data {path} not present")
+    """A file of the repository's data/ folder (shipped with every clone: never skipped)."""
+    path = DATA / name
+    assert path.exists(), f"{path} missing: data/ ships with the repository"
     return path
 
 

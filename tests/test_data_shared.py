@@ -1,4 +1,4 @@
-"""The three real files in ../shared/data, and `sdpo data inspect` in-process.
+"""The three real files in data/, and `sdpo data inspect` in-process.
 
     python -m pytest -q tests/test_data_shared.py
 

@@ -153,7 +153,7 @@ def test_helpers_and_config_validation():
     assert (seq.ids, seq.start, list(seq.scored)) == ([3, 4, 5, 6], 1, [1, 2, 3])
     a, b, c = truncate([1, 2], [3, 4], None, "keep_start"), truncate([1, 2], [3, 5], None, "keep_start"), seq
     items = plan([(a, b), (a, c), (c, c)], budget=9, share_min=3)
-    assert items[:2] == [("shared", 0, 3), ("shared", 2, 4)]  # (a, c) share 0 tokens: batched instead
+    assert items[:2] == [("prefix", 0, 3), ("prefix", 2, 4)]  # (a, c) share 0 tokens: batched instead
     rows = [row for kind, row in items[2:]]
     assert sorted(seg for row in rows for seg, _ in row) == [2, 3]
     assert all(len(row) * len(row[0][1].ids) <= 9 or len(row) == 1 for row in rows)  # padding counts

@@ -1,6 +1,6 @@
 """`sdpo curate split`: the issue's invariants on real pairs, in-process CLI, outputs on disk.
 
-Two scored inputs, both built from the real AlpacaEval pairs (../shared/data):
+Two scored inputs, both built from the real AlpacaEval pairs (data/):
 - `tiny_scored`: margins computed by `sdpo_kit.score.score_frame` with the tiny model
   (genuine reference log-probs; skipped until the scorer module exists);
 - `length_proxy`: no model; margin = 0.9 * (rejected_tokens - chosen_tokens) + 5 * judge_confidence,

@@ -1,7 +1,7 @@
 """The `sdpo` command line: a thin layer over the library API.
 
     sdpo --help
-    sdpo data inspect ../shared/data/dpo_en_demo.json --json
+    sdpo data inspect data/dpo_en_demo.json --json
 
 Each command lives in its own module under `sdpo_kit/cli/` and imports torch, transformers
 or trl only inside its body, so `sdpo --help` never pays for them.

@@ -1,6 +1,6 @@
 """`sdpo data inspect`: what is in a preference file, and what would be rejected and why.
 
-    sdpo data inspect ../shared/data/alpaca_eval_pairs.parquet --json
+    sdpo data inspect data/alpaca_eval_pairs.parquet --json
 
 Thin layer over `sdpo_kit.data.stats.inspect_data`; the tokenizer loads only with --model.
 """

@@ -1,6 +1,6 @@
 """`sdpo eval` and `sdpo report` (issue 6).
 
-    sdpo eval --run runs/sdpo --data ../shared/data/alpaca_eval_pairs.parquet --limit 64
+    sdpo eval --run runs/sdpo --data data/alpaca_eval_pairs.parquet --limit 64
     sdpo report runs/sdpo runs/dpo --out report/
 """
 

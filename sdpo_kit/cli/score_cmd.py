@@ -1,6 +1,6 @@
 """`sdpo curate score`: reference log-probs and margins for every pair (thin layer over sdpo_kit.score_run).
 
-    sdpo curate score ../shared/data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
+    sdpo curate score data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
 """
 
 from __future__ import annotations

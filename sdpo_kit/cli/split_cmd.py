@@ -1,7 +1,7 @@
 """`sdpo curate split` and `sdpo data card` (issue 4).
 
     sdpo curate split scored.parquet --steps 2 --strategy by-source --out partitions/
-    sdpo data card ../shared/data/dpo_en_demo.json --out data_cards/dpo_en_demo
+    sdpo data card data/dpo_en_demo.json --out data_cards/dpo_en_demo
 """
 
 from __future__ import annotations

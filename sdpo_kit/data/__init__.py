@@ -1,6 +1,6 @@
 """The data layer: preference pairs in any common layout -> one canonical schema, nothing lost.
 
-    sdpo data inspect ../shared/data/hh_harmless_base_test.jsonl.gz
+    sdpo data inspect data/hh_harmless_base_test.jsonl.gz
 
     from sdpo_kit.data import load_pairs, write_rejects, rejects_path
     result = load_pairs("pairs.jsonl", columns={"prompt": "instruction"})

@@ -1,6 +1,6 @@
 """Load preference data into canonical pairs; every input row ends as a pair or a reject.
 
-    python -c "from sdpo_kit.data import load_pairs; r = load_pairs('../shared/data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
+    python -c "from sdpo_kit.data import load_pairs; r = load_pairs('data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
 
 `iter_pairs` streams chunks (one `LoadResult` per `batch_rows` input rows, duplicates caught
 across chunks); `load_pairs` gathers them into one DataFrame. Canonical schema and reject
