@@ -65,7 +65,11 @@ def backbone_and_head(model):
 
 
 class Scorer:
-    """Runs work items of `plan` through one model; `sums`/`counts` are indexed by segment."""
+    """Runs work items of `plan` through one model; `sums`/`counts`/`prefix` are indexed by segment.
+
+    `prefix[seg]` holds the running sums (float64) of the segment's per-token log-probs, so the
+    sum over its first k scored tokens is `prefix[seg][k - 1]` (LD-DPO's shared part: `shared_sum`).
+    """
 
     def __init__(self, model, n_segments: int, head_chunk: int = 512):
         import torch
@@ -75,6 +79,11 @@ class Scorer:
         self.head_chunk = head_chunk
         self.sums = torch.zeros(n_segments, dtype=torch.float64)
         self.counts = torch.zeros(n_segments, dtype=torch.long)
+        self.prefix: list = [None] * n_segments
+
+    def shared_sum(self, seg: int, k: int) -> float | None:
+        """Sum of log p over the first `k` scored tokens of segment `seg` (None when k == 0)."""
+        return float(self.prefix[seg][k - 1]) if k > 0 else None
 
     def run(self, item, pairs) -> None:
         if item[0] == "prefix":
@@ -119,11 +128,14 @@ class Scorer:
 
         rows = torch.tensor([offset + t - 1 for t in seq.scored], dtype=torch.long, device=self.device)
         targets = torch.tensor([seq.ids[t] for t in seq.scored], dtype=torch.long, device=self.device)
-        total = 0.0
+        total, chunks = 0.0, []
         for i in range(0, len(rows), self.head_chunk):
-            total += self._logps(hidden[rows[i:i + self.head_chunk]], targets[i:i + self.head_chunk]).double().sum()
+            logps = self._logps(hidden[rows[i:i + self.head_chunk]], targets[i:i + self.head_chunk]).double()
+            total += logps.sum()  # the sum exactly as before; the prefix sums ride along (no extra pass)
+            chunks.append(logps)
         self.sums[seg] = float(total)
         self.counts[seg] = len(rows)
+        self.prefix[seg] = torch.cat(chunks).cumsum(0).cpu() if chunks else torch.zeros(0, dtype=torch.float64)
 
     def _logps(self, h, targets):
         """(n, d) hidden states -> (n,) fp32 log-probs of `targets`, projecting only these rows."""

@@ -29,7 +29,11 @@ SCORED_COLUMNS = {
     "ref_chosen_logps_mean": pl.Float64, "ref_rejected_logps_mean": pl.Float64, "margin_per_token": pl.Float64,
     "prompt_tokens": pl.Int64, "chosen_tokens": pl.Int64, "rejected_tokens": pl.Int64,
     "chosen_truncated": pl.Boolean, "rejected_truncated": pl.Boolean,
+    "margin_shared": pl.Float64, "chosen_chars": pl.Int64, "rejected_chars": pl.Int64,
 }
+# Part of the provenance, hence of the pair cache key and the resume stamp: bump it whenever the
+# scored columns change, so pairs cached before a column existed are never served as complete.
+SCORED_LAYOUT = 2
 POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl.Float64,
                   "reward_margin": pl.Float64, "reward_correct": pl.Boolean}
 DTYPES = ("float32", "bfloat16")
@@ -127,7 +131,26 @@ def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: S
                 bar.update(halves[i] == 2)
     if own:
         bar.close()
-    return [s.sums for s in scorers], scorers[0].counts
+    return [s.sums for s in scorers], scorers[0].counts, shared_margins(scorers[0], len(pairs))
+
+
+def shared_margins(scorer, n_pairs: int) -> list[float | None]:
+    """Per pair: chosen minus rejected log-prob over the first min(n_w, n_l) scored tokens of each."""
+    out = []
+    for i in range(n_pairs):
+        k = int(min(scorer.counts[2 * i], scorer.counts[2 * i + 1]))
+        c, r = scorer.shared_sum(2 * i, k), scorer.shared_sum(2 * i + 1, k)
+        out.append(None if c is None or r is None else c - r)
+    return out
+
+
+def completion_chars(frame: pl.DataFrame, col: str) -> pl.Series:
+    """Characters of a completion column: a string, or the contents of a list of messages."""
+    if frame.schema[col] == pl.String:
+        expr = pl.col(col).str.len_chars()
+    else:
+        expr = pl.col(col).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
+    return frame.select(expr.cast(pl.Int64))[col]
 
 
 def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, policy=None, progress=True,
@@ -152,12 +175,12 @@ def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, p
     keep = [i for i, it in enumerate(items) if not isinstance(it, Reject)]
     seqs = [items[i][0] for i in keep]
     models = [model] + ([policy] if policy is not None else [])
-    sums, counts = _score_pairs(models, seqs, config, progress)
+    sums, counts, shared = _score_pairs(models, seqs, config, progress)
     lengths = [items[i][1] for i in keep]
-    return _assemble(pairs[keep], seqs, lengths, sums, counts, config.beta), rejects
+    return _assemble(pairs[keep], seqs, lengths, sums, counts, config.beta, shared), rejects
 
 
-def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float) -> pl.DataFrame:
+def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float, shared) -> pl.DataFrame:
     chosen, rejected = sums[0][0::2].tolist(), sums[0][1::2].tolist()
     n_c, n_r = counts[0::2].tolist(), counts[1::2].tolist()
     mean_c = [s / n if n else None for s, n in zip(chosen, n_c)]
@@ -171,6 +194,9 @@ def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float) -> p
         "rejected_tokens": [r for _, _, r in lengths],
         "chosen_truncated": [c.truncated for c, _ in seqs],
         "rejected_truncated": [r.truncated for _, r in seqs],
+        "margin_shared": shared,
+        "chosen_chars": completion_chars(kept, "chosen").to_list(),
+        "rejected_chars": completion_chars(kept, "rejected").to_list(),
     }
     if len(sums) > 1:
         pc, pr = sums[1][0::2].tolist(), sums[1][1::2].tolist()
@@ -216,6 +242,7 @@ def provenance(model, tokenizer, config: ScoreConfig) -> dict[str, Any]:
         "fingerprint": model_fingerprint(model),
         "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
         **config.settings(),
+        "scored_layout": SCORED_LAYOUT,
         "versions": {"sdpo_kit": __version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "trl": trl.__version__},
     }
