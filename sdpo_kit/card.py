@@ -231,6 +231,7 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
         ("Steps", "Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt); reward accuracy = share "
                   "of pairs with γ_ref > 0.\n\n" + _markdown_table(group_stats(data, "step"))),
         ("Plots", _plots_section(data, out, "step", "step")),
+        *_length_section(data, manifest, out),
         ("Dropped pairs", dropped),
         ("Parameters", "```json\n" + json.dumps(p, indent=2) + "\n```"),
         ("Reference model", _provenance(manifest.get("scorer"), True)),
@@ -238,6 +239,15 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
                          "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),
     ]
     return write_text(out / "README.md", render_card(front, front["pretty_name"], intro, sections))
+
+
+def _length_section(data: pl.DataFrame, manifest: dict, out: Path) -> list[tuple[str, str]]:
+    """The "Length" section (issue 12: how much of the order is answer length), when lengths are known."""
+    if not manifest.get("length"):
+        return []
+    from sdpo_kit.length import card_section
+
+    return [("Length", card_section(data, manifest["length"], out))]
 
 
 def _reject_counts(rejects) -> dict[str, int]:

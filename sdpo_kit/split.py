@@ -47,8 +47,17 @@ class SplitConfig:
     )
     seed: int = field(default=0, metadata={"help": "Seed for random and kmeans."})
     stratify: str | None = field(
-        default=None, metadata={"help": "'source': keep each step's source mix equal to the whole's."}
+        default=None, metadata={"help": "'source', 'length' or 'source,length': keep each step's source mix and/or "
+                                        "length mix (quantile buckets of ln(chosen/rejected tokens)) equal to the whole's."}
     )
+    control_length: bool = field(default=False, metadata={
+        "help": "Order by the residual of `by` after a spline fit on the answer lengths (sdpo_kit.length): "
+                "difficulty that is not length in disguise. The key is stored as column `<by>_lc`."})
+    control_knots: int = field(default=8, metadata={
+        "help": "control_length: spline knots per length feature (at quantiles); 2 with degree 1 = a straight line."})
+    control_degree: int = field(default=3, metadata={"help": "control_length: spline degree (3 = cubic)."})
+    length_buckets: int = field(default=5, metadata={
+        "help": "Quantile buckets of the log length ratio for stratify='length'."})
     keep_easiest: float | None = field(
         default=None, metadata={"help": "Keep only this share of pairs with the highest `by` (Selective DPO)."}
     )
@@ -71,14 +80,31 @@ class SplitConfig:
                 raise ValueError(f"fractions={self.fractions}: {self.strategy} sizes steps by source/cluster")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps={self.steps}: need at least 1")
-        if self.stratify not in (None, "source"):
-            raise ValueError(f"stratify={self.stratify!r}: only 'source' is supported")
+        if self.stratify is not None and (not self.strata() or not set(self.strata()) <= {"source", "length"}):
+            raise ValueError(f"stratify={self.stratify!r}: expected 'source', 'length' or 'source,length'")
+        if self.control_knots < 2 or self.control_degree < 1:
+            raise ValueError(f"control_knots={self.control_knots}, control_degree={self.control_degree}: "
+                             "need at least 2 knots and degree 1")
+        if self.length_buckets < 1:
+            raise ValueError(f"length_buckets={self.length_buckets}: need at least 1")
+        if self.control_length and self.strategy in ("by-source", "random"):
+            raise ValueError(f"control_length orders pairs by a length-controlled `by`; strategy={self.strategy!r} "
+                             "does not order by `by`")
         if self.stratify and self.strategy in ("by-source", "kmeans"):
             raise ValueError(f"stratify={self.stratify!r} makes no sense with strategy={self.strategy!r}")
         if self.keep_easiest is not None and not 0 < self.keep_easiest <= 1:
             raise ValueError(f"keep_easiest={self.keep_easiest}: need a share in (0, 1]")
         if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:
             raise ValueError(f"min_margin={self.min_margin} > max_margin={self.max_margin}")
+
+    def strata(self) -> list[str]:
+        """The --stratify keys: [], ['source'], ['length'] or both."""
+        return [x.strip() for x in self.stratify.split(",") if x.strip()] if self.stratify else []
+
+
+def order_column(cfg: SplitConfig) -> str:
+    """The column pairs are ordered by: `by`, or its length-controlled residual `<by>_lc`."""
+    return f"{cfg.by}_lc" if cfg.control_length else cfg.by
 
 
 def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -94,7 +120,7 @@ def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.D
     df = df.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias("drop_reason"))
     if cfg.keep_easiest is not None:
         # Rank the survivors by easiness; input order breaks ties so the cut is deterministic.
-        alive = df.filter(pl.col("drop_reason").is_null()).sort([cfg.by, ROW], descending=[True, False])
+        alive = df.filter(pl.col("drop_reason").is_null()).sort([order_column(cfg), ROW], descending=[True, False])
         n_keep = round(cfg.keep_easiest * alive.height)
         cut = alive[n_keep:].select(ROW)
         df = df.with_columns(
@@ -158,13 +184,14 @@ def stratified_counts(per_source: dict[str, int], sizes: list[int]) -> dict[str,
     return {n: table[i].tolist() for i, n in enumerate(names)}
 
 
-def _chunk_stratified(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
-    """Per source, its first k_1 pairs (in `ordered`'s order) go to step 1, the next k_2 to step 2, ..."""
+def _chunk_stratified(ordered: pl.DataFrame, sizes: list[int], col: str = "source") -> pl.DataFrame:
+    """Per stratum (`col`: the source, or a length bucket), its first k_1 pairs (in `ordered`'s order)
+    go to step 1, the next k_2 to step 2, ..."""
     if min(sizes) == 0:
         raise ValueError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
-    counts = stratified_counts(dict(ordered["source"].value_counts().iter_rows()), sizes)
-    source = ordered["source"].to_numpy()
-    rank = ordered.select(pl.int_range(pl.len()).over("source"))[:, 0].to_numpy()
+    counts = stratified_counts(dict(ordered[col].value_counts().iter_rows()), sizes)
+    source = ordered[col].to_numpy()
+    rank = ordered.select(pl.int_range(pl.len()).over(col))[:, 0].to_numpy()
     step = np.empty(ordered.height, dtype=np.int32)
     for name, k in counts.items():  # one vectorised pass per source, never per pair
         mask = source == name
@@ -189,7 +216,7 @@ def _kmeans(df: pl.DataFrame, cfg: SplitConfig, steps: int) -> pl.DataFrame:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    cols = list(dict.fromkeys([cfg.by, *[c for c in KMEANS_FEATURES if c in df.columns]]))
+    cols = list(dict.fromkeys([order_column(cfg), *[c for c in KMEANS_FEATURES if c in df.columns]]))
     cols = [c for c in cols if df[c].null_count() == 0 and not df[c].is_nan().any()]
     x = df.select(cols).to_numpy().astype(np.float64)
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)
@@ -203,7 +230,7 @@ def _kmeans(df: pl.DataFrame, cfg: SplitConfig, steps: int) -> pl.DataFrame:
     # Clusters become steps in order of mean easiness, easiest first.
     rank = (
         df.group_by("__cluster")
-        .agg(pl.col(cfg.by).mean().alias("__mean"))
+        .agg(pl.col(order_column(cfg)).mean().alias("__mean"))
         .sort(["__mean", "__cluster"], descending=[True, False])
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("step"))
     )
@@ -230,9 +257,9 @@ def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
             perm = np.random.default_rng(cfg.seed).permutation(df.height)
             ordered = df.with_columns(pl.Series("__key", perm)).sort("__key").drop("__key")
         else:
-            ordered = df.sort([cfg.by, ROW], descending=[cfg.strategy == "easy-to-hard", False])
+            ordered = df.sort([order_column(cfg), ROW], descending=[cfg.strategy == "easy-to-hard", False])
         sizes = step_sizes(df.height, cfg.fractions or (1 / steps,) * steps)
-        out = (_chunk_stratified if cfg.stratify == "source" else _chunk)(ordered, sizes)
+        out = _chunk_stratified(ordered, sizes, STRATUM) if cfg.stratify else _chunk(ordered, sizes)
     return out.sort(ROW)
 
 
@@ -263,6 +290,7 @@ def read_scored(path: str | os.PathLike, cfg: SplitConfig) -> tuple[pl.DataFrame
     df = pl.read_parquet(path)
     needed = ["prompt", "chosen", "rejected", "source", "margin", cfg.by]
     needed += ["chosen_truncated", "rejected_truncated"] if cfg.drop_truncated else []
+    needed += ["chosen_tokens", "rejected_tokens"] if cfg.control_length or "length" in cfg.strata() else []
     missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; run `sdpo curate score` on it first")
@@ -270,14 +298,44 @@ def read_scored(path: str | os.PathLike, cfg: SplitConfig) -> tuple[pl.DataFrame
     return df, (json.loads(raw) if raw else None)
 
 
-def split_frame(df: pl.DataFrame, cfg: SplitConfig) -> tuple[list[pl.DataFrame], pl.DataFrame]:
-    """The library core: (parts, dropped); parts[t-1] is step t, all rows in input order."""
-    df = df.with_row_index(ROW)
+def split_frame(df: pl.DataFrame, cfg: SplitConfig, record: dict | None = None) -> tuple[list[pl.DataFrame], pl.DataFrame]:
+    """The library core: (parts, dropped); parts[t-1] is step t, all rows in input order.
+    `record`, if given, receives the --control-length fit under "control_length"."""
+    df, control = with_length_columns(df.with_row_index(ROW), cfg)
+    if record is not None:
+        record["control_length"] = control
     kept, dropped = filter_pairs(df, cfg)
     assigned = assign_steps(kept, cfg)
     steps = resolve_steps(kept, cfg)
-    parts = [assigned.filter(pl.col("step") == t).drop(ROW, "step") for t in range(1, steps + 1)]
-    return parts, dropped.drop(ROW)
+    parts = [assigned.filter(pl.col("step") == t).drop(ROW, "step", STRATUM, strict=False) for t in range(1, steps + 1)]
+    return parts, dropped.drop(ROW, STRATUM, strict=False)
+
+
+STRATUM = "__stratum"
+
+
+def with_length_columns(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, dict | None]:
+    """(df, fit record): add `<by>_lc` (--control-length: fitted on every input pair, before any
+    filter) and the stratum column of --stratify (source, length bucket, or both)."""
+    from sdpo_kit import length
+
+    record = None
+    if cfg.control_length:
+        resid, record = length.length_residual(df, cfg.by, n_knots=cfg.control_knots, degree=cfg.control_degree)
+        df = df.with_columns(pl.Series(order_column(cfg), resid, dtype=pl.Float64).fill_nan(None))
+    strata = cfg.strata()
+    if not strata:
+        return df, record
+    parts = []
+    if "source" in strata:
+        parts.append(pl.col("source").cast(pl.String))
+    if "length" in strata:
+        if not length.has_lengths(df):
+            raise ValueError("stratify=length needs the scorer's chosen_tokens/rejected_tokens columns")
+        buckets = length.length_buckets(df, cfg.length_buckets)
+        df = df.with_columns(pl.Series("__bucket", buckets))
+        parts.append(pl.format("len{}", pl.col("__bucket")))
+    return df.with_columns(pl.concat_str(parts, separator="|").alias(STRATUM)).drop("__bucket", strict=False), record
 
 
 def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig, overwrite: bool = False) -> dict:
@@ -286,7 +344,8 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     df, scorer = read_scored(path, cfg)
-    parts, dropped = split_frame(df, cfg)
+    control: dict = {}
+    parts, dropped = split_frame(df, cfg, control)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("strategy", "seed")}
     params["steps"] = len(parts)
     params["fractions"] = list(cfg.fractions) if cfg.fractions else None
@@ -303,11 +362,24 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
         "input": {"path": str(path), "sha256": file_sha256(path), "rows": df.height},
         "scorer": scorer,
     }
+    manifest["length"] = _length_record(parts, cfg, control.get("control_length"))
     meta = {SPLIT_KEY: json.dumps({"strategy": cfg.strategy, "params": params, "seed": cfg.seed}, sort_keys=True)}
     if scorer is not None:
         meta[SCORER_KEY] = json.dumps(scorer, sort_keys=True)
     _write_outputs(out, parts, dropped, manifest, meta, overwrite)
     return manifest
+
+
+def _length_record(parts: list[pl.DataFrame], cfg: SplitConfig, control: dict | None) -> dict | None:
+    """manifest["length"] (sdpo_kit.length.split_record); None when the input has no token counts."""
+    from sdpo_kit import length
+
+    data = pl.concat([p.with_columns(pl.lit(t, pl.Int32).alias("step")) for t, p in enumerate(parts, 1)],
+                     how="diagonal_relaxed")
+    if not length.has_lengths(data):
+        return None
+    key = None if cfg.strategy in ("by-source", "random") else order_column(cfg)
+    return length.split_record(data, key, control)
 
 
 def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict, overwrite: bool) -> None:

@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from test_score import canonical, close, text
 
@@ -78,3 +80,199 @@ def test_shared_margins_by_hand():
     scorer.counts = torch.tensor([len(t) for t in tokens])
     scorer.prefix = [torch.tensor(t, dtype=torch.float64).cumsum(0) for t in tokens]
     assert shared_margins(scorer, 2) == [pytest.approx(-2.0), None]
+
+
+# ---------------------------------------------------------------- the --control-length key
+
+def scored_frame(chosen_tokens, rejected_tokens, margin, source=None) -> pl.DataFrame:
+    """A scored file's columns without a model: the splitter only reads these."""
+    n = len(margin)
+    return pl.DataFrame({
+        "pair_id": [f"p{i}" for i in range(n)], "prompt": [f"q{i}" for i in range(n)],
+        "chosen": ["c"] * n, "rejected": ["r"] * n, "source": source or ["s"] * n,
+        "margin": [float(m) for m in margin], "margin_per_token": [0.0] * n,
+        "prompt_tokens": [5] * n, "chosen_tokens": [int(c) for c in chosen_tokens],
+        "rejected_tokens": [int(r) for r in rejected_tokens],
+    })
+
+
+def write_scored(path, frame):
+    import json
+
+    from sdpo_kit.io import write_parquet
+
+    write_parquet(path, frame, metadata={"sdpo_kit.scorer": json.dumps({"model": "none: synthetic"})})
+    return path
+
+
+def six_pairs() -> pl.DataFrame:
+    """ln(chosen/rejected) = u·ln2 with u = -4, -2, 0, 2, 4, 6 and chosen·rejected = 256 for every pair,
+    so ln chosen and ln rejected are (ln 256 ± u·ln2)/2: every length feature is a line in u.
+
+    Least squares of margin y = (4, 1, 2, -1, 0, -6) on u, by hand: ȳ = 0, ū = 1,
+    Σ(u-ū)² = 25+9+1+1+9+25 = 70, Σ(u-ū)y = -20-3-1-1+0-30 = -56, slope -0.8, intercept 0.8;
+    fit (4, 2.4, 0.8, -0.8, -2.4, -4), residual (0, -1.4, 1.2, -0.2, 2.4, -2)."""
+    u = [-4, -2, 0, 2, 4, 6]
+    return scored_frame([2 ** ((8 + x) // 2) for x in u], [2 ** ((8 - x) // 2) for x in u], [4, 1, 2, -1, 0, -6])
+
+
+SIX_RESIDUAL = [0.0, -1.4, 1.2, -0.2, 2.4, -2.0]
+
+
+def test_residual_on_six_pairs_is_the_hand_computed_least_squares_line():
+    from sdpo_kit.length import length_residual
+
+    resid, record = length_residual(six_pairs(), "margin", n_knots=2, degree=1)
+    assert resid.tolist() == pytest.approx(SIX_RESIDUAL, abs=1e-9)
+    # Spearman by hand: residual ranks (4, 2, 5, 3, 6, 1) against 1..6: Σd² = 40, ρ = 1 - 6·40/210 = -1/7;
+    # margin ranks (6, 4, 5, 2, 3, 1): Σd² = 66, ρ = 1 - 6·66/210 = -31/35.
+    assert record["rho_length_after"] == pytest.approx(-1 / 7, abs=1e-4)
+    assert record["rho_length_before"] == pytest.approx(-31 / 35, abs=1e-4)
+    assert record["fitted_pairs"] == 6 and (record["n_knots"], record["degree"]) == (2, 1)
+
+
+def test_control_length_split_orders_by_the_residual(tmp_path):
+    """Through the CLI: step 1 gets the three largest residuals (pairs 5, 3, 1), not the three
+    largest margins (pairs 1, 3, 2); the key is stored, the fit recorded in manifest and card."""
+    import json
+
+    from sdpo_kit.cli import app
+
+    path = write_scored(tmp_path / "six.parquet", six_pairs())
+    runner = CliRunner()
+    res = runner.invoke(app, ["curate", "split", str(path), "--steps", "2", "--out", str(tmp_path / "lc"),
+                              "--control-length", "--control-knots", "2", "--control-degree", "1"])
+    assert res.exit_code == 0, res.output
+    step1 = pl.read_parquet(tmp_path / "lc" / "step_1.parquet")
+    assert step1["pair_id"].to_list() == ["p0", "p2", "p4"]
+    assert step1["margin_lc"].to_list() == pytest.approx([0.0, 1.2, 2.4], abs=1e-9)
+    raw = runner.invoke(app, ["curate", "split", str(path), "--steps", "2", "--out", str(tmp_path / "raw")])
+    assert raw.exit_code == 0, raw.output
+    assert pl.read_parquet(tmp_path / "raw" / "step_1.parquet")["pair_id"].to_list() == ["p0", "p1", "p2"]
+    manifest = json.loads((tmp_path / "lc" / "manifest.json").read_text())
+    control = manifest["length"]["control_length"]
+    assert control["key"] == "margin" and control["rho_length_after"] == pytest.approx(-1 / 7, abs=1e-4)
+    assert manifest["params"]["control_length"] is True and manifest["length"]["key"] == "margin_lc"
+    assert "control-length: key `margin_lc`" in res.output
+    card = (tmp_path / "lc" / "README.md").read_text()
+    assert "## Length" in card and "plots/key_vs_length.png" in card and "n_knots" in card
+    assert (tmp_path / "lc" / "plots" / "key_vs_length.png").stat().st_size > 1000
+
+
+def curved_pairs(n: int = 400, seed: int = 1):
+    """Margin = a curved function of the lengths + an independent difficulty d."""
+    rng = np.random.default_rng(seed)
+    lc, lr, d = rng.uniform(2, 7, n), rng.uniform(2, 7, n), rng.normal(size=n)
+    margin = -3 * np.tanh(2 * (lc - lr)) - 0.5 * (lc - 4.5) ** 2 + d
+    return scored_frame(np.exp(lc).round(), np.exp(lr).round(), margin), d
+
+
+def test_flexible_fit_removes_a_curved_length_effect_a_line_does_not():
+    from sdpo_kit.length import length_residual, spearman
+
+    frame, d = curved_pairs()
+    line, line_rec = length_residual(frame, "margin", n_knots=2, degree=1)
+    spline, rec = length_residual(frame, "margin")
+    assert rec["rho_length_before"] < -0.7
+    assert abs(rec["rho_length_after"]) <= 0.05
+    assert spearman(spline, d) > 0.9 > spearman(line, d) + 0.3  # the residual is the difficulty, not length
+    assert rec["r2"] > line_rec["r2"]
+
+
+# ---------------------------------------------------------------- the diagnosis and its warning
+
+def length_driven(n: int = 200, seed: int = 0, independent: bool = False):
+    """Margin = -(chosen_tokens - rejected_tokens) (what a summed margin mostly is), or independent noise."""
+    rng = np.random.default_rng(seed)
+    c, r = rng.integers(20, 600, n), rng.integers(20, 600, n)
+    margin = rng.normal(size=n) if independent else -(c - r).astype(float)
+    return scored_frame(c, r, margin, source=[("a", "b")[i % 2] for i in range(n)])
+
+
+def test_warning_fires_when_the_margin_is_length_and_not_when_independent():
+    from sdpo_kit.length import diagnose, score_diagnosis
+
+    bad = diagnose(length_driven(), "margin")
+    assert bad["rho_length"] < -0.9
+    assert bad["warning"].startswith("warning: the order by `margin` is largely answer length")
+    assert "--control-length" in bad["warning"] and "--by margin_per_token" in bad["warning"]
+    fine = diagnose(length_driven(independent=True), "margin")
+    assert abs(fine["rho_length"]) < 0.2 and fine["warning"] is None
+    lines = score_diagnosis(length_driven())
+    assert lines[0].startswith("length: Spearman ρ with ln(chosen/rejected tokens): margin -0.9")
+    assert lines[1] == bad["warning"]
+    assert len(score_diagnosis(length_driven(independent=True))) == 1
+
+
+def test_judge_column_is_diagnosed_too():
+    from sdpo_kit.length import diagnose
+
+    frame = length_driven().with_columns((-pl.col("margin")).alias("judge_confidence"))
+    assert diagnose(frame, "margin")["rho_judge"] == {"judge_confidence": pytest.approx(-1.0)}
+
+
+def test_split_prints_and_cards_the_warning_and_control_length_clears_it(tmp_path):
+    import json
+
+    from sdpo_kit.cli import app
+
+    path = write_scored(tmp_path / "len.parquet", length_driven(300))
+    runner = CliRunner()
+    by_margin = runner.invoke(app, ["curate", "split", str(path), "--steps", "3", "--out", str(tmp_path / "m")])
+    assert by_margin.exit_code == 0, by_margin.output
+    warning = [line for line in by_margin.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "`margin`" in warning[0]
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "largely answer length" in card
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["length"]["rho_step_length"] > 0.8  # easy-to-hard here is short-chosen-first
+    steps = manifest["length"]["per_step"]
+    assert [s["step"] for s in steps] == [1, 2, 3] and steps[0]["chosen_rejected_ratio"] < steps[2]["chosen_rejected_ratio"]
+
+    lc = runner.invoke(app, ["curate", "split", str(path), "--steps", "3", "--out", str(tmp_path / "lc"),
+                             "--control-length"])
+    assert lc.exit_code == 0, lc.output
+    assert "warning:" not in lc.output and "largely answer length" not in (tmp_path / "lc" / "README.md").read_text()
+    record = json.loads((tmp_path / "lc" / "manifest.json").read_text())["length"]
+    assert abs(record["rho_key_length"]) <= 0.05 and abs(record["rho_step_length"]) <= 0.1
+
+
+def test_stratify_length_keeps_each_steps_length_mix(tmp_path):
+    """Ordered by a length-driven margin, but each step holds 1/3 of every length-ratio quintile
+    (and, with source too, of every source x quintile cell)."""
+    from sdpo_kit.length import length_buckets, spearman
+    from sdpo_kit.split import SplitConfig, split_frame
+
+    frame = length_driven(300)
+    bucket = dict(zip(frame["pair_id"], length_buckets(frame, 5).tolist()))
+    assert sorted(pl.Series(list(bucket.values())).value_counts()["count"].to_list()) == [60] * 5
+    for stratify in ("length", "source,length"):
+        parts, _ = split_frame(frame, SplitConfig(steps=3, stratify=stratify))
+        for part in parts:
+            counts = pl.Series([bucket[p] for p in part["pair_id"]]).value_counts()
+            # Exactly a third of each quintile; with source too, a third of each (source, quintile) cell,
+            # each rounded by at most one pair, so a quintile's count is within 2 of a third.
+            slack = 0 if stratify == "length" else 2
+            assert all(abs(n - 20) <= slack for n in counts["count"]) and counts.height == 5, (stratify, counts)
+        step = {p: t for t, part in enumerate(parts, 1) for p in part["pair_id"]}
+        ratio = np.log(frame["chosen_tokens"] / frame["rejected_tokens"]).to_numpy()
+        # Only the order within a quintile is left to correlate with length (it is ~0.9 unstratified).
+        assert abs(spearman([step[p] for p in frame["pair_id"]], ratio)) <= 0.2
+    plain, _ = split_frame(frame, SplitConfig(steps=3))
+    step = {p: t for t, part in enumerate(plain, 1) for p in part["pair_id"]}
+    assert spearman([step[p] for p in frame["pair_id"]], ratio) > 0.8
+    parts, _ = split_frame(frame, SplitConfig(steps=3, stratify="source,length"))
+    for part in parts:
+        assert all(abs(n - 50) <= 3 for n in part["source"].value_counts()["count"])  # 5 cells, each ±1
+
+
+def test_length_flags_refuse_what_they_cannot_do(tmp_path):
+    from sdpo_kit.split import SplitConfig, split_file
+
+    with pytest.raises(ValueError, match="stratify='bogus'"):
+        SplitConfig(stratify="bogus")
+    with pytest.raises(ValueError, match="control_length"):
+        SplitConfig(strategy="random", control_length=True)
+    path = write_scored(tmp_path / "x.parquet", six_pairs().drop("chosen_tokens"))
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['chosen_tokens'\]"):
+        split_file(path, tmp_path / "out", SplitConfig(control_length=True))

@@ -46,3 +46,17 @@ def score(
 
     if PartialState().is_main_process:
         typer.echo(summary(path))
+        _length_lines(path)
+
+
+def _length_lines(path: Path) -> None:
+    """How much of the margin is answer length (issue 12): ρ per margin column, the warning if any."""
+    import polars as pl
+
+    from sdpo_kit.length import judge_columns, score_diagnosis
+
+    names = pl.read_parquet_schema(path)
+    cols = [c for c in ("margin", "margin_per_token", "margin_shared", "chosen_tokens", "rejected_tokens") if c in names]
+    frame = pl.read_parquet(path, columns=cols + judge_columns(pl.DataFrame(schema=names)))
+    for line in score_diagnosis(frame):
+        typer.echo(line)

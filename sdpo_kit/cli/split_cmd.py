@@ -29,7 +29,13 @@ def split(
     by: str = typer.Option("margin", "--by", help="Score column measuring easiness, higher = easier (e.g. margin_per_token)."),
     fractions: Optional[str] = typer.Option(None, "--fractions", help="Share per step, e.g. 0.5,0.3,0.2."),
     seed: int = typer.Option(0, "--seed", help="Seed for random and kmeans."),
-    stratify: Optional[str] = typer.Option(None, "--stratify", help="'source': keep each step's source mix equal to the whole's."),
+    stratify: Optional[str] = typer.Option(None, "--stratify", help="'source', 'length' or 'source,length': keep each "
+                                           "step's source / length-ratio mix equal to the whole's."),
+    control_length: bool = typer.Option(False, "--control-length", help="Order by what the answer lengths do not "
+                                        "explain: the residual of --by after a spline fit on the lengths."),
+    control_knots: int = typer.Option(8, "--control-knots", help="--control-length: spline knots per length feature."),
+    control_degree: int = typer.Option(3, "--control-degree", help="--control-length: spline degree (1 with 2 knots = a line)."),
+    length_buckets: int = typer.Option(5, "--length-buckets", help="Quantile buckets of the length ratio for --stratify length."),
     keep_easiest: Optional[float] = typer.Option(None, "--keep-easiest", help="Keep only this share of easiest pairs."),
     drop_truncated: bool = typer.Option(False, "--drop-truncated", help="Drop pairs whose chosen or rejected was truncated."),
     min_margin: Optional[float] = typer.Option(None, "--min-margin", help="Drop pairs whose --by column is below this."),
@@ -42,7 +48,8 @@ def split(
     try:
         cfg = SplitConfig(strategy=strategy, steps=steps, by=by, fractions=_fractions(fractions), seed=seed,
                           stratify=stratify, keep_easiest=keep_easiest, drop_truncated=drop_truncated,
-                          min_margin=min_margin, max_margin=max_margin)
+                          min_margin=min_margin, max_margin=max_margin, control_length=control_length,
+                          length_buckets=length_buckets, control_knots=control_knots, control_degree=control_degree)
         manifest = split_file(scored, out, cfg, overwrite=overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -52,6 +59,11 @@ def split(
         typer.echo(f"step {s['step']}: {s['pairs']} pairs, mean margin {s['mean_margin']:.3f}, "
                    f"reward accuracy {s['reward_accuracy']:.3f} ({mix})")
     typer.echo(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
+    if manifest.get("length"):
+        from sdpo_kit.length import split_lines
+
+        for line in split_lines(manifest["length"]):
+            typer.echo(line)
     typer.echo(f"wrote {out}/ (step_*.parquet, dropped.parquet, manifest.json, README.md, plots/)")
 
 

@@ -1,0 +1,292 @@
+"""How much of a difficulty order is answer length, and a length-controlled key (issue 12).
+
+    sdpo curate split scored.parquet --steps 3 --control-length --stratify length --out parts/
+
+Summed log-probs favour the shorter answer, and judges favour the longer one, so the summed
+margin γ_ref is partly a length signal. Everything here is measured against the **log length
+ratio** `ln(chosen_tokens / rejected_tokens)` (completion tokens before truncation, as the scorer
+counted them):
+
+- `diagnose`: Spearman ρ of an ordering key with the log length ratio (and with any `judge*`
+  column), and a one-line warning when |ρ| >= 0.5 naming the remedies;
+- `length_residual`: the `--control-length` key. The key column is regressed on additive
+  B-splines (scikit-learn `SplineTransformer`, knots at quantiles) of the log length ratio and of
+  both log lengths, fitted by least squares on every scored pair; the key is the residual, i.e.
+  what the lengths do not explain. A straight line leaves ρ of -0.29 on the tiny model (the
+  dependence is curved, and truncation bends it); with `n_knots=2, degree=1` the fit *is* the
+  straight line, which is how the tests check it by hand;
+- `length_buckets`: quantile buckets of the log length ratio for `--stratify length`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+RATIO = "log_length_ratio"
+FEATURES = ("log_length_ratio", "log_chosen_tokens", "log_rejected_tokens")
+WARN_RHO = 0.5
+KNOTS, DEGREE = 8, 3
+
+try:  # helper a1's module (issue 11); the fallback has the same behaviour until it is merged
+    from sdpo_kit.escape import md_cell, mpl_label
+except ImportError:  # pragma: no cover - removed once sdpo_kit/escape.py is on main
+    import html as _html
+
+    def md_cell(s: object) -> str:
+        text = _html.escape(str(s), quote=True).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+        return " ".join(text.splitlines())
+
+    def mpl_label(s: object) -> str:
+        text = str(s).replace("$", r"\$")
+        return " " + text if text.startswith("_") else text
+
+
+def has_lengths(df: pl.DataFrame) -> bool:
+    return "chosen_tokens" in df.columns and "rejected_tokens" in df.columns
+
+
+def length_features(df: pl.DataFrame) -> pl.DataFrame:
+    """The three length features (float64) of every row: log ratio, log chosen and log rejected tokens."""
+    c = pl.col("chosen_tokens").cast(pl.Float64).clip(lower_bound=1).log()
+    r = pl.col("rejected_tokens").cast(pl.Float64).clip(lower_bound=1).log()
+    return df.select((c - r).alias(FEATURES[0]), c.alias(FEATURES[1]), r.alias(FEATURES[2]))
+
+
+def log_length_ratio(df: pl.DataFrame) -> np.ndarray:
+    return length_features(df)[RATIO].to_numpy()
+
+
+def spearman(x, y) -> float | None:
+    """Spearman ρ over the rows where both are finite (average ranks for ties); None if undefined."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return None
+    rx = pl.Series(x[ok]).rank("average").to_numpy()
+    ry = pl.Series(y[ok]).rank("average").to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def judge_columns(df: pl.DataFrame) -> list[str]:
+    """Numeric columns a judge wrote (name starts with `judge`), e.g. `judge_confidence`."""
+    return [c for c, t in df.schema.items() if c.lower().startswith("judge") and t.is_numeric()]
+
+
+def warning_line(key: str, rho: float | None) -> str | None:
+    """The one-line warning when |ρ(key, log length ratio)| >= WARN_RHO, with the remedies."""
+    if rho is None or abs(rho) < WARN_RHO:
+        return None
+    return (f"warning: the order by `{key}` is largely answer length (Spearman ρ {rho:+.2f} with "
+            f"ln(chosen/rejected tokens), |ρ| >= {WARN_RHO}); split with --control-length, or --by margin_per_token")
+
+
+def diagnose(df: pl.DataFrame, key: str) -> dict:
+    """{key, pairs, rho_length, rho_judge: {col: ρ}, warning} for one ordering key of scored pairs."""
+    y = df[key].cast(pl.Float64).to_numpy()
+    rho = spearman(y, log_length_ratio(df))
+    judges = {c: _round(spearman(y, df[c].cast(pl.Float64).to_numpy())) for c in judge_columns(df)}
+    return {"key": key, "pairs": df.height, "rho_length": _round(rho), "rho_judge": judges,
+            "warning": warning_line(key, rho)}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def diagnosis_lines(diag: dict) -> list[str]:
+    """What `curate score` / `curate split` print for one key: the ρ line, then the warning if any."""
+    judges = "".join(f", with {c} {_fmt(r)}" for c, r in diag["rho_judge"].items())
+    lines = [f"length: Spearman ρ of `{diag['key']}` with ln(chosen/rejected tokens) {_fmt(diag['rho_length'])}"
+             f"{judges} ({diag['pairs']} pairs)"]
+    return lines + ([diag["warning"]] if diag["warning"] else [])
+
+
+def _fmt(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:+.3f}"
+
+
+def score_diagnosis(df: pl.DataFrame) -> list[str]:
+    """`curate score`'s lines: ρ with the length ratio of every margin column, the warning for `margin`."""
+    keys = [c for c in ("margin", "margin_per_token", "margin_shared") if c in df.columns]
+    if not keys or not has_lengths(df):
+        return []
+    ratio = log_length_ratio(df)
+    each = ", ".join(f"{k} {_fmt(_round(spearman(df[k].cast(pl.Float64).to_numpy(), ratio)))}" for k in keys)
+    main = diagnose(df, "margin" if "margin" in keys else keys[0])
+    judges = "".join(f"; `{main['key']}` with {c} {_fmt(r)}" for c, r in main["rho_judge"].items())
+    out = [f"length: Spearman ρ with ln(chosen/rejected tokens): {each}{judges} ({df.height} pairs)"]
+    return out + ([main["warning"]] if main["warning"] else [])
+
+
+# ---------------------------------------------------------------- the length-controlled key
+
+def _spline_basis(x: np.ndarray, n_knots: int, degree: int):
+    """A fitted SplineTransformer for one feature, knots at the quantiles of its distinct values
+    (None for a constant feature). Quantiles keep knots where the data is; `np.unique` keeps a
+    heavily tied feature (many equal lengths) from producing repeated knots."""
+    from sklearn.preprocessing import SplineTransformer
+
+    knots = np.unique(np.quantile(x, np.linspace(0, 1, n_knots)))
+    if len(knots) < 2:
+        return None
+    return SplineTransformer(knots=knots[:, None], degree=degree, extrapolation="linear").fit(x[:, None])
+
+
+def length_residual(df: pl.DataFrame, key: str, *, n_knots: int = KNOTS, degree: int = DEGREE,
+                    features: tuple[str, ...] = FEATURES) -> tuple[np.ndarray, dict]:
+    """(residual per row, fit record): `key` minus its least-squares fit on additive splines of `features`.
+
+    Fitted on every row whose key is finite (rows without a key get NaN). With n_knots=2, degree=1
+    the basis of each feature spans {1, x}, so the fit is ordinary least squares on the features.
+    """
+    from sklearn.linear_model import LinearRegression
+
+    if not has_lengths(df):
+        raise ValueError("--control-length needs the scorer's chosen_tokens/rejected_tokens columns; "
+                         "run `sdpo curate score` on the data first")
+    y = df[key].cast(pl.Float64).to_numpy()
+    feats = length_features(df).select(features).to_numpy()
+    ok = np.isfinite(y) & np.isfinite(feats).all(1)
+    if ok.sum() < 3:
+        raise ValueError(f"--control-length: only {int(ok.sum())} pairs with a finite `{key}`; need at least 3")
+    bases = [_spline_basis(feats[ok, j], n_knots, degree) for j in range(feats.shape[1])]
+    used = [j for j, b in enumerate(bases) if b is not None]
+
+    def design(rows: np.ndarray) -> np.ndarray:
+        cols = [bases[j].transform(rows[:, [j]]) for j in used]
+        return np.hstack(cols) if cols else np.zeros((len(rows), 0))
+
+    x = design(feats[ok])
+    # lstsq inside LinearRegression: the per-feature bases each sum to 1 (collinear with the
+    # intercept and with each other), so the coefficients are not unique but the fit is.
+    fit = LinearRegression().fit(x, y[ok]) if x.shape[1] else None
+    pred = fit.predict(x) if fit is not None else np.full(ok.sum(), y[ok].mean())
+    resid = np.full(len(y), np.nan)
+    resid[ok] = y[ok] - pred
+    ratio = feats[:, list(features).index(RATIO)] if RATIO in features else log_length_ratio(df)
+    total = float(((y[ok] - y[ok].mean()) ** 2).sum())
+    record = {
+        "method": "least-squares fit of the key on additive B-splines of the length features "
+                  "(scikit-learn SplineTransformer, knots at quantiles, linear extrapolation); key = residual",
+        "key": key, "features": list(features), "n_knots": n_knots, "degree": degree,
+        "fitted_pairs": int(ok.sum()),
+        "r2": round(1 - float(((y[ok] - pred) ** 2).sum()) / total, 4) if total > 0 else None,
+        "rho_length_before": _round(spearman(y, ratio)),
+        "rho_length_after": _round(spearman(resid, ratio)),
+    }
+    return resid, record
+
+
+def length_buckets(df: pl.DataFrame, buckets: int) -> np.ndarray:
+    """Quantile bucket 0..buckets-1 of the log length ratio per row (equal counts; ties by row order)."""
+    ratio = pl.Series(log_length_ratio(df))
+    rank = ratio.rank("ordinal").to_numpy() - 1  # 0..n-1, ties in input order
+    return np.minimum(rank * buckets // max(len(ratio), 1), buckets - 1).astype(np.int64)
+
+
+# ---------------------------------------------------------------- partitions: record and card
+
+def per_step(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
+    """Per group: mean chosen/rejected tokens (and characters when scored with them), their ratio,
+    and the median log length ratio."""
+    ratio = length_features(data)[RATIO]
+    data = data.with_columns(ratio.alias(RATIO))
+    aggs = [pl.len().alias("pairs"),
+            pl.col("chosen_tokens").mean().alias("mean_chosen_tokens"),
+            pl.col("rejected_tokens").mean().alias("mean_rejected_tokens")]
+    if "chosen_chars" in data.columns and "rejected_chars" in data.columns:
+        aggs += [pl.col("chosen_chars").mean().alias("mean_chosen_chars"),
+                 pl.col("rejected_chars").mean().alias("mean_rejected_chars")]
+    aggs.append(pl.col(RATIO).median().alias("median_log_length_ratio"))
+    out = data.group_by(group).agg(aggs).sort(group)
+    return out.with_columns((pl.col("mean_chosen_tokens") / pl.col("mean_rejected_tokens")).alias("chosen_rejected_ratio"))
+
+
+def split_record(data: pl.DataFrame, key: str | None, control: dict | None) -> dict:
+    """manifest["length"]: ρ of the ordering key and of the step index with the log length ratio,
+    the warning, the `--control-length` fit and the per-step length table. `data` has a `step` column."""
+    ratio = log_length_ratio(data)
+    diag = diagnose(data, key) if key is not None else None
+    return {
+        "log_length_ratio": "ln(chosen_tokens / rejected_tokens), completion tokens before truncation",
+        "key": key,
+        "rho_key_length": diag["rho_length"] if diag else None,
+        "rho_key_judge": diag["rho_judge"] if diag else {},
+        "rho_step_length": _round(spearman(data["step"].cast(pl.Float64).to_numpy(), ratio)),
+        "warning": diag["warning"] if diag else None,
+        "control_length": control,
+        "per_step": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                     for row in per_step(data).iter_rows(named=True)],
+    }
+
+
+def split_lines(record: dict) -> list[str]:
+    """What `curate split` prints about length (the same facts the card records)."""
+    lines = []
+    if record["control_length"]:
+        c = record["control_length"]
+        lines.append(f"control-length: key `{record['key']}` = `{c['key']}` minus its spline fit on the lengths "
+                     f"(R² {c['r2']}); ρ with ln(chosen/rejected tokens) {_fmt(c['rho_length_before'])} → "
+                     f"{_fmt(c['rho_length_after'])} on {c['fitted_pairs']} pairs")
+    if record["key"] is not None:
+        judges = "".join(f", with {c} {_fmt(r)}" for c, r in record["rho_key_judge"].items())
+        lines.append(f"length: Spearman ρ of `{record['key']}` with ln(chosen/rejected tokens) "
+                     f"{_fmt(record['rho_key_length'])}{judges}; of the step index {_fmt(record['rho_step_length'])}")
+    else:
+        lines.append(f"length: Spearman ρ of the step index with ln(chosen/rejected tokens) "
+                     f"{_fmt(record['rho_step_length'])}")
+    return lines + ([record["warning"]] if record["warning"] else [])
+
+
+def plot_key_vs_length(data: pl.DataFrame, ax, key: str, group: str = "step"):
+    """Scatter of the ordering key against the log length ratio, one colour per group."""
+    ratio = log_length_ratio(data)
+    y = data[key].cast(pl.Float64).to_numpy()
+    groups = data[group].to_numpy()
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        ax.scatter(ratio[m], y[m], s=6, alpha=0.5, label=mpl_label(f"{group} {g}"))
+    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("ln(chosen tokens / rejected tokens)")
+    ax.set_ylabel(mpl_label(key))
+    rho = spearman(y, ratio)
+    ax.set_title(mpl_label(f"{key} against the log length ratio (Spearman ρ {_fmt(rho)})"))
+    ax.legend(fontsize=7, markerscale=2)
+    return ax
+
+
+def card_section(data: pl.DataFrame, record: dict, out) -> str:
+    """The partition card's "Length" section: ρ lines, the warning, the per-step table, the plot."""
+    from pathlib import Path
+
+    from sdpo_kit.card import save_plot
+
+    text = ("Log length ratio = " + record["log_length_ratio"] + ". Summed log-probs favour the shorter "
+            "answer, so an order by summed margin can be an order by length.\n\n")
+    # Data strings (column names) escaped; our own backticks kept as code spans.
+    text += "\n".join(f"- {md_cell(line).replace(chr(92) + '`', '`')}" for line in split_lines(record)) + "\n\n"
+    c = record["control_length"]
+    if c:
+        text += (f"`--control-length`: {md_cell(c['method'])}. Features {', '.join(c['features'])}; "
+                 f"n_knots {c['n_knots']}, degree {c['degree']}; fitted on {c['fitted_pairs']} pairs (R² {c['r2']}); "
+                 f"Spearman ρ with the log length ratio {_fmt(c['rho_length_before'])} before, "
+                 f"{_fmt(c['rho_length_after'])} after.\n\n")
+    rows = record["per_step"]
+    cols = list(rows[0]) if rows else []
+    text += "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    text += "".join("| " + " | ".join(_cell(r[c]) for c in cols) + " |\n" for r in rows)
+    if record["key"] is not None:
+        save_plot(plot_key_vs_length, data, Path(out) / "plots" / "key_vs_length.png", key=record["key"])
+        text += "\n![ordering key against the log length ratio](plots/key_vs_length.png)\n"
+    return text
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.3f}"
+    return md_cell(v)
