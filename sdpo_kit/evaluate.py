@@ -197,6 +197,14 @@ def summarize(table, names: list[str], beta: float) -> dict[str, Any]:
     return {"models": models, "comparisons": comparisons, "reference_margins": refs, "table": table}
 
 
+def _length(table, scored: dict, names: list[str]):
+    """Issue 12: per-token γ and the length ratio in scores.parquet, eval.json "length" (sdpo_kit.length)."""
+    from sdpo_kit.length import eval_length_columns, eval_length_summary
+
+    table = eval_length_columns(table, scored)
+    return table, eval_length_summary(table, names)
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
     from sdpo_kit.data import load_pairs
@@ -217,6 +225,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     names = [m["name"] for m in models]
     result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)))
     table = result.pop("table")
+    table, result["length"] = _length(table, scored, names)
     for m, stats in zip(models, result["models"]):
         stats.update(step=m["step"], path=str(m["path"]), fingerprint=m["fingerprint"],
                      scores=f"models/{m['name']}.parquet")

@@ -290,3 +290,48 @@ def _cell(v) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.3f}"
     return md_cell(v)
+
+
+# ---------------------------------------------------------------- held-out evaluation (sdpo eval)
+
+def eval_length_columns(table: pl.DataFrame, scored: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """`sdpo eval`'s gamma table plus `gamma_avg_NAME` (per-token γ, RewardBench's `avg`) per model
+    and the pair's lengths (`chosen_tokens`, `rejected_tokens`, `log_length_ratio`, from the first model)."""
+    for name, df in scored.items():
+        if "margin_per_token" in df.columns:
+            table = table.join(df.select("pair_id", pl.col("margin_per_token").alias(f"gamma_avg_{name}")),
+                               on="pair_id", how="left", maintain_order="left")
+    first = next(iter(scored.values()), None)
+    if first is None or not has_lengths(first):
+        return table
+    cols = ["chosen_tokens", "rejected_tokens"]
+    table = table.drop([c for c in [*cols, RATIO] if c in table.columns])
+    table = table.join(first.select("pair_id", *cols), on="pair_id", how="left", maintain_order="left")
+    return table.with_columns(length_features(table)[RATIO])
+
+
+def eval_length_summary(table: pl.DataFrame, names: list[str], buckets: int = 5) -> dict | None:
+    """eval.json "length": per model accuracy under summed and per-token γ, Spearman ρ and the least-squares
+    line of γ on the log length ratio, and both accuracies per length-ratio quintile (equal-count buckets)."""
+    if RATIO not in table.columns or table.height == 0:
+        return None
+    ratio = table[RATIO].to_numpy()
+    bucket = np.minimum((pl.Series(ratio).rank("ordinal").to_numpy() - 1) * buckets // len(ratio), buckets - 1)
+    edges = [[float(ratio[bucket == b].min()), float(ratio[bucket == b].max())] for b in range(buckets)
+             if (bucket == b).any()]
+    models = []
+    for name in names:
+        g = table[f"gamma_{name}"].to_numpy()
+        avg = table[f"gamma_avg_{name}"].to_numpy() if f"gamma_avg_{name}" in table.columns else np.full(len(g), np.nan)
+        slope, intercept = np.polyfit(ratio, g, 1) if len(g) > 1 else (float("nan"), float("nan"))
+        models.append({
+            "name": name, "pairs": len(g), "accuracy_sum": float((g > 0).mean()),
+            "accuracy_avg": float((avg > 0).mean()) if np.isfinite(avg).all() else None,
+            "rho_length": _round(spearman(g, ratio)), "slope": float(slope), "intercept": float(intercept),
+            "quintiles": [{"bucket": b + 1, "pairs": int((bucket == b).sum()),
+                           "accuracy_sum": float((g[bucket == b] > 0).mean()),
+                           "accuracy_avg": float((avg[bucket == b] > 0).mean()) if np.isfinite(avg).all() else None}
+                          for b in range(buckets) if (bucket == b).any()],
+        })
+    return {"log_length_ratio": "ln(chosen_tokens / rejected_tokens) of the held-out pair (tokens before truncation)",
+            "buckets": buckets, "bucket_edges": edges, "models": models}

@@ -275,3 +275,69 @@ def axes_series(ax) -> dict[str, Any]:
               for c in ax.collections if type(c).__name__ == "PathCollection" and not c.get_label().startswith("_")]
     return {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "ticks": ticks,
             "lines": lines, "bars": bars, "errors": errors, "hists": hists, "points": points}
+
+
+def plot_accuracy_sum_avg(models: list[dict], ax):
+    """Held-out accuracy under summed γ (RewardBench `sum`) and per-token γ (`avg`) side by side.
+
+    `models`: eval.json "length" "models" ([{"name", "accuracy_sum", "accuracy_avg"}]).
+    """
+    x = np.arange(len(models))
+    for i, (key, label, hatch) in enumerate((("accuracy_sum", "summed γ (sum)", None),
+                                             ("accuracy_avg", "per-token γ (avg)", "//"))):
+        values = [np.nan if m.get(key) is None else m[key] for m in models]
+        bars = ax.bar(x + (i - 0.5) * 0.4, values, 0.4, color=[model_color(m["name"]) for m in models],
+                      hatch=hatch, edgecolor="0.2", label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_xticks(x, [m["name"] for m in models])
+    ax.axhline(0.5, color="0.4", ls=":", lw=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("preference accuracy [share with γ > 0]")
+    ax.set_title("Held-out accuracy: summed vs per-token γ")
+    ax.legend(loc="best")
+    ax.grid(axis="x", visible=False)
+    return ax
+
+
+def plot_accuracy_by_length(models: list[dict], edges: list[list[float]], ax):
+    """Accuracy (summed γ solid, per-token γ dashed) per quintile of ln(chosen/rejected tokens)."""
+    for m in models:
+        xs = [q["bucket"] for q in m["quintiles"]]
+        ax.plot(xs, [q["accuracy_sum"] for q in m["quintiles"]], "o-", color=model_color(m["name"]),
+                label=f"{m['name']} sum")
+        if all(q["accuracy_avg"] is not None for q in m["quintiles"]):
+            ax.plot(xs, [q["accuracy_avg"] for q in m["quintiles"]], "s--", color=model_color(m["name"]),
+                    alpha=0.7, label=f"{m['name']} avg")
+    ax.set_xticks(range(1, len(edges) + 1), [f"{lo:+.1f}…{hi:+.1f}" for lo, hi in edges], fontsize=7)
+    ax.axhline(0.5, color="0.4", ls=":", lw=1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("quintile of ln(chosen / rejected tokens) (chosen longer →)")
+    ax.set_ylabel("preference accuracy")
+    ax.set_title("Held-out accuracy per length-ratio quintile")
+    ax.legend(loc="best", ncols=2)
+    return ax
+
+
+def plot_gamma_vs_length(series: list[dict], ax):
+    """γ against ln(chosen/rejected tokens) per model, with its least-squares line and Spearman ρ.
+
+    `series`: [{"model", "ratio": list, "gamma": list}] (S and the final model).
+    """
+    for d in series:
+        x, y = np.asarray(d["ratio"], float), np.asarray(d["gamma"], float)
+        keep = np.isfinite(x) & np.isfinite(y)
+        x, y = x[keep], y[keep]
+        color = model_color(d["model"])
+        rho = spearman(x, y) if len(x) > 2 else float("nan")
+        ax.scatter(x, y, s=8, alpha=0.4, color=color, label=f"{d['model']} (n={len(x)}, ρ={rho:.2f})")
+        if len(x) > 1:
+            slope, intercept = np.polyfit(x, y, 1)
+            grid = np.array([x.min(), x.max()])
+            ax.plot(grid, intercept + slope * grid, color=color, lw=2, label=f"{d['model']} fit: {slope:.2f} nats per unit")
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.axvline(0, color="0.3", lw=0.8, ls=":")
+    ax.set_xlabel("ln(chosen tokens / rejected tokens)")
+    ax.set_ylabel("γ on held-out pairs [nats]")
+    ax.set_title("γ against the log length ratio")
+    ax.legend(loc="best")
+    return ax

@@ -157,6 +157,7 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
                             lambda a: [plots.plot_margin_vs_signal(d, ax) for d, ax in zip(data, a)]))
     else:
         notes.append(f"Held-out data has no `{signal}` column: difficulty-signal figure left out.")
+    figs += length_figures(run)
     return figs, notes
 
 
@@ -223,6 +224,7 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
             for m in ev["models"]:
                 rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
                 out += [f"Spearman ρ(γ of {m['name']}, `{signal}`) = {rho:.3f}", ""]
+    out += length_markdown(r)
     return "\n".join(out)
 
 
@@ -302,3 +304,56 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
             f"</head><body><h1>sDPO report</h1>\n" + "\n".join(sections) + "</body></html>")
     return {"html": write_text(out / "report.html", page), "summary": write_text(out / "summary.md", md + "\n"),
             "figures": write_json(out / "figures.json", index)}
+
+
+def length_figures(run: dict) -> list[dict]:
+    """Issue 12: accuracy under summed vs per-token γ, accuracy per length-ratio quintile, and γ of S and
+    the final model against ln(chosen/rejected tokens) with the fitted line (eval.json "length")."""
+    ev, scores = run["eval"], run["scores"]
+    length = (ev or {}).get("length")
+    if not length or scores is None or "log_length_ratio" not in scores.columns:
+        return []
+    names = [m["name"] for m in length["models"]]
+    series = [{"model": n, "ratio": scores["log_length_ratio"].to_list(), "gamma": scores[f"gamma_{n}"].to_list()}
+              for n in dict.fromkeys([names[0], names[-1]])]
+    return [_figure("length", "Difficulty and length on held-out pairs: accuracy under summed γ (RewardBench `sum`) "
+                    "and per-token γ (`avg`); accuracy per quintile of ln(chosen/rejected tokens); γ of S and the "
+                    "final model against that ratio, with least-squares lines.", 3,
+                    lambda a: (plots.plot_accuracy_sum_avg(length["models"], a[0]),
+                               plots.plot_accuracy_by_length(length["models"], length["bucket_edges"], a[1]),
+                               plots.plot_gamma_vs_length(series, a[2])))]
+
+
+def length_sentence(r: dict) -> str:
+    """One sentence: how much of the run's easy-to-hard order is answer length."""
+    rec = (r.get("manifest") or {}).get("length") or {}
+    held = ((r.get("eval") or {}).get("length") or {}).get("models") or []
+    parts = []
+    if rec.get("key") and rec.get("rho_key_length") is not None:
+        rho = rec["rho_key_length"]
+        parts.append(f"the partitions' ordering key `{rec['key']}` has Spearman ρ {rho:+.2f} with ln(chosen/rejected "
+                     f"tokens), so about {rho * rho:.0%} of its rank variance is the length ratio"
+                     + (f", and the step index has ρ {rec['rho_step_length']:+.2f}" if rec.get("rho_step_length") is not None else ""))
+    if held and held[0].get("rho_length") is not None:
+        parts.append(f"on held-out pairs γ of {held[0]['name']} has ρ {held[0]['rho_length']:+.2f} with it")
+    if not parts:
+        return ""
+    return "How much of the order is length: " + "; ".join(parts) + "."
+
+
+def length_markdown(r: dict) -> list[str]:
+    """The run's "Difficulty and length" section: the sentence, then accuracies under sum / avg γ per quintile."""
+    sentence = length_sentence(r)
+    held = ((r.get("eval") or {}).get("length") or {})
+    if not sentence and not held:
+        return []
+    out = ["### Difficulty and length", ""] + ([sentence, ""] if sentence else [])
+    if held:
+        edges = held["bucket_edges"]
+        head = ["model", "accuracy (sum γ)", "accuracy (per-token γ)", "ρ(γ, ln len ratio)", "slope [nats/unit]"]
+        head += [f"Q{i + 1} {lo:+.2f}…{hi:+.2f} (sum/avg)" for i, (lo, hi) in enumerate(edges)]
+        rows = [[m["name"], m["accuracy_sum"], m["accuracy_avg"], m["rho_length"], m["slope"]]
+                + [f"{q['accuracy_sum']:.2f}/{'–' if q['accuracy_avg'] is None else format(q['accuracy_avg'], '.2f')}"
+                   for q in m["quintiles"]] for m in held["models"]]
+        out += _table(head, rows) + [""]
+    return out

@@ -194,7 +194,7 @@ def test_report_on_real_run_has_every_figure_and_series(pipeline):
     assert f"report: {out / 'report.html'}" in output
     figs = json.loads((out / "figures.json").read_text())
     assert set(figs) == {f"sdpo_{n}" for n in ("reward_margin", "loss_accuracy", "partitions", "reference_margins",
-                                               "difficulty")}
+                                               "difficulty", "length")}
     page = (out / "report.html").read_text()
     for name, f in figs.items():
         assert (out / f["png"]).is_file() and f"id='{name}'><img alt='{name}' src='data:image/png;base64," in page

@@ -276,3 +276,82 @@ def test_length_flags_refuse_what_they_cannot_do(tmp_path):
     path = write_scored(tmp_path / "x.parquet", six_pairs().drop("chosen_tokens"))
     with pytest.raises(ValueError, match=r"missing column\(s\) \['chosen_tokens'\]"):
         split_file(path, tmp_path / "out", SplitConfig(control_length=True))
+
+
+# ---------------------------------------------------------------- eval and report
+
+def heldout_table():
+    """10 held-out pairs, ln(chosen/rejected tokens) = ln 2 · (-4, -3, ..., 5), two models.
+
+    Quintiles (2 pairs each, by ratio): S's γ = (-1, 2 | -3, 4 | 5, -6 | -7, -8 | 9, -10): summed accuracy
+    1/2, 1/2, 1/2, 0, 1/2, overall 4/10; per-token γ all positive in the first two quintiles only: 4/10."""
+    u = np.arange(-4, 6)
+    gamma_s = [-1.0, 2, -3, 4, 5, -6, -7, -8, 9, -10]
+    avg_s = [0.1, 0.2, 0.3, 0.4, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6]
+    gamma_m = [1.0] * 10
+    table = pl.DataFrame({"pair_id": [f"h{i}" for i in range(10)], "source": ["a"] * 10,
+                          "gamma_S": gamma_s, "gamma_M1": gamma_m})
+    scored = {"S": pl.DataFrame({"pair_id": table["pair_id"], "margin_per_token": avg_s,
+                                 "chosen_tokens": [int(2 ** (6 + x)) for x in u], "rejected_tokens": [64] * 10}),
+              "M1": pl.DataFrame({"pair_id": table["pair_id"], "margin_per_token": [-0.5] * 10,
+                                  "chosen_tokens": [1] * 10, "rejected_tokens": [1] * 10})}
+    return table, scored, u
+
+
+def test_eval_length_summary_by_hand():
+    from sdpo_kit.length import eval_length_columns, eval_length_summary
+
+    table, scored, u = heldout_table()
+    table = eval_length_columns(table, scored)
+    assert table["log_length_ratio"].to_list() == pytest.approx((u * np.log(2)).tolist())  # lengths of S, the first
+    assert table["gamma_avg_M1"].to_list() == [-0.5] * 10
+    summary = eval_length_summary(table, ["S", "M1"])
+    s, m = summary["models"]
+    assert (s["accuracy_sum"], s["accuracy_avg"]) == (0.4, 0.4)
+    assert (m["accuracy_sum"], m["accuracy_avg"]) == (1.0, 0.0)
+    assert [q["accuracy_sum"] for q in s["quintiles"]] == [0.5, 0.5, 0.5, 0.0, 0.5]
+    assert [q["accuracy_avg"] for q in s["quintiles"]] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert summary["bucket_edges"][0] == pytest.approx([-4 * np.log(2), -3 * np.log(2)])
+    slope, intercept = np.polyfit(u * np.log(2), table["gamma_S"].to_numpy(), 1)
+    assert (s["slope"], s["intercept"]) == (pytest.approx(slope), pytest.approx(intercept))
+    assert m["rho_length"] is None  # a constant γ has no rank correlation
+
+
+def test_report_has_the_length_figure_and_sentence(tmp_path):
+    """A contract run (tests/test_report.py) plus eval.json "length", scores.parquet lengths and a
+    manifest "length" record: the figure reads back the accuracies and the fitted line."""
+    import json
+
+    from test_report import write_contract_run
+
+    from sdpo_kit.length import eval_length_columns, eval_length_summary
+    from sdpo_kit.plots import axes_series  # noqa: F401 - figures.json is axes_series output
+    from sdpo_kit.report import write_report
+
+    run = write_contract_run(tmp_path, steps=1)
+    table, scored, u = heldout_table()
+    table = eval_length_columns(table, scored)
+    table.write_parquet(run / "eval" / "scores.parquet")
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    ev["models"] = [m for m in ev["models"] if m["name"] in ("S", "M1")]
+    ev["length"] = eval_length_summary(table, ["S", "M1"])
+    (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    manifest_path = tmp_path / "run_parts" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["length"] = {"key": "margin", "rho_key_length": -0.6, "rho_step_length": 0.5}
+    manifest_path.write_text(json.dumps(manifest))
+
+    write_report([run], tmp_path / "report")
+    figs = json.loads((tmp_path / "report" / "figures.json").read_text())
+    bars, quint, scatter = figs["run_length"]["axes"]
+    assert [b["values"] for b in bars["bars"]] == [[0.4, 1.0], [0.4, 0.0]]
+    s_line = next(ln for ln in quint["lines"] if ln["label"] == "S sum")
+    assert s_line["y"] == [0.5, 0.5, 0.5, 0.0, 0.5]
+    fit = next(ln for ln in scatter["lines"] if ln["label"].startswith("S fit"))
+    slope = ev["length"]["models"][0]["slope"]
+    assert (fit["y"][1] - fit["y"][0]) / (fit["x"][1] - fit["x"][0]) == pytest.approx(slope)
+    assert len(scatter["points"]) == 2 and len(scatter["points"][0]["xy"]) == 10
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert ("How much of the order is length: the partitions' ordering key `margin` has Spearman ρ -0.60 with "
+            "ln(chosen/rejected tokens), so about 36% of its rank variance is the length ratio") in summary
+    assert "| S | 0.4 | 0.4 |" in summary
