@@ -355,3 +355,23 @@ def test_report_has_the_length_figure_and_sentence(tmp_path):
     assert ("How much of the order is length: the partitions' ordering key `margin` has Spearman ρ -0.60 with "
             "ln(chosen/rejected tokens), so about 36% of its rank variance is the length ratio") in summary
     assert "| S | 0.4 | 0.4 |" in summary
+
+
+def test_curate_score_prints_the_length_line_and_keys_the_cache_by_layout(tiny_model_dir, tmp_path):
+    from sdpo_kit.cli import app
+    from sdpo_kit.models import load_model
+    from sdpo_kit.score import SCORED_COLUMNS, SCORED_LAYOUT, ScoreConfig, provenance
+    from sdpo_kit.score_run import cache_key
+
+    length_pairs().write_parquet(tmp_path / "pairs.parquet")
+    res = CliRunner().invoke(app, ["curate", "score", str(tmp_path / "pairs.parquet"), "--model", str(tiny_model_dir),
+                                   "--max-length", "64", "--out", str(tmp_path / "scored.parquet")])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("length:"))
+    assert "ln(chosen/rejected tokens): margin " in line and "margin_per_token " in line and "margin_shared " in line
+    scored = pl.read_parquet(tmp_path / "scored.parquet")
+    assert set(SCORED_COLUMNS) <= set(scored.columns)
+    # Pairs cached under an older column layout live under another key, so they are rescored, not served.
+    meta = provenance(*load_model(tiny_model_dir), ScoreConfig(max_length=64))
+    assert meta["scored_layout"] == SCORED_LAYOUT
+    assert cache_key(meta) != cache_key({**meta, "scored_layout": SCORED_LAYOUT - 1})
