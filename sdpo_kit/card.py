@@ -311,7 +311,15 @@ def _margins_section(card: dict) -> str:
                  f"{scored.height} of them were kept by the scorer, and this section describes those only.")
     per_all = scored.with_columns(pl.lit("all").alias("dataset"))
     return (head + "\n\n" + _markdown_table(group_stats(scored, "source")) + "\n"
-            + _markdown_table(group_stats(per_all, "dataset")))
+            + _markdown_table(group_stats(per_all, "dataset")) + _length_lines(scored))
+
+
+def _length_lines(scored: pl.DataFrame) -> str:
+    """Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets."""
+    from sdpo_kit.length import md_cell, score_diagnosis
+
+    lines = score_diagnosis(scored)
+    return "".join(f"\n- {md_cell(line).replace(chr(92) + '`', '`')}" for line in lines) + ("\n" if lines else "")
 
 
 def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",

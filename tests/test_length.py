@@ -375,3 +375,14 @@ def test_curate_score_prints_the_length_line_and_keys_the_cache_by_layout(tiny_m
     meta = provenance(*load_model(tiny_model_dir), ScoreConfig(max_length=64))
     assert meta["scored_layout"] == SCORED_LAYOUT
     assert cache_key(meta) != cache_key({**meta, "scored_layout": SCORED_LAYOUT - 1})
+
+
+def test_dataset_card_of_scored_pairs_records_the_length_line(tmp_path):
+    from sdpo_kit.card import write_dataset_card
+
+    bad = write_dataset_card(write_scored(tmp_path / "bad.parquet", length_driven()), tmp_path / "bad")
+    text = bad.read_text()
+    assert "- length: Spearman ρ with ln(chosen/rejected tokens): margin -0.9" in text
+    assert "- warning: the order by `margin` is largely answer length" in text
+    fine = write_dataset_card(write_scored(tmp_path / "ok.parquet", length_driven(independent=True)), tmp_path / "ok")
+    assert "- length: Spearman ρ" in fine.read_text() and "warning:" not in fine.read_text()
