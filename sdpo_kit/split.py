@@ -216,7 +216,9 @@ def _kmeans(df: pl.DataFrame, cfg: SplitConfig, steps: int) -> pl.DataFrame:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    cols = list(dict.fromkeys([order_column(cfg), *[c for c in KMEANS_FEATURES if c in df.columns]]))
+    # With control_length only the length-controlled key: the raw margins would bring length back.
+    extra = [] if cfg.control_length else [c for c in KMEANS_FEATURES if c in df.columns]
+    cols = list(dict.fromkeys([order_column(cfg), *extra]))
     cols = [c for c in cols if df[c].null_count() == 0 and not df[c].is_nan().any()]
     x = df.select(cols).to_numpy().astype(np.float64)
     x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1.0)

@@ -386,3 +386,18 @@ def test_dataset_card_of_scored_pairs_records_the_length_line(tmp_path):
     assert "- warning: the order by `margin` is largely answer length" in text
     fine = write_dataset_card(write_scored(tmp_path / "ok.parquet", length_driven(independent=True)), tmp_path / "ok")
     assert "- length: Spearman ρ" in fine.read_text() and "warning:" not in fine.read_text()
+
+
+def test_kmeans_with_control_length_clusters_the_key_only():
+    """On a length-driven set, k-means on the residual alone leaves the step index nearly free of length."""
+    from sdpo_kit.length import spearman
+    from sdpo_kit.split import SplitConfig, split_frame
+
+    frame = length_driven(300, independent=False).with_columns(
+        (pl.col("margin") + pl.Series(np.random.default_rng(5).normal(0, 30, 300))).alias("margin"))
+    ratio = dict(zip(frame["pair_id"], np.log(frame["chosen_tokens"] / frame["rejected_tokens"]).to_list()))
+    for control, check in ((False, lambda rho: rho > 0.5), (True, lambda rho: abs(rho) <= 0.15)):
+        parts, _ = split_frame(frame, SplitConfig(strategy="kmeans", steps=3, control_length=control))
+        steps = [(t, ratio[p]) for t, part in enumerate(parts, 1) for p in part["pair_id"]]
+        rho = spearman([t for t, _ in steps], [r for _, r in steps])
+        assert check(rho), (control, rho)
