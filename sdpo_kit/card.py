@@ -236,7 +236,7 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
                   seed: int) -> dict:
     """{pairs, scored, rows, rejects, score_rejects, scorer} for a dataset card: `pairs` = every valid
     pair, `scored` = the pairs with margins (all of them, a seeded subset, or None)."""
-    from sdpo_kit.io import read_parquet_metadata
+    from sdpo_kit.io import read_json_meta
 
     path = Path(data)
     if path.suffix == ".parquet" and path.is_file() and "margin" in _parquet_schema(path):
@@ -244,9 +244,8 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
         pairs = read_parquet_checked(path)
         rej = path.with_name(path.name.removesuffix(".parquet") + ".rejects.jsonl")
         rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
-        raw = read_parquet_metadata(path).get("sdpo_kit.scorer")
         return {"pairs": pairs, "scored": pairs, "rows": pairs.height + len(rejects), "rejects": _reject_counts(rejects),
-                "score_rejects": {}, "scorer": json.loads(raw) if raw else None}
+                "score_rejects": {}, "scorer": read_json_meta(path, "sdpo_kit.scorer")}
     from sdpo_kit.data import load_pairs
 
     loaded = load_pairs(path)

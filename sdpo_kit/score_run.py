@@ -365,7 +365,7 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
         raise InputError(f"{meta['input']['path']}: no rows to score")
     schema = pa.unify_schemas([pq.read_schema(f) for f in shards], promote_options="permissive")
     schema = schema.with_metadata({META_KEY: json.dumps(meta)})
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
         for f in shards:
             table = pq.read_table(f)
             for name in schema.names:

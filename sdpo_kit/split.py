@@ -23,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import finite_json, read_parquet_checked, read_parquet_metadata, refuse_overwriting_input, write_json, write_parquet
+from sdpo_kit.io import (finite_json, read_json_meta, read_parquet_checked, refuse_overwriting_input,
+                         write_json, write_parquet)
 
 STRATEGIES = ("by-source", "easy-to-hard", "hard-to-easy", "random", "kmeans")
 # Score columns k-means clusters on (those present); standardised so no one column dominates.
@@ -279,8 +280,7 @@ def read_scored(path: str | os.PathLike, cfg: SplitConfig) -> tuple[pl.DataFrame
             raise InputError(path, f"column {col!r} is {df[col].dtype}, expected booleans; score the pairs again")
     if df.height == 0:
         raise InputError(path, "holds no pairs")
-    raw = read_parquet_metadata(path).get(SCORER_KEY)
-    return df, (json.loads(raw) if raw else None)
+    return df, read_json_meta(path, SCORER_KEY)
 
 
 def _numeric(df: pl.DataFrame) -> str:

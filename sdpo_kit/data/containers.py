@@ -204,7 +204,8 @@ def _parquet(file: Path, batch_rows: int) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
     if not file.name.lower().endswith(".gz"):
-        yield from _arrow_chunks(file, pq.ParquetFile(file).iter_batches(batch_size=batch_rows))
+        pf = pq.ParquetFile(file, page_checksum_verification=True)  # a flipped bit is an error, not new data
+        yield from _arrow_chunks(file, pf.iter_batches(batch_size=batch_rows))
         return
     # Parquet needs random access; a gzipped one is inflated once to a temporary file.
     with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:

@@ -136,9 +136,13 @@ def file_format(file: Path | None, chunk: Chunk, columns: dict) -> str | None:
                 pass
     if votes:
         return votes.most_common(1)[0][0]
-    seen = sorted({k for v in rows if isinstance(v, dict) for k in v})
-    if not seen:
-        return None  # only unparsable rows so far: they are rejects, the next chunk decides
+    seen = sorted({str(k) for v in rows if isinstance(v, dict) for k in v})
+    if not rows:
+        return None
+    if not any(isinstance(v, dict) for v in rows):  # e.g. a JSON array of numbers, a binary file named .jsonl
+        first = rows[0]
+        raise InputError(file or chunk.file, f"not preference data: none of the first {len(rows)} row(s) is a "
+                         f"record ({first.reason}: {first.detail[:100]})")
     names = ", ".join(f"--{n}-col" for n in ("prompt", "chosen", "rejected", "conversations"))
     raise InputError(file or chunk.file, f"not preference data: no prompt/chosen/rejected or conversations columns "
                      f"found (columns: {', '.join(seen[:12])}{', ...' if len(seen) > 12 else ''}); use {names} to map yours")
