@@ -290,7 +290,7 @@ def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
                 old = read_json(path)
             except (OSError, ValueError):
                 old = None
-            shards = len(list(parts.glob("shard_*.parquet")))
+            shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
             why = ("--no-resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
                    else None if old == stamp else _describe_change(old, stamp))
             if why is not None:
