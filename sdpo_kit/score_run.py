@@ -219,6 +219,8 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
         raise UsageError(f"--shard-rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
     run = {"input_sha256": input_fingerprint(inputs), "limit": limit, "shard_rows": shard_rows, "format": format,
            "columns": columns or {}}
+    if state.is_main_process:
+        _lock(out)
     device = None if state.device.type == "cpu" else str(state.device)
     models = [load_model(model, config.dtype, device)]
     if policy is not None:
@@ -249,8 +251,31 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
         meta["input"] = {"path": str(data), "format": format, "limit": limit, "sha256": run["input_sha256"],
                          "shard_rows": shard_rows}
         _merge(parts, out, meta)
+        _lock_path(out).unlink(missing_ok=True)
     state.wait_for_everyone()
     return out
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def _lock(out: Path) -> None:
+    """Refuse a second live `curate score` on the same --out: two writers would mix their shards.
+    A lock left by a killed run (its pid no longer runs) is taken over."""
+    import os
+
+    from sdpo_kit.io import pid_alive
+
+    lock = _lock_path(out)
+    try:
+        held = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        held = 0
+    if held and held != os.getpid() and pid_alive(held):
+        raise InputError(f"--out {out}", f"another `sdpo curate score` (pid {held}) is writing it; wait for it or stop it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{os.getpid()}\n")
 
 
 def check_out(data: Path, inputs: list[Path], out: Path) -> None:

@@ -399,3 +399,20 @@ def test_source_names_are_escaped_in_cards_and_plots(scored_file, tmp_path):
         assert len(widths) <= 2, widths  # every row of a table has its header's columns (two tables per card)
         assert "a\\|b" in text
     assert (tmp_path / "parts" / "plots" / "source_mix.png").stat().st_size > 1000
+
+
+def test_a_second_live_score_on_the_same_out_is_refused(tmp_path):
+    """Two writers in one shard folder would mix rows: the second is refused while the first lives;
+    a lock left by a killed run (dead pid) is taken over. Checked before the model loads."""
+    data = jsonl(tmp_path / "x.jsonl", rows(5))
+    out = tmp_path / "scored.parquet"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "scored.parquet.lock").write_text(f"{other.pid}\n")
+        one_line_error(run(*score_args(data, out, tmp_path / "no-model")), 1,
+                       f"another `sdpo curate score` (pid {other.pid}) is writing it")
+    finally:
+        other.kill()
+        other.wait()
+    result = run(*score_args(data, out, tmp_path / "no-model"))  # the dead pid's lock is taken over
+    one_line_error(result, 1, "no-model")  # ...and the run gets as far as loading the (missing) model
