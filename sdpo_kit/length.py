@@ -25,23 +25,13 @@ import math
 import numpy as np
 import polars as pl
 
+from sdpo_kit.errors import InputError
+from sdpo_kit.escape import md_cell, mpl_label
+
 RATIO = "log_length_ratio"
 FEATURES = ("log_length_ratio", "log_chosen_tokens", "log_rejected_tokens")
 WARN_RHO = 0.5
 KNOTS, DEGREE = 8, 3
-
-try:  # helper a1's module (issue 11); the fallback has the same behaviour until it is merged
-    from sdpo_kit.escape import md_cell, mpl_label
-except ImportError:  # pragma: no cover - removed once sdpo_kit/escape.py is on main
-    import html as _html
-
-    def md_cell(s: object) -> str:
-        text = _html.escape(str(s), quote=True).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
-        return " ".join(text.splitlines())
-
-    def mpl_label(s: object) -> str:
-        text = str(s).replace("$", r"\$")
-        return " " + text if text.startswith("_") else text
 
 
 def has_lengths(df: pl.DataFrame) -> bool:
@@ -147,13 +137,13 @@ def length_residual(df: pl.DataFrame, key: str, *, n_knots: int = KNOTS, degree:
     from sklearn.linear_model import LinearRegression
 
     if not has_lengths(df):
-        raise ValueError("--control-length needs the scorer's chosen_tokens/rejected_tokens columns; "
+        raise InputError("--control-length needs the scorer's chosen_tokens/rejected_tokens columns; "
                          "run `sdpo curate score` on the data first")
     y = df[key].cast(pl.Float64).to_numpy()
     feats = length_features(df).select(features).to_numpy()
     ok = np.isfinite(y) & np.isfinite(feats).all(1)
     if ok.sum() < 3:
-        raise ValueError(f"--control-length: only {int(ok.sum())} pairs with a finite `{key}`; need at least 3")
+        raise InputError(f"--control-length: only {int(ok.sum())} pairs with a finite `{key}`; need at least 3")
     bases = [_spline_basis(feats[ok, j], n_knots, degree) for j in range(feats.shape[1])]
     used = [j for j, b in enumerate(bases) if b is not None]
 
