@@ -58,6 +58,9 @@ class SplitConfig:
     control_knots: int = field(default=8, metadata={
         "help": "control_length: spline knots per length feature (at quantiles); 2 with degree 1 = a straight line."})
     control_degree: int = field(default=3, metadata={"help": "control_length: spline degree (3 = cubic)."})
+    control_bins: int = field(default=20, metadata={
+        "help": "control_length: the key is the residual's percentile rank within this many equal-count bins of "
+                "the log length ratio (at most pairs/10); 1 = the residual's own order."})
     length_buckets: int = field(default=5, metadata={
         "help": "Quantile buckets of the log length ratio for stratify='length'."})
     keep_easiest: float | None = field(
@@ -84,6 +87,8 @@ class SplitConfig:
             raise UsageError(f"steps={self.steps}: need at least 1")
         if self.stratify is not None and (not self.strata() or not set(self.strata()) <= {"source", "length"}):
             raise UsageError(f"stratify={self.stratify!r}: expected 'source', 'length' or 'source,length'")
+        if self.control_bins < 1:
+            raise UsageError(f"control_bins={self.control_bins}: need at least 1")
         if self.control_knots < 2 or self.control_degree < 1:
             raise UsageError(f"control_knots={self.control_knots}, control_degree={self.control_degree}: "
                              "need at least 2 knots and degree 1")
@@ -340,7 +345,8 @@ def with_length_columns(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFram
 
     record = None
     if cfg.control_length:
-        resid, record = length.length_residual(df, cfg.by, n_knots=cfg.control_knots, degree=cfg.control_degree)
+        resid, record = length.length_key(df, cfg.by, n_knots=cfg.control_knots, degree=cfg.control_degree,
+                                          bins=cfg.control_bins)
         df = df.with_columns(pl.Series(order_column(cfg), resid, dtype=pl.Float64).fill_nan(None))
     strata = cfg.strata()
     if not strata:

@@ -145,13 +145,15 @@ def test_control_length_split_orders_by_the_residual(tmp_path):
     assert res.exit_code == 0, res.output
     step1 = pl.read_parquet(tmp_path / "lc" / "step_1.parquet")
     assert step1["pair_id"].to_list() == ["p0", "p2", "p4"]
-    assert step1["margin_lc"].to_list() == pytest.approx([0.0, 1.2, 2.4], abs=1e-9)
+    # 6 pairs make one bin: the key is the residual's percentile (rank - 0.5) / 6, ranks 4, 5, 6.
+    assert step1["margin_lc"].to_list() == pytest.approx([3.5 / 6, 4.5 / 6, 5.5 / 6])
     raw = runner.invoke(app, ["curate", "split", str(path), "--steps", "2", "--out", str(tmp_path / "raw")])
     assert raw.exit_code == 0, raw.output
     assert pl.read_parquet(tmp_path / "raw" / "step_1.parquet")["pair_id"].to_list() == ["p0", "p1", "p2"]
     manifest = json.loads((tmp_path / "lc" / "manifest.json").read_text())
     control = manifest["length"]["control_length"]
     assert control["key"] == "margin" and control["rho_length_after"] == pytest.approx(-1 / 7, abs=1e-4)
+    assert control["bins"] == 1 and control["rho_length_residual"] == pytest.approx(-1 / 7, abs=1e-4)
     assert manifest["params"]["control_length"] is True and manifest["length"]["key"] == "margin_lc"
     assert "control-length: key `margin_lc`" in res.output
     card = (tmp_path / "lc" / "README.md").read_text()
@@ -401,3 +403,26 @@ def test_kmeans_with_control_length_clusters_the_key_only():
         steps = [(t, ratio[p]) for t, part in enumerate(parts, 1) for p in part["pair_id"]]
         rho = spearman([t for t, _ in steps], [r for _, r in steps])
         assert check(rho), (control, rho)
+
+
+def test_key_ranks_the_residual_within_length_ratio_bins():
+    """On heavy-tailed margins the residual's ranks still lean on length; within-bin ranks do not,
+    and they keep the residual's order inside every bin."""
+    from sdpo_kit.length import length_bins, length_key, length_residual, log_length_ratio, spearman
+
+    rng = np.random.default_rng(3)
+    n = 600
+    lc, lr = rng.uniform(2, 7, n), rng.uniform(2, 7, n)
+    # Mean-zero skewed noise whose spread grows with the ratio: the fit removes the mean, but the
+    # median of the residual still falls as the ratio grows, so its ranks lean on length.
+    margin = -2 * (lc - lr) + np.exp(0.8 * (lc - lr)) * (rng.exponential(1, n) - 1)
+    frame = scored_frame(np.exp(lc).round(), np.exp(lr).round(), margin)
+    resid, _ = length_residual(frame, "margin")
+    key, rec = length_key(frame, "margin", bins=20)
+    ratio = log_length_ratio(frame)
+    assert rec["bins"] == 20 and abs(rec["rho_length_after"]) <= 0.05 < abs(rec["rho_length_residual"])
+    b = length_bins(ratio, 20)
+    for j in range(20):
+        m = b == j
+        assert spearman(key[m], resid[m]) == pytest.approx(1.0)
+    assert length_key(frame.head(50), "margin", bins=20)[1]["bins"] == 5  # at least 10 pairs a bin

@@ -35,6 +35,8 @@ def split(
                                         "explain: the residual of --by after a spline fit on the lengths."),
     control_knots: int = typer.Option(8, "--control-knots", help="--control-length: spline knots per length feature."),
     control_degree: int = typer.Option(3, "--control-degree", help="--control-length: spline degree (1 with 2 knots = a line)."),
+    control_bins: int = typer.Option(20, "--control-bins", help="--control-length: rank the residual within this many "
+                                     "length-ratio bins (1 = the residual's own order)."),
     length_buckets: int = typer.Option(5, "--length-buckets", help="Quantile buckets of the length ratio for --stratify length."),
     keep_easiest: Optional[float] = typer.Option(None, "--keep-easiest", help="Keep only this share of easiest pairs."),
     drop_truncated: bool = typer.Option(False, "--drop-truncated", help="Drop pairs whose chosen or rejected was truncated."),
@@ -48,7 +50,8 @@ def split(
     cfg = SplitConfig(strategy=strategy, steps=steps, by=by, fractions=_fractions(fractions), seed=seed,
                       stratify=stratify, keep_easiest=keep_easiest, drop_truncated=drop_truncated,
                       min_margin=min_margin, max_margin=max_margin, control_length=control_length,
-                      length_buckets=length_buckets, control_knots=control_knots, control_degree=control_degree)
+                      length_buckets=length_buckets, control_knots=control_knots, control_degree=control_degree,
+                      control_bins=control_bins)
     manifest = split_file(scored, out, cfg, overwrite=overwrite)  # errors: the CLI boundary answers them
     num = lambda v: "n/a (not finite)" if v is None else f"{v:.3f}"  # noqa: E731  (strict JSON: inf -> null)
     for s in manifest["steps"]:
