@@ -458,18 +458,19 @@ def _base_model(name: str) -> dict:
     return {"path": str(resolve_model_path(name).resolve()), "fingerprint": model_fingerprint(model)}
 
 
-def _check_out(run_dir: Path) -> None:
-    """--out must be a folder we can write, checked before any model is loaded."""
+def check_out_dir(folder: str | Path, flag: str = "--out") -> None:
+    """`folder` must be (or become) a folder we can write: checked before any model is loaded."""
     import tempfile
 
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--out {run_dir}", "is a file, not a run folder; pass a new folder")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder}", "is a file, not a folder; pass a new folder")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".sdpo-probe-"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sdpo-probe-"):
             pass
     except OSError as err:
-        raise InputError(f"--out {run_dir}", f"cannot write there ({err.strerror or err})") from None
+        raise InputError(f"{flag} {folder}", f"cannot write there ({err.strerror or err})") from None
 
 
 def _start_run(cfg, args, overrides, plan, state, files) -> dict:
@@ -583,7 +584,7 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
                            "on CPU launch with `accelerate launch --multi_gpu --num_processes N` and keep use_cpu.")
     files = partition_files(cfg.partitions)
     run_dir = Path(cfg.out)
-    _check_out(run_dir)
+    check_out_dir(run_dir)
     if cfg.resume and (run_dir / "run.json").exists():
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]

@@ -213,3 +213,210 @@ def test_end_of_step_figures_are_over_the_whole_partition(tmp_path, tiny_model_d
     bars = figures["run_reward_margin"]["axes"][1]["bars"][0]["values"]
     ends = [json.loads((out / f"step_{t}" / "summary.json").read_text())["reward_margin_end"] for t in (1, 2, 3)]
     assert bars == pytest.approx(ends)
+
+
+# ---------------------------------------------------------------- eval scores the recorded models
+
+
+def _gammas(eval_dir: Path, name: str = "S") -> list[float]:
+    return pl.read_parquet(eval_dir / "scores.parquet").sort("pair_id")[f"gamma_{name}"].to_list()
+
+
+@pytest.mark.slow
+def test_eval_from_another_folder_scores_the_same_S(tmp_path, tiny_model_dir, smollm_tokenizer, monkeypatch):
+    """Trained with a relative `--model tiny`; eval from another folder (which has its own `tiny`)."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    shutil.copytree(tiny_model_dir, home / "tiny")
+    build_tiny_model(elsewhere / "tiny", smollm_tokenizer, seed=7)  # a different model under the same name
+    parts = write_partitions(home / "parts", steps=1, pairs=4)
+    heldout = write_partitions(tmp_path / "heldout", steps=1, pairs=6, offset=20) / "step_1.parquet"
+    monkeypatch.chdir(home)
+    ok("train", "--partitions", "parts", "--model", "tiny", "--out", "run", *FAST)
+    assert run_json(home / "run")["base_model"] == str((home / "tiny").resolve())
+    ok("eval", "--run", "run", "--data", heldout, "--out", "eval_home")
+    monkeypatch.chdir(elsewhere)
+    ok("eval", "--run", home / "run", "--data", heldout, "--out", "eval_elsewhere")
+    here, there = _gammas(home / "eval_home"), _gammas(elsewhere / "eval_elsewhere")
+    assert here == there and len(here) == 6
+    assert _gammas(home / "eval_home", "M1") == _gammas(elsewhere / "eval_elsewhere", "M1")
+    ev = json.loads((elsewhere / "eval_elsewhere" / "eval.json").read_text())
+    assert ev["models"][0]["fingerprint"] == run_json(home / "run")["base_fingerprint"]
+    print(f"\ncross-folder eval: mean γ_S from {home}: {sum(here) / 6:+.6f}; from {elsewhere}: {sum(there) / 6:+.6f}")
+
+    # A run.json of older sdpo_kit (base model as typed, relative) resolves to elsewhere/tiny: refused.
+    record = run_json(home / "run")
+    (home / "run" / "run.json").write_text(json.dumps({**record, "base_model": "tiny"}))
+    code, text = sdpo("eval", "--run", home / "run", "--data", heldout, "--out", "eval_old")
+    print(one_line_error(code, text, 1, "tiny", "fingerprint", record["base_fingerprint"], "not the model this run used"))
+    (home / "run" / "run.json").write_text(json.dumps(record))
+
+    # M1's weights replaced after training: refused, naming M1.
+    shutil.copy(home / "tiny" / "model.safetensors", home / "run" / "step_1" / "model" / "model.safetensors")
+    code, text = sdpo("eval", "--run", home / "run", "--data", heldout, "--out", "eval_m1")
+    print(one_line_error(code, text, 1, "step_1", "M1", record["steps"][0]["model_fingerprint"]))
+
+
+def test_report_refuses_an_eval_of_other_weights(tmp_path):
+    from test_report import write_contract_run
+
+    run = write_contract_run(tmp_path, "run")
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    for m, fp in zip(ev["models"], ["fp0", "fp1", "fp2"]):
+        m["fingerprint"] = fp
+    (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    ok("report", run, "--out", tmp_path / "rep")  # fingerprints as run.json records them
+    ev["models"][2]["fingerprint"] = "0123456789abcdef"
+    (run / "eval" / "eval.json").write_text(json.dumps(ev))
+    code, text = sdpo("report", run, "--out", tmp_path / "rep")
+    print("\n" + one_line_error(code, text, 1, "eval.json", "M2 0123456789abcdef (run.json: fp2)", "rerun `sdpo eval`"))
+
+
+# ---------------------------------------------------------------- one-line answers to bad input
+
+
+@pytest.fixture()
+def parts1(tmp_path) -> Path:
+    return write_partitions(tmp_path / "parts", steps=2, pairs=4)
+
+
+def _train_error(tmp_path, tiny_model_dir, *flags, code: int, needles=(), parts=None) -> str:
+    out = tmp_path / "run"
+    argv = ["train", *(["--partitions", parts] if parts else []), "--model", tiny_model_dir, "--out", out,
+            *FAST, *flags]
+    got, text = sdpo(*argv)
+    line = one_line_error(got, text, code, *needles)
+    assert not (out / "run.json").exists()  # refused before anything was written
+    print(f"\n$ sdpo {' '.join(str(a) for a in argv[:3])} ... {' '.join(str(f) for f in flags)}\n{line}")
+    return line
+
+
+def test_train_partitions_file_missing_step_and_no_manifest(tmp_path, tiny_model_dir, parts1):
+    scored = tmp_path / "scored.parquet"
+    shutil.copy(parts1 / "step_1.parquet", scored)
+    _train_error(tmp_path, tiny_model_dir, parts=scored, code=1, needles=["is a file, not a folder"])
+    (parts1 / "step_2.parquet").rename(parts1 / "step_3.parquet")
+    _train_error(tmp_path, tiny_model_dir, parts=parts1, code=1, needles=["missing file", "step_2.parquet"])
+    (parts1 / "manifest.json").unlink()  # without a manifest: step_1, step_3 is a gap, not steps 1 and 2
+    _train_error(tmp_path, tiny_model_dir, parts=parts1, code=1, needles=["missing step(s) [2]"])
+    (parts1 / "manifest.json").write_text("{not json")
+    _train_error(tmp_path, tiny_model_dir, parts=parts1, code=1, needles=["manifest.json", "not a partitions manifest"])
+    _train_error(tmp_path, tiny_model_dir, parts=tmp_path / "nope", code=1, needles=["does not exist"])
+
+
+def test_train_bad_flags_and_yaml(tmp_path, tiny_model_dir, parts1):
+    _train_error(tmp_path, tiny_model_dir, "--max_length", "1", parts=parts1, code=2, needles=["--max_length", ">= 2"])
+    _train_error(tmp_path, tiny_model_dir, "--learnig_rate", "1e-3", parts=parts1, code=2,
+                 needles=["--learnig_rate", "did you mean --learning_rate"])
+    _train_error(tmp_path, tiny_model_dir, "--learning_rat", "5e-6", parts=parts1, code=2,  # not a prefix match
+                 needles=["unknown flag --learning_rat"])
+    _train_error(tmp_path, tiny_model_dir, "--beta", "abc", parts=parts1, code=2, needles=["--beta", "abc"])
+    for text, needles in [("beta: [1, 2]\n", ["beta: expected float, got [1, 2]"]),
+                          ("beta: 0.1\n  max_length: [\n", ["line", "not valid YAML"]),
+                          ("- beta\n", ["YAML mapping"]), ("betta: 0.2\n", ["betta (did you mean beta?)"])]:
+        config = tmp_path / "run.yaml"
+        config.write_text(f"partitions: {parts1}\n" + text)
+        _train_error(tmp_path, tiny_model_dir, "--config", config, code=2, needles=[str(config), *needles])
+
+
+def test_train_model_folder_broken_or_without_weights(tmp_path, tiny_model_dir, parts1):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    _train_error(tmp_path, tiny_model_dir, "--model", broken, parts=parts1, code=1, needles=[str(broken)])
+    empty = tmp_path / "no_weights"
+    shutil.copytree(tiny_model_dir, empty)
+    (empty / "model.safetensors").unlink()
+    _train_error(tmp_path, tiny_model_dir, "--model", empty, parts=parts1, code=1, needles=[str(empty)])
+
+
+def test_empty_run_json_and_unwritable_outputs(tmp_path, tiny_model_dir, parts1):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    heldout = parts1 / "step_1.parquet"
+    for argv, code in [(["train", "--partitions", parts1, "--out", run, "--resume"], 1),
+                       (["eval", "--run", run, "--data", heldout], 1), (["report", run, "--out", tmp_path / "rep"], 1)]:
+        got, text = sdpo(*argv)
+        print(f"\n$ sdpo {argv[0]} (run.json is {{}})\n" + one_line_error(got, text, code, "run.json", "not a run record"))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    got, text = sdpo("train", "--partitions", parts1, "--model", tiny_model_dir, "--out", blocker / "run", *FAST)
+    print("\n" + one_line_error(got, text, 1, "--out", "cannot write there"))
+    got, text = sdpo("train", "--partitions", parts1, "--model", tiny_model_dir, "--out", blocker, *FAST)
+    print("\n" + one_line_error(got, text, 1, "is a file, not a folder"))
+    if Path("/sys").is_dir() and _readonly("/sys"):
+        got, text = sdpo("train", "--partitions", parts1, "--model", tiny_model_dir, "--out", "/sys/sdpo_run", *FAST)
+        print("\n" + one_line_error(got, text, 1, "/sys/sdpo_run", "cannot write there"))
+
+
+def _readonly(folder: str) -> bool:
+    try:
+        os.mkdir(Path(folder) / "sdpo_probe")
+    except OSError:
+        return True
+    os.rmdir(Path(folder) / "sdpo_probe")
+    return False
+
+
+def test_report_out_is_a_file_or_a_foreign_folder(tmp_path):
+    from test_report import write_contract_run
+
+    run = write_contract_run(tmp_path, "run")
+    target = tmp_path / "report.html"
+    target.write_text("mine")
+    got, text = sdpo("report", run, "--out", target)
+    print("\n" + one_line_error(got, text, 1, "--out", "is a file, not a folder"))
+    assert target.read_text() == "mine"
+    got, text = sdpo("report", run, "--out", tmp_path)  # holds the run itself: never replaced
+    print("\n" + one_line_error(got, text, 2, "not a report"))
+    assert (run / "run.json").is_file()
+
+
+# ---------------------------------------------------------------- the report: escaped, atomic
+
+
+def test_report_escapes_run_names_and_data(tmp_path):
+    from test_report import write_contract_run
+
+    evil = "x' onerror='alert(1)"
+    run = write_contract_run(tmp_path, evil)
+    src = "$\\alpha$ | <script>alert(2)</script>\nnext"
+    for f in (tmp_path / f"{evil}_parts").glob("step_*.parquet"):  # a source name with mathtext, |, markup
+        pl.read_parquet(f).with_columns(source=pl.lit(src)).write_parquet(f)
+    scores = pl.read_parquet(run / "eval" / "scores.parquet")
+    scores.rename({"judge_confidence": "$x$"}).write_parquet(run / "eval" / "scores.parquet")
+    ok("report", run, "--out", tmp_path / "rep", "--signal", "$x$")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "onerror='alert(1)" not in page and "<script>" not in page
+    assert "alt='x&#x27; onerror=&#x27;alert(1)_reward_margin'" in page
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "<script>" not in md and f"## x&#x27; onerror=&#x27;alert(1)" in md
+    figures = json.loads((tmp_path / "rep" / "figures.json").read_text())
+    mix = figures[f"{evil}_partitions"]["axes"][1]["bars"]
+    assert [b["label"] for b in mix] == ["\\$\\alpha\\$ | <script>alert(2)</script>\nnext"]  # literal text, no mathtext
+    assert figures[f"{evil}_difficulty"]["axes"][0]["xlabel"].startswith("\\$x\\$")
+
+
+def test_report_is_written_atomically_as_a_folder(tmp_path, monkeypatch):
+    from sdpo_kit import report
+    from test_report import write_contract_run
+
+    run = write_contract_run(tmp_path, "run")
+    out = tmp_path / "rep"
+    ok("report", run, "--out", out)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "run_reference_margins.png" in first
+    shutil.rmtree(run / "eval")  # fewer figures now: the held-out ones must not linger
+    ok("report", run, "--out", out)
+    assert not (out / "run_reference_margins.png").exists()
+    assert {p.name for p in out.iterdir()} < set(first)
+
+    def killed(*_a, **_k):
+        raise KeyboardInterrupt  # the process dies while writing figures
+    (out / "report.html").write_bytes(first["report.html"])  # the old page, to see it survive
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(report, "summary_markdown", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report([run], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report, untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
