@@ -49,9 +49,9 @@ class EvalConfig:
 
     def __post_init__(self):
         if not (Path(self.run) / "run.json").is_file():
-            raise InputError(f"--run {self.run}: no run.json there; pass a directory written by `sdpo train`.")
+            raise FileNotFoundError(f"--run {self.run}: no run.json there; pass a directory written by `sdpo train`.")
         if not Path(self.data).exists():
-            raise InputError(f"--data {self.data}: no such file or folder.")
+            raise FileNotFoundError(f"--data {self.data}: no such file or folder.")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be >= 1, got {self.limit}.")
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -32,7 +32,8 @@ from sdpo_kit.cli import app
 from test_train import FAST, _cli, write_partitions
 
 # Fewer optimiser steps per step (4 pairs / batch 2 = 2) than TRL's logging_steps (10).
-QUIET = [a for a in FAST if a not in ("--logging_steps", "1")]
+_i = FAST.index("--logging_steps")
+QUIET = FAST[:_i] + FAST[_i + 2:]
 
 
 def sdpo(*argv) -> tuple[int, str]:
@@ -310,11 +311,12 @@ def test_train_bad_flags_and_yaml(tmp_path, tiny_model_dir, parts1):
     _train_error(tmp_path, tiny_model_dir, "--learning_rat", "5e-6", parts=parts1, code=2,  # not a prefix match
                  needles=["unknown flag --learning_rat"])
     _train_error(tmp_path, tiny_model_dir, "--beta", "abc", parts=parts1, code=2, needles=["--beta", "abc"])
-    for text, needles in [("beta: [1, 2]\n", ["beta: expected float, got [1, 2]"]),
-                          ("beta: 0.1\n  max_length: [\n", ["line", "not valid YAML"]),
-                          ("- beta\n", ["YAML mapping"]), ("betta: 0.2\n", ["betta (did you mean beta?)"])]:
+    head = f"partitions: {parts1}\n"
+    for text, needles in [(head + "beta: [1, 2]\n", ["beta: expected float, got [1, 2]"]),
+                          (head + "beta: 0.1\n  max_length: [\n", ["line", "not valid YAML"]),
+                          ("- beta\n", ["YAML mapping"]), (head + "betta: 0.2\n", ["betta (did you mean beta?)"])]:
         config = tmp_path / "run.yaml"
-        config.write_text(f"partitions: {parts1}\n" + text)
+        config.write_text(text)
         _train_error(tmp_path, tiny_model_dir, "--config", config, code=2, needles=[str(config), *needles])
 
 
