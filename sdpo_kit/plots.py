@@ -84,7 +84,7 @@ def plot_end_of_step(summaries: list[dict], ax, key: str = "reward_margin_end"):
     bars = ax.bar([f"step {t}" for t in steps], values, color=[step_color(t) for t in steps], label=key)
     ax.bar_label(bars, fmt="%.3g", fontsize=8)
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_ylabel("reward margin at end of step [nats]")
+    ax.set_ylabel("reward margin after the step, whole partition [nats]")
     ax.set_title("End-of-step reward margin per step")
     ax.grid(axis="x", visible=False)
     return ax

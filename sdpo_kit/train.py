@@ -328,6 +328,8 @@ def resolved_settings(cfg, args) -> dict:
     sdpo = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_KEYS + ("model",)}
     trl = {f.name: _plain(getattr(args, f.name)) for f in dataclasses.fields(args)
            if f.init and f.name not in ("output_dir",)}
+    # Credentials never go into the record (transformers masks them the same way in to_dict).
+    trl = {k: (f"<{k.upper()}>" if k.endswith("_token") and v is not None else v) for k, v in trl.items()}
     return {"sdpo": sdpo, "trl": trl}
 
 
@@ -377,7 +379,7 @@ def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
 def _run_differences(run: dict, cfg, given: set[str]) -> list[str]:
     """Partitions (path and content) and base model that differ from what run.json records."""
     diffs = []
-    if Path(cfg.partitions).resolve() != Path(run["partitions"]).resolve():
+    if run.get("partitions") and Path(cfg.partitions).resolve() != Path(run["partitions"]).resolve():
         diffs.append(f"partitions {run['partitions']} -> {Path(cfg.partitions).resolve()}")
     elif run.get("partitions_sha256"):
         now = partitions_digest(cfg.partitions, partition_files(cfg.partitions))
@@ -403,7 +405,7 @@ def read_run(run_dir: str | Path) -> dict:
         run = read_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(path, f"not valid JSON ({err}); the run record is damaged") from None
-    missing = [k for k in ("mode", "base_model", "partitions", "steps") if not isinstance(run, dict) or k not in run]
+    missing = [k for k in ("base_model", "steps") if not isinstance(run, dict) or k not in run]
     if missing:
         raise InputError(path, f"not a run record: missing {', '.join(missing)} (written by `sdpo train`)")
     bad = [i for i, s in enumerate(run["steps"]) if not isinstance(s, dict) or not {"step", "dir"} <= set(s)]

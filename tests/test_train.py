@@ -298,7 +298,11 @@ def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkey
     sdpo_train("--partitions", parts, "--model", tiny_model_dir, "--out", tmp_path / "run", *FAST)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert s_fp not in scored_with  # step 1: straight from the curation cache
-    assert scored_with == [run["steps"][1]["reference_fingerprint"]]  # step 2: M1 ran
+    m1, m2 = run["steps"][0]["model_fingerprint"], run["steps"][1]["model_fingerprint"]
+    assert m1 == run["steps"][1]["reference_fingerprint"]
+    # M1 on partition 1 (step 1's end-of-step figures), M1 on partition 2 (step 2's reference: M1
+    # ran), M2 on partition 2 (step 2's end-of-step figures).
+    assert scored_with == [m1, m1, m2]
     ref = pl.read_parquet(tmp_path / "run" / "step_1" / "reference.parquet").sort("pair_id")
     curated = pl.read_parquet(tmp_path / "scored_1.parquet").sort("pair_id")
     assert ref["ref_chosen_logps"].to_list() == curated["ref_chosen_logps"].to_list()
