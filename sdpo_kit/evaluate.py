@@ -163,7 +163,8 @@ def verify_model(model: dict) -> str:
 
     found = model_fingerprint(load_checked_model(model["path"])[0])
     if model.get("fingerprint") and found != model["fingerprint"]:
-        raise InputError(model["path"], f"weights of {model['name']} have fingerprint {found}, but run.json "
+        where = model["path"] if Path(model["path"]).is_absolute() else f"{model['path']} (from {Path.cwd()})"
+        raise InputError(where, f"weights of {model['name']} have fingerprint {found}, but run.json "
                          f"records {model['fingerprint']}: not the model this run used (moved or replaced?)")
     return found
 

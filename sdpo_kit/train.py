@@ -352,6 +352,8 @@ def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
     parser = train_parser()
     parser.set_defaults_with_config(**{**stored, "out": cfg.out, "partitions": cfg.partitions, "resume": True})
     old_cfg, old_args = parser.parse_args_into_dataclasses([])
+    overrides = _overrides(old_args)
+    _finish(old_cfg, old_args)  # as `args` was: the comparison sees only what the user set
     if given is None:
         given = set(_overrides(args)) | {f.name for f in dataclasses.fields(cfg)
                                          if getattr(cfg, f.name) != f.default and f.name not in RUN_KEYS}
@@ -364,16 +366,15 @@ def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
     if diffs:
         raise UsageError(f"--resume {run_dir}", "this run was started with other settings: " + "; ".join(diffs)
                          + ". Resume with only --partitions/--out/--resume, or train into a new --out")
-    _finish(old_cfg, old_args)
     recorded = run.get("settings")
     if recorded:  # same flags must still resolve to the same settings (another TRL could differ)
         now = resolved_settings(old_cfg, old_args)
         drift = [f"{k} {recorded[g][k]!r} -> {now[g].get(k)!r}" for g in ("sdpo", "trl") for k in recorded[g]
                  if now[g].get(k) != recorded[g][k]]
         if drift:
-            raise UsageError(f"--resume {run_dir}", "its flags now resolve to other settings (library versions "
-                             "changed?): " + "; ".join(drift))
-    return old_cfg, old_args, _overrides(old_args)
+            raise UsageError(f"--resume {run_dir}", "its flags now resolve to other settings (other library "
+                             "versions or hardware?): " + "; ".join(drift))
+    return old_cfg, old_args, overrides
 
 
 def _run_differences(run: dict, cfg, given: set[str]) -> list[str]:
