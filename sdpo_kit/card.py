@@ -174,11 +174,20 @@ def _plots_section(data: pl.DataFrame, out: Path, group: str, mix_group: str) ->
     return "\n\n".join(lines)
 
 
+def _json_block(obj, sort_keys: bool = False) -> str:
+    """A fenced JSON block whose strings (source names, paths) can neither close the fence nor open
+    HTML: `<`, `>`, `&` and backticks are written as \\u escapes, which JSON reads back unchanged."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys)
+    for ch in "<>&`":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return "```json\n" + text + "\n```"
+
+
 def _provenance(scorer: dict | None, scored: bool) -> str:
     if not scorer:
         return ("Scored, but the input carries no `sdpo_kit.scorer` provenance in its parquet footer." if scored
                 else "Not scored: no reference model margins.")
-    return "Scored by `sdpo curate score`:\n\n```json\n" + json.dumps(scorer, indent=2, sort_keys=True) + "\n```"
+    return "Scored by `sdpo curate score`:\n\n" + _json_block(scorer, sort_keys=True)
 
 
 def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], manifest: dict) -> Path:
@@ -208,7 +217,7 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
                   "of pairs with γ_ref > 0.\n\n" + _markdown_table(group_stats(data, "step"))),
         ("Plots", _plots_section(data, out, "step", "step")),
         ("Dropped pairs", dropped),
-        ("Parameters", "```json\n" + json.dumps(p, indent=2) + "\n```"),
+        ("Parameters", _json_block(p)),
         ("Reference model", _provenance(manifest.get("scorer"), True)),
         ("Use with TRL", "```python\nfrom datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
                          "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),

@@ -103,7 +103,7 @@ def _stale_temps(out: Path) -> list[Path]:
     stale = []
     for p in out.parent.glob(f".{glob_escape(out.name)}{TMP_MARK}*"):
         pid = p.name[len(f".{out.name}{TMP_MARK}"):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             stale.append(p)
     return stale
 
@@ -114,7 +114,7 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

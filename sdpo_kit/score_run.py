@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -137,6 +137,8 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
     """Scored frame and rejects of one chunk; pairs found in the cache skip the forward pass."""
     from sdpo_kit.data import Reject
 
+    if pairs.height == 0:  # every row of the chunk was a data-layer reject: nothing to score or join
+        return pairs, []
     cached = cache.get(pairs["pair_id"].to_list())
     known = set() if cached is None else set(cached["pair_id"])
     todo = pairs.filter(~pl.col("pair_id").is_in(list(known)))
@@ -217,6 +219,8 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
         raise UsageError(f"--shard-rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
     run = {"input_sha256": input_fingerprint(inputs), "limit": limit, "shard_rows": shard_rows, "format": format,
            "columns": columns or {}}
+    if state.is_main_process:
+        _lock(out)
     device = None if state.device.type == "cpu" else str(state.device)
     models = [load_model(model, config.dtype, device)]
     if policy is not None:
@@ -247,8 +251,31 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
         meta["input"] = {"path": str(data), "format": format, "limit": limit, "sha256": run["input_sha256"],
                          "shard_rows": shard_rows}
         _merge(parts, out, meta)
+        _lock_path(out).unlink(missing_ok=True)
     state.wait_for_everyone()
     return out
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def _lock(out: Path) -> None:
+    """Refuse a second live `curate score` on the same --out: two writers would mix their shards.
+    A lock left by a killed run (its pid no longer runs) is taken over."""
+    import os
+
+    from sdpo_kit.io import pid_alive
+
+    lock = _lock_path(out)
+    try:
+        held = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        held = 0
+    if held and held != os.getpid() and pid_alive(held):
+        raise InputError(f"--out {out}", f"another `sdpo curate score` (pid {held}) is writing it; wait for it or stop it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{os.getpid()}\n")
 
 
 def check_out(data: Path, inputs: list[Path], out: Path) -> None:
@@ -288,7 +315,7 @@ def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
                 old = read_json(path)
             except (OSError, ValueError):
                 old = None
-            shards = len(list(parts.glob("shard_*.parquet")))
+            shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
             why = ("--no-resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
                    else None if old == stamp else _describe_change(old, stamp))
             if why is not None:
@@ -363,6 +390,12 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
     shards = sorted(parts.glob("shard_*.parquet"))
     if not shards:
         raise InputError(f"{meta['input']['path']}: no rows to score")
+    if sum(pq.read_metadata(f).num_rows for f in shards) == 0:  # every row rejected: say so, exit 1
+        _merge_rejects(shards, rejects_path(out))
+        shutil.rmtree(parts)
+        reasons = Counter(json.loads(x)["reason"] for x in rejects_path(out).read_text(encoding="utf-8").splitlines() if x)
+        raise InputError(meta["input"]["path"], f"no valid pairs to score: all {sum(reasons.values())} rows rejected "
+                         f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); see {rejects_path(out)}")
     schema = pa.unify_schemas([pq.read_schema(f) for f in shards], promote_options="permissive")
     schema = schema.with_metadata({META_KEY: json.dumps(meta)})
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
@@ -372,10 +405,16 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
                 if name not in table.column_names:
                     table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
             writer.write_table(table.select(schema.names).cast(schema))
-    with atomic_path(rejects_path(out)) as tmp, open(tmp, "w", encoding="utf-8") as w:
+    _merge_rejects(shards, rejects_path(out))
+    shutil.rmtree(parts)
+
+
+def _merge_rejects(shards: list[Path], path: Path) -> None:
+    from sdpo_kit.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as w:
         for f in shards:
             w.write(f.with_suffix(".rejects.jsonl").read_text(encoding="utf-8"))
-    shutil.rmtree(parts)
 
 
 def summary(out: Path) -> str:

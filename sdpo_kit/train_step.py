@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit.io import atomic_path, read_parquet_metadata, write_jsonl, write_parquet
+from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_jsonl, write_parquet
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
@@ -45,7 +45,7 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
         config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
         parts, rejects = [], []
         for file in files:
-            scored, dropped = score_frame_cached(pl.read_parquet(file), model, tokenizer, config, file=str(file),
+            scored, dropped = score_frame_cached(read_parquet_checked(file), model, tokenizer, config, file=str(file),
                                                  accelerator=state, progress=state.is_main_process)
             parts.append(scored)
             rejects += [_as_dict(r) for r in dropped]
