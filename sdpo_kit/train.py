@@ -409,9 +409,12 @@ def read_run(run_dir: str | Path) -> dict:
     missing = [k for k in ("base_model", "steps") if not isinstance(run, dict) or k not in run]
     if missing:
         raise InputError(path, f"not a run record: missing {', '.join(missing)} (written by `sdpo train`)")
-    bad = [i for i, s in enumerate(run["steps"]) if not isinstance(s, dict) or not {"step", "dir"} <= set(s)]
-    if not isinstance(run["steps"], list) or bad:
-        raise InputError(path, f"not a run record: `steps` entries {bad} lack step/dir")
+    if not isinstance(run["base_model"], str) or not isinstance(run["steps"], list):
+        raise InputError(path, "not a run record: `base_model` must be a path and `steps` a list")
+    bad = [i for i, s in enumerate(run["steps"]) if not isinstance(s, dict) or not {"step", "dir"} <= set(s)
+           or not isinstance(s["step"], int) or not isinstance(s["dir"], str)]
+    if bad:
+        raise InputError(path, f"not a run record: `steps` entries {bad} lack an integer step and a dir")
     return run
 
 
