@@ -464,19 +464,25 @@ def _base_model(name: str) -> dict:
     return {"path": str(resolve_model_path(name).resolve()), "fingerprint": model_fingerprint(model)}
 
 
-def check_out_dir(folder: str | Path, flag: str = "--out") -> None:
-    """`folder` must be (or become) a folder we can write: checked before any model is loaded."""
+def check_out_dir(folder: str | Path, flag: str = "--out", keep: bool = False) -> None:
+    """`folder` must be (or become) a folder we can write: checked before any model is loaded.
+
+    A folder created for the check is removed again unless `keep` (several processes of one
+    training run check the same folder at once: none may remove it under the others)."""
     import tempfile
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{flag} {folder}", "is a file, not a folder; pass a new folder")
+    existed = folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".sdpo-probe-"):
             pass
     except OSError as err:
         raise InputError(f"{flag} {folder}", f"cannot write there ({err.strerror or err})") from None
+    if not existed and not keep:
+        folder.rmdir()  # a refused run leaves nothing behind; the writers create it again
 
 
 def _start_run(cfg, args, overrides, plan, state, files) -> dict:
@@ -590,7 +596,7 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
                            "on CPU launch with `accelerate launch --multi_gpu --num_processes N` and keep use_cpu.")
     files = partition_files(cfg.partitions)
     run_dir = Path(cfg.out)
-    check_out_dir(run_dir)
+    check_out_dir(run_dir, keep=True)
     if cfg.resume and (run_dir / "run.json").exists():
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
