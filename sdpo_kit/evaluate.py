@@ -224,7 +224,6 @@ def summarize(table, names: list[str], beta: float) -> dict[str, Any]:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
     from sdpo_kit.data import load_pairs
-
     from sdpo_kit.train import check_out_dir
 
     out = Path(cfg.out)
