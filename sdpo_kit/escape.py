@@ -5,7 +5,7 @@
 A source name, a run folder or a file name is data: it must never become markup. `html` for
 HTML text and attribute values, `md_cell` for one cell of a markdown table (also safe inline in
 markdown prose), `mpl_label` for matplotlib titles, tick labels and legend entries (no mathtext,
-and a leading underscore does not hide the legend entry).
+and a leading underscore does not hide the legend entry), `term` for one line on a terminal.
 """
 
 from __future__ import annotations
@@ -32,3 +32,12 @@ def mpl_label(s: object) -> str:
     `$...$` aborts the figure), and a leading `_` kept visible (matplotlib hides such legend entries)."""
     text = str(s).replace("$", r"\$")
     return " " + text if text.startswith("_") else text
+
+
+def term(s: object) -> str:
+    """`s` on one terminal line: newlines, escape sequences and other control characters shown as
+    Python escapes (`\\n`, `\\x1b`), so a name from data can neither break a line nor recolour the terminal."""
+    text = str(s)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -19,11 +19,21 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def make_parents(path: Path) -> None:
+    """`path.parent` created; a file in the way is named in one line (mkdir would only say 'File exists')."""
+    for folder in [path.parent, *path.parent.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder}: is a file, so {path} cannot be written; pick another output path")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -137,7 +147,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         raise FileExistsError(f"{out} exists and is a file, not a folder; pick another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(out)
     for stale in _stale_temps(out):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{os.getpid()}-", dir=out.parent))

@@ -103,7 +103,6 @@ def test_unknown_flags_get_did_you_mean_and_exit_2(tmp_path):
     assert result.exit_code == 2 and "--limt" in result.output and "--limit" in result.output
 
 
-@pytest.mark.xfail(strict=True, reason="a2")  # train's argparse parser lives in train.py (a2's half of issue 11)
 def test_train_flags_no_abbreviation_and_did_you_mean(tmp_path):
     for flag in ("--learnig_rate", "--learning_rat"):
         result = CliRunner().invoke(app, ["train", "--partitions", str(tmp_path), "--out", str(tmp_path / "r"),

@@ -199,8 +199,8 @@ def _parts_copy(clean, tmp_path, name: str) -> Path:
 @pytest.mark.parametrize("target,kind", [
     ("step_1.parquet", "truncated"),
     ("step_1.parquet", "bitflip"),
-    pytest.param("manifest.json", "truncated", marks=pytest.mark.xfail(strict=True, reason="a2")),
-    pytest.param("manifest.json", "wrong_types", marks=pytest.mark.xfail(strict=True, reason="a2")),
+    ("manifest.json", "truncated"),
+    ("manifest.json", "wrong_types"),
 ])
 def test_train_on_corrupted_partitions(clean, tmp_path, tiny_model_dir, target, kind):
     parts = _parts_copy(clean, tmp_path, "parts")
@@ -247,18 +247,13 @@ def corrupted_run(tmp_path: Path, kind: str) -> Path:
     return run
 
 
-A2 = pytest.mark.xfail(strict=True, reason="a2")  # eval/report/train input checks are a2's half of issue 11
-
-
-@pytest.mark.parametrize("kind", ["truncated", "bitflip", pytest.param("empty_object", marks=A2),
-                                  pytest.param("wrong_types", marks=A2), "binary"])
+@pytest.mark.parametrize("kind", ["truncated", "bitflip", "empty_object", "wrong_types", "binary"])
 def test_eval_on_corrupted_run(clean, tmp_path, kind):
     run = corrupted_run(tmp_path, kind)
     assert_answered(["eval", "--run", run, "--data", clean["json"], "--out", tmp_path / "eval"], run)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "bitflip", pytest.param("empty_object", marks=A2),
-                                  pytest.param("wrong_types", marks=A2), "binary"])
+@pytest.mark.parametrize("kind", ["truncated", "bitflip", "empty_object", "wrong_types", "binary"])
 def test_report_on_corrupted_run(clean, tmp_path, kind):
     run = corrupted_run(tmp_path, kind)
     assert_answered(["report", run, "--out", tmp_path / "report"], run)

@@ -45,6 +45,7 @@ def split(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out directory."),
 ) -> None:
     """Order or bucket scored pairs into easy-to-hard partitions, with a manifest and a data card."""
+    from sdpo_kit.escape import term
     from sdpo_kit.split import SplitConfig, split_file
 
     cfg = SplitConfig(strategy=strategy, steps=steps, by=by, fractions=_fractions(fractions), seed=seed,
@@ -55,7 +56,7 @@ def split(
     manifest = split_file(scored, out, cfg, overwrite=overwrite)  # errors: the CLI boundary answers them
     num = lambda v: "n/a (not finite)" if v is None else f"{v:.3f}"  # noqa: E731  (strict JSON: inf -> null)
     for s in manifest["steps"]:
-        mix = ", ".join(f"{k} {v}" for k, v in s["sources"].items())
+        mix = ", ".join(f"{term(k)} {v}" for k, v in s["sources"].items())  # source names are data
         typer.echo(f"step {s['step']}: {s['pairs']} pairs, mean margin {num(s['mean_margin'])}, "
                    f"reward accuracy {num(s['reward_accuracy'])} ({mix})")
     typer.echo(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
