@@ -105,6 +105,9 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sdpo_kit.console import quiet_libraries
+
+    quiet_libraries()  # no weight-loading bar beside the stage's own bar
     path = resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     if device:

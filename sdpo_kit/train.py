@@ -97,6 +97,10 @@ def train_parser():
     import torch
     from trl import DPOConfig, TrlParser
 
+    from sdpo_kit.console import quiet_libraries
+
+    quiet_libraries()  # before DPOConfig is built: its harmless FutureWarning would precede every message
+
     parser = TrlParser((StepwiseConfig, DPOConfig))
     defaults = {"output_dir": "unused", "logging_first_step": True, "save_total_limit": 1}
     if not torch.cuda.is_available():  # TRL's GPU defaults fail or crawl on CPU; flags/YAML still win
@@ -173,7 +177,7 @@ def _start_run(cfg, args, overrides, plan, state) -> dict:
     return run
 
 
-def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state) -> Path:
+def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
     """Step t: M_{t-1} = `start` scores `files`, then trains on them; returns M_t's folder."""
     from sdpo_kit import train_step as ts
     from sdpo_kit.models import load_model, model_fingerprint
@@ -194,6 +198,11 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
     trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
+    if progress is not None:  # the run's one bar replaces the trainer's own bar and log printer
+        from sdpo_kit.console import use_run_progress
+
+        use_run_progress(trainer, progress)
+        progress.start_step(t)
     start_fp = start_fp or model_fingerprint(trainer.model)
     rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
     if t == 1:
@@ -203,8 +212,9 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     checkpoint = ts.latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
     if checkpoint:
         rec["resumed_from"] = Path(checkpoint).name
-        print(f"[sdpo train] step {t}: resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+        if state.is_main_process:
+            print(f"[sdpo train] step {t}: resuming from {checkpoint}")
+    _train_quietly(trainer, checkpoint)
     final = ts.final_model(trainer)
     model_fp = model_fingerprint(final)
     if state.is_main_process:
@@ -226,6 +236,31 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     return step_dir / "model"
 
 
+def _train_quietly(trainer, checkpoint) -> None:
+    """trainer.train() with TRL's side bar (its pass over our precomputed reference) hidden."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # read by TRL's precompute bar; the run bar passes disable=False
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _run_progress(plan: list[list[Path]], args, world: int):
+    """The run's one training bar, sized from the partitions' row counts (corrected as each step starts)."""
+    import pyarrow.parquet as pq
+
+    from sdpo_kit import console
+
+    console.quiet_libraries()
+    planned = [console.planned_steps(sum(pq.read_metadata(f).num_rows for f in files), args, world) for files in plan]
+    enabled = not args.disable_tqdm and not os.environ.get("TQDM_DISABLE")
+    return console.trainer_callback()(planned, enabled=enabled)
+
+
 def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None) -> Path:
     """Run every step (or the single `dpo` run) into `cfg.out`; returns the run directory."""
     from accelerate import PartialState
@@ -239,14 +274,20 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None) -> 
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
     run = _start_run(cfg, args, overrides or {}, plan, state)
     run_dir, current = Path(cfg.out), cfg.model
+    progress = _run_progress(plan, args, world)
+    from tqdm.auto import tqdm
+
+    # One process speaks under accelerate; tqdm.write keeps the line off the run's bar.
+    say = tqdm.write if state.is_main_process else (lambda *a, **k: None)
     for t, step_files in enumerate(plan, 1):
         done = run["steps"][t - 1]["status"] == "done" and (run_dir / f"step_{t}" / "model" / "config.json").is_file()
         if done:
-            print(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
+            say(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
         else:
-            print(f"[sdpo train] step {t}/{len(plan)}: reference and start = {current}")
-            run_step(t, step_files, current, cfg, args, run, state)
+            say(f"[sdpo train] step {t}/{len(plan)}: reference and start = {current}")
+            run_step(t, step_files, current, cfg, args, run, state, progress)
         current = run_dir / f"step_{t}" / "model"
+    progress.close()
     run["status"] = "done"
     if state.is_main_process:
         write_json(run_dir / "run.json", run)

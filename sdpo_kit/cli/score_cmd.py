@@ -42,7 +42,7 @@ def score(
     except (ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
-    from accelerate import PartialState
+    from sdpo_kit.console import main_process
 
-    if PartialState().is_main_process:
+    if main_process():  # by RANK: under a launcher every process returns here, one prints
         typer.echo(summary(path))
