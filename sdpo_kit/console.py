@@ -12,6 +12,7 @@ launch` only the main process draws it. `main_process()` says whether this proce
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -41,6 +42,21 @@ def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" on every model load (once per process)
+
+
+@contextlib.contextmanager
+def library_bars_off():
+    """TQDM_DISABLE=1 inside the block: bars that libraries draw without a `disable=` argument of
+    ours (TRL's reference pass) stay hidden; the run's own bar passes disable=False."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def planned_steps(rows: int, args, world: int = 1) -> int:

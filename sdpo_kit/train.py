@@ -97,16 +97,15 @@ def train_parser():
     import torch
     from trl import DPOConfig, TrlParser
 
-    from sdpo_kit.console import quiet_libraries
-
-    quiet_libraries()  # before DPOConfig is built: its harmless FutureWarning would precede every message
-
     parser = TrlParser((StepwiseConfig, DPOConfig))
     defaults = {"output_dir": "unused", "logging_first_step": True, "save_total_limit": 1}
     if not torch.cuda.is_available():  # TRL's GPU defaults fail or crawl on CPU; flags/YAML still win
         # use_cpu also makes transformers pick accelerate's MULTI_CPU (gloo) state under a launcher.
         defaults.update(bf16=False, gradient_checkpointing=False, use_cpu=True)
     parser.set_defaults(**defaults)
+    from sdpo_kit.console import quiet_libraries
+
+    quiet_libraries()  # before DPOConfig is built: its harmless FutureWarning would precede every message
     return parser
 
 
@@ -197,7 +196,10 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     lora = _lora_config(cfg)
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
-    trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
+    from sdpo_kit.console import library_bars_off
+
+    with library_bars_off():  # TRL's pass over our precomputed reference draws its own bar in __init__
+        trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
     if progress is not None:  # the run's one bar replaces the trainer's own bar and log printer
         from sdpo_kit.console import use_run_progress
 
@@ -214,7 +216,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         rec["resumed_from"] = Path(checkpoint).name
         if state.is_main_process:
             print(f"[sdpo train] step {t}: resuming from {checkpoint}")
-    _train_quietly(trainer, checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     final = ts.final_model(trainer)
     model_fp = model_fingerprint(final)
     if state.is_main_process:
@@ -234,19 +236,6 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         shutil.rmtree(step_dir / "dataset", ignore_errors=True)
     rec.update(status="done", model_fingerprint=model_fp)
     return step_dir / "model"
-
-
-def _train_quietly(trainer, checkpoint) -> None:
-    """trainer.train() with TRL's side bar (its pass over our precomputed reference) hidden."""
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # read by TRL's precompute bar; the run bar passes disable=False
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
 
 
 def _run_progress(plan: list[list[Path]], args, world: int):
