@@ -113,4 +113,6 @@ def split(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(e.exit_code) from None
     typer.echo(summary(manifest))
-    typer.echo(f"wrote {out}/ (" + ", ".join(v["file"] for v in manifest["sides"].values()) + ", manifest.json)")
+    from pathlib import Path
+
+    typer.echo(f"wrote {Path(out)}/ (" + ", ".join(v["file"] for v in manifest["sides"].values()) + ", manifest.json)")
