@@ -227,11 +227,11 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
         d = ev["data"]
         out += [f"Held-out: `{d['path']}`, {d['pairs']} pairs scored by every model"
                 f" ({d.get('rejected', 0)} dropped, see eval/rejects.jsonl).", ""]
-        out += _table(["model", "preference accuracy", "mean γ"],
-                      [[m["name"], m["accuracy"], m["mean_margin"]] for m in ev["models"]]) + [""]
-        out += _table(["policy", "reference", "reward margin mean", "reward accuracy"],
-                      [[c["policy"], c["reference"], c["reward_margin_mean"], c["reward_accuracy"]]
-                       for c in ev["comparisons"]]) + [""]
+        out += _table(["model", "n pairs", "preference accuracy", "mean γ", "s.e."],
+                      [[m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem")] for m in ev["models"]]) + [""]
+        out += _table(["policy", "reference", "n pairs", "reward margin mean", "s.e.", "reward accuracy"],
+                      [[c["policy"], c["reference"], c["pairs"], c["reward_margin_mean"], c.get("sem"),
+                        c["reward_accuracy"]] for c in ev["comparisons"]]) + [""]
         if r["scores"] is not None and signal in r["scores"].columns:
             for m in ev["models"]:
                 rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
@@ -241,13 +241,14 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
 
 def comparison_markdown(runs: list[dict]) -> str:
     """Final model of every run on its held-out data, one row per run."""
-    rows = [[r["name"], r["label"], r["seed"], *(_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
+    rows = [[r["name"], r["label"], r["seed"], r["eval"]["data"]["pairs"], *(_final_vs_s(r["eval"]).values())]
+            for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return ""
     keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}
     warn = ["**Warning: these runs were evaluated on different held-out pairs; compare with care.**", ""]
     return "\n".join(["## Runs compared", ""] + (warn if len(keys) > 1 else []) + _table(
-        ["run", "label", "seed", "final model", "preference accuracy", "mean γ", "reward margin vs S",
+        ["run", "label", "seed", "n pairs", "final model", "preference accuracy", "mean γ", "reward margin vs S",
          "reward accuracy vs S"], rows) + [""])
 
 
