@@ -197,13 +197,18 @@ def markdown(v: dict) -> str:
 
 
 CSS = """.verdict{border:2px solid #2d4a7a;border-radius:8px;padding:.6em 1.2em;margin:1em 0;background:#f4f7fc}
-.verdict .call{font-size:1.15em;font-weight:600;margin:.4em 0}.verdict .warn{color:#8a4b00;margin:.3em 0}"""
+.verdict h2{margin-top:.2em}.verdict .call{font-size:1.15em;font-weight:600;margin:.4em 0}
+.verdict .detail{font-size:.8em;font-weight:400;color:#444}.verdict .warn{color:#8a4b00;margin:.3em 0}"""
 
 
 def to_html(v: dict) -> str:
     """The verdict box that opens report.html (every string escaped)."""
     e = html.escape
-    body = [f"<p class='call'>{e(line)}</p>" for line in v["verdicts"]]
+    body = []
+    for line in v["verdicts"]:  # the call in bold, its n / seeds / reward-margin detail smaller
+        call, _, detail = line.partition(" [")
+        body.append(f"<p class='call'>{e(call)}" + (f" <span class='detail'>[{e(detail)}</span>" if detail else "")
+                    + "</p>")
     body += [f"<p>{e(v['note'])}</p>"] if v["note"] else []
     body += [f"<p class='warn'>⚠ {e(w)}</p>" for w in v["warnings"] + v["dropped"]]
     if v["models"]:

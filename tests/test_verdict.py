@@ -89,7 +89,9 @@ def test_report_opens_with_the_verdict_warnings_and_every_model(tmp_path):
     assert "Only 40 held-out pairs (< 100)" in md and "One seed per configuration" in md
     assert "sdpo: 3 of 43 held-out pairs dropped (prompt_too_long 3)" in md
     # The verdict box comes before every figure and table of the page; strings are escaped.
-    assert page.index("id='verdict'") < page.index("<figure") and line.replace("·", "·") in page
+    call, _, detail = line.partition(" [")
+    assert page.index("id='verdict'") < page.index("<figure")
+    assert f"<p class='call'>{call} <span class='detail'>[{detail}</span></p>" in page
     # sDPO's M1, M2, M3 beside DPO's M1, S once, each with n.
     top = md.split("## Runs compared")[0]
     rows = [ln for ln in top.splitlines() if ln.startswith("| ") and not ln.startswith("| run |")]
