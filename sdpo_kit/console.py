@@ -33,12 +33,9 @@ def quiet_libraries() -> None:
     """Silence `datasets`' side bars and the known-harmless warnings (idempotent)."""
     for category, message, _why in HARMLESS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    try:
-        from datasets.utils.logging import disable_progress_bars
+    import datasets  # a dependency of trl; its bars: save_to_disk, map (tokenise, truncate), flatten_indices
 
-        disable_progress_bars()
-    except ImportError:  # datasets is a dependency of trl; nothing to silence without it
-        pass
+    datasets.disable_progress_bars()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" on every model load (once per process)
