@@ -311,7 +311,7 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
 # ---------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--budget", default="small", help="smoke | small | full (sizes in analysis/configs/common.yaml).")
     p.add_argument("--model", default=None, help="S: `default` or a model folder (default: common.yaml's).")
     p.add_argument("--arms", default=None, help="Comma list of config names (default: every analysis/configs/*.yaml).")

@@ -118,7 +118,7 @@ def report(name, pairs, tokens, seconds, params, peak, roof_gflops, rss):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0, help="Which random sample of valid pairs.")
     parser.add_argument("--max-length", type=int, default=1024)

@@ -56,7 +56,7 @@ def synthesize(rows: int, out: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("scored", nargs="?", help="a scored parquet (default: synthesize from AlpacaEval)")
     ap.add_argument("--rows", type=int, default=100_000)
     args = ap.parse_args()

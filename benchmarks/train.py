@@ -88,7 +88,7 @@ def worker(a) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--max-length", dest="max_length", type=int, default=192)
     p.add_argument("--batch", type=int, default=4)

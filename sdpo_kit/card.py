@@ -11,45 +11,19 @@ PNGs are written without a Software/date stamp, so the same data gives the same 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import polars as pl
 import yaml
 
-from sdpo_kit.io import atomic_path, write_text
+from sdpo_kit.escape import md_cell, mpl_label
+from sdpo_kit.errors import InputError
+from sdpo_kit.io import atomic_dir, atomic_path, read_parquet_checked, refuse_overwriting_input, write_text  # noqa: F401
 
 LENGTH_COLS = ("prompt", "chosen", "rejected")
-
-
-@contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a sibling temp dir; swap it onto `out` only if the block succeeds.
-
-    A non-empty `out` is refused unless `overwrite`, and a crash leaves `out` untouched."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _text_len(df: pl.DataFrame, col: str) -> pl.Expr:
@@ -93,15 +67,18 @@ def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
 def plot_margin_hist(data: pl.DataFrame, ax, group: str = "step", column: str = "margin"):
     """Density of `column` per group on shared bins (1st-99th percentile, so outliers do not squash it)."""
     values = data[column].drop_nulls().drop_nans().to_numpy()
+    values = values[np.isfinite(values)]  # an inf margin has no place on an axis (manifests count it)
     lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
     for name in sorted(data[group].unique().to_list()):
         x = data.filter(pl.col(group) == name)[column].drop_nulls().drop_nans().to_numpy()
-        ax.hist(np.clip(x, lo, hi), bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{group} {name}")
+        x = x[np.isfinite(x)]
+        ax.hist(np.clip(x, lo, hi), bins=bins, density=True, histtype="step", linewidth=1.5,
+                label=mpl_label(f"{group} {name}"))
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel(f"{column} (γ_ref, clipped to 1st-99th pct)" if column == "margin" else column)
     ax.set_ylabel("density")
-    ax.set_title(f"{column} per {group}")
+    ax.set_title(mpl_label(f"{column} per {group}"))
     ax.legend(fontsize=8)
     return ax
 
@@ -117,7 +94,7 @@ def plot_source_mix(data: pl.DataFrame, ax, group: str = "step"):
         sub = counts.filter(pl.col("source") == source)
         n = dict(zip(sub[group].to_list(), sub["len"].to_list()))
         share = np.array([n.get(g, 0) / t for g, t in zip(groups, totals)])
-        bars = ax.barh([str(g) for g in groups], share, left=left, label=source)
+        bars = ax.barh([mpl_label(g) for g in groups], share, left=left, label=mpl_label(source))
         ax.bar_label(bars, labels=[f"{x:.0%}" if x >= 0.06 else "" for x in share], label_type="center", fontsize=7)
         left += share
     ax.set_xlim(0, 1)
@@ -142,7 +119,7 @@ def plot_lengths(data: pl.DataFrame, ax, group: str = "step"):
             patch.set_facecolor(color)
             patch.set_alpha(0.5)
         ax.plot([], [], color=color, linewidth=6, alpha=0.5, label=col.removesuffix("_len"))
-    ax.set_xticks(np.arange(len(groups)) * 3 + 0.5, [str(g) for g in groups])
+    ax.set_xticks(np.arange(len(groups)) * 3 + 0.5, [mpl_label(g) for g in groups])
     ax.set_xlabel(group)
     ax.set_ylabel(f"length ({unit})")
     ax.set_title(f"chosen / rejected length per {group}")
@@ -174,16 +151,17 @@ def _size_category(n: int) -> str:
 
 
 def _markdown_table(stats: pl.DataFrame) -> str:
-    def fmt(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    def fmt(v):  # source names and other data strings are escaped: a `|`, newline or `<script>` stays text
+        return f"{v:.3f}" if isinstance(v, float) else md_cell(v)
 
-    head = "| " + " | ".join(stats.columns) + " |\n|" + "---|" * len(stats.columns) + "\n"
+    head = "| " + " | ".join(md_cell(c) for c in stats.columns) + " |\n|" + "---|" * len(stats.columns) + "\n"
     return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in stats.iter_rows())
 
 
 def render_card(front: dict, title: str, intro: str, sections: list[tuple[str, str]]) -> str:
     body = "".join(f"\n## {name}\n\n{text.rstrip()}\n" for name, text in sections)
-    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + f"---\n\n# {title}\n\n{intro}\n{body}"
+    return ("---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True)
+            + f"---\n\n# {md_cell(title)}\n\n{intro}\n{body}")
 
 
 def _plots_section(data: pl.DataFrame, out: Path, group: str, mix_group: str) -> str:
@@ -198,11 +176,20 @@ def _plots_section(data: pl.DataFrame, out: Path, group: str, mix_group: str) ->
     return "\n\n".join(lines)
 
 
+def _json_block(obj, sort_keys: bool = False) -> str:
+    """A fenced JSON block whose strings (source names, paths) can neither close the fence nor open
+    HTML: `<`, `>`, `&` and backticks are written as \\u escapes, which JSON reads back unchanged."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys)
+    for ch in "<>&`":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return "```json\n" + text + "\n```"
+
+
 def _provenance(scorer: dict | None, scored: bool) -> str:
     if not scorer:
         return ("Scored, but the input carries no `sdpo_kit.scorer` provenance in its parquet footer." if scored
                 else "Not scored: no reference model margins.")
-    return "Scored by `sdpo curate score`:\n\n```json\n" + json.dumps(scorer, indent=2, sort_keys=True) + "\n```"
+    return "Scored by `sdpo curate score`:\n\n" + _json_block(scorer, sort_keys=True)
 
 
 def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], manifest: dict) -> Path:
@@ -220,7 +207,7 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
     }
     p = manifest["params"]
     intro = (
-        f"{data.height} preference pairs from `{manifest['input']['path']}` (sha256 `{manifest['input']['sha256'][:16]}…`, "
+        f"{data.height} preference pairs from {md_cell(manifest['input']['path'])} (sha256 `{manifest['input']['sha256'][:16]}…`, "
         f"{manifest['input']['rows']} rows) split into {n_steps} steps by `sdpo curate split --strategy {manifest['strategy']}` "
         f"(difficulty column `{p['by']}`, seed {manifest['seed']}). Step 1 is trained first; step t's reference is the model "
         f"from step t-1. {manifest['dropped']['pairs']} pairs were dropped by filters (`dropped.parquet`, column `drop_reason`)."
@@ -232,12 +219,20 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
                   "of pairs with γ_ref > 0.\n\n" + _markdown_table(group_stats(data, "step"))),
         ("Plots", _plots_section(data, out, "step", "step")),
         ("Dropped pairs", dropped),
-        ("Parameters", "```json\n" + json.dumps(p, indent=2) + "\n```"),
+        ("Parameters", _json_block(p)),
         ("Reference model", _provenance(manifest.get("scorer"), True)),
         ("Use with TRL", "```python\nfrom datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
                          "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),
     ]
     return write_text(out / "README.md", render_card(front, front["pretty_name"], intro, sections))
+
+
+def _parquet_schema(path: Path) -> dict:
+    from sdpo_kit.io import check_parquet, reading
+
+    check_parquet(path)
+    with reading(path):
+        return pl.read_parquet_schema(path)
 
 
 def _reject_counts(rejects) -> dict[str, int]:
@@ -252,17 +247,16 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
                   seed: int) -> dict:
     """{pairs, scored, rows, rejects, score_rejects, scorer} for a dataset card: `pairs` = every valid
     pair, `scored` = the pairs with margins (all of them, a seeded subset, or None)."""
-    from sdpo_kit.io import read_parquet_metadata
+    from sdpo_kit.io import read_json_meta
 
     path = Path(data)
-    if path.suffix == ".parquet" and "margin" in pl.read_parquet_schema(path):
+    if path.suffix == ".parquet" and path.is_file() and "margin" in _parquet_schema(path):
         # Already scored: its rejects file (if any) sits beside it.
-        pairs = pl.read_parquet(path)
+        pairs = read_parquet_checked(path)
         rej = path.with_name(path.name.removesuffix(".parquet") + ".rejects.jsonl")
         rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
-        raw = read_parquet_metadata(path).get("sdpo_kit.scorer")
         return {"pairs": pairs, "scored": pairs, "rows": pairs.height + len(rejects), "rejects": _reject_counts(rejects),
-                "score_rejects": {}, "scorer": json.loads(raw) if raw else None}
+                "score_rejects": {}, "scorer": read_json_meta(path, "sdpo_kit.scorer")}
     from sdpo_kit.data import load_pairs
 
     loaded = load_pairs(path)
@@ -308,13 +302,16 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
                        sample: int | None = None, max_length: int | None = None, seed: int = 0,
                        overwrite: bool = False) -> Path:
     """README.md + plots for a whole dataset, grouped by source; reference margins when scored."""
+    from sdpo_kit.data.containers import list_files
+
+    refuse_overwriting_input(list_files(data), out)  # --overwrite must never delete the data it describes
     card = load_for_card(data, scored, model, sample, max_length, seed)
     pairs = card["pairs"]
     if pairs.height == 0:
-        raise ValueError(f"{data}: no valid pairs to describe (rejects: {card['rejects']})")
+        raise InputError(f"{data}: no valid pairs to describe (rejects: {card['rejects']})")
     front = {"pretty_name": f"Preference pairs: {Path(data).name}", "tags": ["dpo", "preference"],
              "task_categories": ["text-generation"], "size_categories": [_size_category(pairs.height)]}
-    intro = (f"`{data}`: {card['rows']} input rows, {pairs.height} valid pairs, "
+    intro = (f"{md_cell(data)}: {card['rows']} input rows, {pairs.height} valid pairs, "
              f"{sum(card['rejects'].values())} rows rejected by the data layer. "
              + ("Reference-model margins: see below." if card["scored"] is not None else
                 "Not scored: lengths and source mix only (`sdpo data card --scored` adds reference margins)."))

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_json, write_json, write_jsonl, write_parquet
 
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -53,9 +54,11 @@ class EvalConfig:
         if not Path(self.data).exists():
             raise FileNotFoundError(f"--data {self.data}: no such file or folder.")
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {self.limit}.")
+            raise UsageError(f"--limit must be >= 1, got {self.limit}.")
         if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
+            raise UsageError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
+        if self.max_length is not None and self.max_length < 2:
+            raise UsageError(f"--max-length must be >= 2 tokens, got {self.max_length}.")
         self.out = self.out or str(Path(self.run) / "eval")
         # Score held-out pairs as the run trained: same max_length and truncation, unless overridden.
         trained = _run_config(self.run)
@@ -73,8 +76,10 @@ def _run_config(run: str | Path) -> dict:
 
 def run_models(run_dir: str | Path) -> tuple[list[dict], dict]:
     """[{name, step, path, fingerprint}] for S, M1, ..., M_T of a run directory, and run.json."""
+    from sdpo_kit.train import read_run
+
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / "run.json")
+    meta = read_run(run_dir)  # a damaged or empty run.json is a one-line InputError
     models = [{"name": "S", "step": 0, "path": meta["base_model"], "fingerprint": meta.get("base_fingerprint")}]
     for s in sorted(meta.get("steps", []), key=lambda s: s["step"]):
         path = run_dir / s["dir"] / "model"
@@ -93,7 +98,7 @@ def select_models(models: list[dict], spec: str) -> list[dict]:
         n.strip() for n in spec.split(",") if n.strip()}
     unknown = sorted(wanted - names)
     if unknown:
-        raise ValueError(f"--models {spec!r}: unknown model(s) {unknown}; this run has {[m['name'] for m in models]}.")
+        raise UsageError(f"--models {spec!r}: unknown model(s) {unknown}; this run has {[m['name'] for m in models]}.")
     return [m for m in models if m["name"] in wanted]
 
 
@@ -136,6 +141,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     else:
         from sdpo_kit.score_run import score_file
 
+        verify_model(model)  # never score other weights than the run recorded
         print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
         score_file(cfg.data, path, model=model["path"], config=ScoreConfig(dtype=cfg.dtype, **settings),
                    limit=cfg.limit, resume=False)
@@ -144,6 +150,24 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
     lines = rejects_path(path).read_text(encoding="utf-8").splitlines() if rejects_path(path).is_file() else []
     return scored, [json.loads(ln) for ln in lines if ln]
+
+
+def verify_model(model: dict) -> str:
+    """The fingerprint of the weights at `model["path"]`; an InputError if run.json recorded others.
+
+    S is found by run.json's absolute path and M_t in the step folders; a moved, replaced or
+    retrained model (or an old run.json's relative path resolved from another folder) must
+    stop the eval, not be scored under the run's name. Loaded in float32, as training did.
+    """
+    from sdpo_kit.models import model_fingerprint
+    from sdpo_kit.train import load_checked_model
+
+    found = model_fingerprint(load_checked_model(model["path"])[0])
+    if model.get("fingerprint") and found != model["fingerprint"]:
+        where = model["path"] if Path(model["path"]).is_absolute() else f"{model['path']} (from {Path.cwd()})"
+        raise InputError(where, f"weights of {model['name']} have fingerprint {found}, but run.json "
+                         f"records {model['fingerprint']}: not the model this run used (moved or replaced?)")
+    return found
 
 
 def gamma_table(pairs, scored: dict[str, Any]):
@@ -241,14 +265,16 @@ def overlap_warning(counts: dict[str, int]) -> str | None:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
     from sdpo_kit.data import load_pairs
+    from sdpo_kit.train import check_out_dir
 
     out = Path(cfg.out)
+    check_out_dir(out)  # before any model is loaded or scored
     models, meta = run_models(cfg.run)
     models = select_models(models, cfg.models)
     loaded = load_pairs(cfg.data, limit=cfg.limit)
     pairs = loaded.pairs
     if pairs.height == 0:
-        raise ValueError(f"{cfg.data}: no valid pairs to evaluate on ({len(loaded.rejects)} rejected rows).")
+        raise InputError(f"{cfg.data}: no valid pairs to evaluate on ({len(loaded.rejects)} rejected rows).")
     trained = training_pairs(cfg.run, meta)
     overlap = overlap_with_training(pairs, trained) if trained is not None else None
     if overlap and overlap_warning(overlap):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,11 +19,21 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def make_parents(path: Path) -> None:
+    """`path.parent` created; a file in the way is named in one line (mkdir would only say 'File exists')."""
+    for folder in [path.parent, *path.parent.parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder}: is a file, so {path} cannot be written; pick another output path")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -39,8 +51,24 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def finite_json(obj: Any) -> tuple[Any, int]:
+    """`obj` with every non-finite float (nan, inf) replaced by None, and how many were replaced:
+    `Infinity`/`NaN` are not JSON, and a strict reader (jq, browsers, Rust) rejects the file."""
+    if isinstance(obj, float):
+        return (obj, 0) if math.isfinite(obj) else (None, 1)
+    if isinstance(obj, dict):
+        pairs = [(k, finite_json(v)) for k, v in obj.items()]
+        return {k: v for k, (v, _) in pairs}, sum(n for _, (_, n) in pairs)
+    if isinstance(obj, (list, tuple)):
+        items = [finite_json(v) for v in obj]
+        return [v for v, _ in items], sum(n for _, n in items)
+    return obj, 0
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (non-finite numbers become null; see `finite_json` to count them first)."""
+    clean, _ = finite_json(obj)
+    return write_text(path, json.dumps(clean, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -55,9 +83,17 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 
 def write_parquet(path: str | os.PathLike, df, metadata: dict[str, str] | None = None) -> Path:
-    """Write a polars DataFrame atomically; `metadata` goes into the parquet footer (key -> str)."""
+    """Write a polars DataFrame atomically; `metadata` goes into the parquet footer (key -> str).
+
+    Every data page carries a CRC (parquet's page checksum), so a bit flipped on disk later is an
+    error when read back with `read_parquet_checked`, never silently different numbers."""
+    import pyarrow.parquet as pq
+
+    table = df.to_arrow()
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     with atomic_path(path) as tmp:
-        df.write_parquet(tmp, metadata=metadata) if metadata else df.write_parquet(tmp)
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     return Path(path)
 
 
@@ -67,3 +103,149 @@ def read_parquet_metadata(path: str | os.PathLike) -> dict[str, str]:
 
     meta = pq.read_metadata(path).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:")}
+
+
+TMP_MARK = ".sdpo-tmp-"  # in every temp folder's name: `.{name}.sdpo-tmp-{pid}-{random}`
+
+
+def _stale_temps(out: Path) -> list[Path]:
+    """Temp folders next to `out` left by a killed process (its pid no longer runs)."""
+    stale = []
+    for p in out.parent.glob(f".{glob_escape(out.name)}{TMP_MARK}*"):
+        pid = p.name[len(f".{out.name}{TMP_MARK}"):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            stale.append(p)
+    return stale
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a sibling temp folder; swap it onto `out` only if the block succeeds.
+
+    A non-empty `out` is refused unless `overwrite`; a crash leaves `out` as it was. The folder
+    gets the usual umask permissions (not mkdtemp's 0700), and temp folders that a killed run
+    left beside `out` are removed on the next write to it (a SIGKILL cannot clean up after itself).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is a file, not a folder; pick another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    make_parents(out)
+    for stale in _stale_temps(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{os.getpid()}-", dir=out.parent))
+    try:
+        yield tmp
+        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            os.chmod(folder, 0o777 & ~_UMASK)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{os.getpid()}-old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def same_or_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies inside it (symlinks resolved): writing `folder` would touch `path`."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
+def refuse_overwriting_input(inputs, out: str | os.PathLike, flag: str = "--out") -> None:
+    """Raise UsageError when writing `out` (a file or folder) would replace or delete one of `inputs`."""
+    from sdpo_kit.errors import UsageError
+
+    for src in inputs:
+        if same_or_inside(src, out):
+            raise UsageError(f"{flag} {out}", f"would overwrite the input {src}; write somewhere else")
+
+
+def check_parquet(path: str | os.PathLike, hint: str = "") -> Path:
+    """`path` if it looks like a whole parquet file, else an InputError saying what it is instead
+    (missing, a folder, empty, another format, truncated). `hint` says what to do about it."""
+    from sdpo_kit.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        inside = "an empty folder" if not any(path.iterdir()) else "a folder"
+        raise InputError(path, f"is {inside}, not a parquet file" + (f"; {hint}" if hint else ""))
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(size - 4, 0))
+        tail = f.read(4)
+    if head != b"PAR1":
+        what = "an empty file" if size == 0 else "not a parquet file"
+        raise InputError(path, what + (f"; {hint}" if hint else ""))
+    if size < 12 or tail != b"PAR1":
+        raise InputError(path, "truncated or corrupt parquet (no footer); write it again")
+    return path
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, kind: str = "parquet") -> Iterator[None]:
+    """Turn a reader's error on a user's file (polars, pyarrow, gzip, zlib) into one InputError naming it."""
+    import zlib
+
+    import polars as pl
+    import pyarrow as pa
+
+    from sdpo_kit.errors import InputError
+
+    try:
+        yield
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError, EOFError, zlib.error) as err:
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)) or (
+                isinstance(err, OSError) and err.errno is not None):
+            raise  # the file system's answer, not the file's content: the CLI boundary words it
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise InputError(path, f"corrupt or truncated {kind} file, cannot be read ({first[:200]})") from err
+
+
+def read_parquet_checked(path: str | os.PathLike, hint: str = "", **kw):
+    """`pl.read_parquet(path)` with `check_parquet` first, page checksums verified, and read errors as one InputError."""
+    import polars as pl
+
+    import pyarrow.parquet as pq
+
+    check_parquet(path, hint)
+    with reading(path):
+        # Page checksums verified where the writer stored them (sdpo_kit's writers always do).
+        return pl.from_arrow(pq.read_table(path, page_checksum_verification=True, **kw))
+
+
+def read_json_meta(path: str | os.PathLike, key: str) -> Any:
+    """The JSON value stored under `key` in a parquet footer (None when absent); a damaged one is an InputError."""
+    from sdpo_kit.errors import InputError
+
+    raw = read_parquet_metadata(path).get(key)
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InputError(path, f"footer metadata {key!r} is not valid JSON (corrupt file?)") from None

@@ -11,6 +11,7 @@ downloaded: a name that is not a local directory fails at once with a hint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -94,7 +95,9 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
 def load_tokenizer(name: str | os.PathLike):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    path = resolve_model_path(name)
+    with _user_model(path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -109,11 +112,25 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
 
     quiet_libraries()  # no weight-loading bar beside the stage's own bar
     path = resolve_model_path(name)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    with _user_model(path, "model"):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     if device:
         model.to(device)
     model.eval()
     return model, load_tokenizer(path)
+
+
+@contextlib.contextmanager
+def _user_model(path: Path, what: str):
+    """A folder that transformers cannot load (broken config.json, no weights, no tokenizer) is the
+    user's to fix: one line naming it (sdpo_kit.errors.InputError), not transformers' traceback."""
+    from sdpo_kit.errors import InputError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise InputError(path, f"cannot load the {what}: {first[:300]}") from err
 
 
 def model_fingerprint(model) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from sdpo_kit.escape import mpl_label  # source names, run labels, column names are data: no mathtext
+
 # One colour per training step (step 1 = first colour), the same in every figure.
 STEP_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
 STYLE = {
@@ -82,7 +84,7 @@ def plot_end_of_step(summaries: list[dict], ax, key: str = "reward_margin_end"):
     bars = ax.bar([f"step {t}" for t in steps], values, color=[step_color(t) for t in steps], label=key)
     ax.bar_label(bars, fmt="%.3g", fontsize=8)
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_ylabel("reward margin at end of step [nats]")
+    ax.set_ylabel("reward margin after the step, whole partition [nats]")
     ax.set_title("End-of-step reward margin per step")
     ax.grid(axis="x", visible=False)
     return ax
@@ -132,7 +134,8 @@ def plot_reference_margins(models: list[dict], ax):
     names = [m["name"] for m in models]
     values = [float(m["mean_margin"]) for m in models]
     errs = [float(m.get("sem") or 0.0) for m in models]
-    bars = ax.bar(names, values, yerr=errs, capsize=4, color=[model_color(n) for n in names], label="mean γ")
+    bars = ax.bar([mpl_label(n) for n in names], values, yerr=errs, capsize=4, color=[model_color(n) for n in names],
+                  label="mean γ")
     ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=3)
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xlabel("model (S = start; M_{t-1} is the reference of step t)")
@@ -152,8 +155,9 @@ def plot_accuracy_by_source(models: list[dict], ax):
     for i, m in enumerate(models):
         values = [m["accuracy"] if s == "all" else m["per_source"].get(s, {}).get("accuracy", np.nan) for s in sources]
         color = model_color(m["name"])
-        ax.bar(np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width, values, width, color=color, label=m["name"])
-    ax.set_xticks(np.arange(len(sources)), sources, rotation=20)
+        ax.bar(np.arange(len(sources)) + (i - (len(models) - 1) / 2) * width, values, width, color=color,
+               label=mpl_label(m["name"]))
+    ax.set_xticks(np.arange(len(sources)), [mpl_label(s) for s in sources], rotation=20)
     ax.axhline(0.5, color="0.4", ls=":", lw=1)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("preference accuracy [share with γ > 0]")
@@ -193,7 +197,7 @@ def plot_partition_sources(steps: list[dict], ax):
     cmap = __import__("matplotlib").colormaps["tab20"]
     for i, name in enumerate(sources):
         counts = np.array([s["sources"].get(name, 0) for s in steps], float)
-        ax.barh(labels, counts, left=left, color=cmap(i % 20), label=name)
+        ax.barh(labels, counts, left=left, color=cmap(i % 20), label=mpl_label(name))
         left += counts
     ax.invert_yaxis()  # step 1 on top, like a table
     ax.set_xlabel("pairs")
@@ -208,7 +212,7 @@ def plot_run_comparison(groups: list[dict], ax, metric: str = "accuracy", ylabel
 
     `groups`: [{"label", "values": [one number per seed]}]; each seed is also drawn as a dot.
     """
-    labels = [g["label"] for g in groups]
+    labels = [mpl_label(g["label"]) for g in groups]
     means = [float(np.mean(g["values"])) for g in groups]
     stds = [float(np.std(g["values"], ddof=1)) if len(g["values"]) > 1 else 0.0 for g in groups]
     bars = ax.bar(labels, means, yerr=stds, capsize=5, color=STEP_COLORS[: len(groups)] or None,
@@ -243,9 +247,10 @@ def plot_margin_vs_signal(data: dict, ax):
     rho = spearman(x[keep], y[keep])
     ax.scatter(x[keep], y[keep], s=10, alpha=0.5, color=STEP_COLORS[0], label=f"pairs (n={int(keep.sum())})")
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xlabel(f"{data['signal_name']} (external difficulty signal)")
-    ax.set_ylabel(f"γ of {data['model']} on held-out pairs [nats]")
-    ax.set_title(f"γ_ref vs {data['signal_name']}: Spearman ρ = {rho:.3f}")
+    signal, model = mpl_label(data["signal_name"]), mpl_label(data["model"])
+    ax.set_xlabel(f"{signal} (external difficulty signal)")
+    ax.set_ylabel(f"γ of {model} on held-out pairs [nats]")
+    ax.set_title(f"γ_ref vs {signal}: Spearman ρ = {rho:.3f}")
     ax.legend(loc="best")
     return ax
 

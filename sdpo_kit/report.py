@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit import plots, verdict
+from sdpo_kit import escape, plots, verdict
+from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import atomic_path, read_json, write_json, write_text
 
 SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")
@@ -72,10 +73,10 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
 
+    from sdpo_kit.train import read_run
+
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise FileNotFoundError(f"{run_dir}/run.json not found: not a run directory written by `sdpo train`.")
-    meta = read_json(run_dir / "run.json")
+    meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError
     parts_dir = _find(meta.get("partitions"), run_dir)
     has_manifest = parts_dir is not None and (parts_dir / "manifest.json").is_file()
     manifest = read_json(parts_dir / "manifest.json") if has_manifest else None
@@ -87,6 +88,8 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         steps.append({"step": s["step"], "summary": summary, "log_history": state.get("log_history", []),
                       "partition": _step_partition(run_dir, s)})
     ev = run_dir / "eval"
+    if (ev / "eval.json").is_file():
+        check_eval_models(meta, read_json(ev / "eval.json"), ev / "eval.json")
     name = run_dir.resolve().name
     m = SEED_SUFFIX.search(name)
     return {
@@ -96,6 +99,16 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         "eval": read_json(ev / "eval.json") if (ev / "eval.json").is_file() else None,
         "scores": pl.read_parquet(ev / "scores.parquet") if (ev / "scores.parquet").is_file() else None,
     }
+
+
+def check_eval_models(meta: dict, ev: dict, path: Path) -> None:
+    """eval.json must describe this run's models: each model's fingerprint as run.json records it."""
+    recorded = {"S": meta.get("base_fingerprint")} | {
+        f"M{s['step']}": s.get("model_fingerprint") for s in meta.get("steps", [])}
+    wrong = [f"{m['name']} {m.get('fingerprint')} (run.json: {recorded[m['name']]})" for m in ev.get("models", [])
+             if recorded.get(m.get("name")) and m.get("fingerprint") and m["fingerprint"] != recorded[m["name"]]]
+    if wrong:
+        raise InputError(path, f"scored other weights than run.json records: {'; '.join(wrong)}; rerun `sdpo eval`")
 
 
 def _figure(name: str, caption: str, ncols: int, draw) -> dict:
@@ -204,7 +217,7 @@ def comparison_figures(runs: list[dict]) -> list[dict]:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else str(v))
+    return f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else escape.md_cell(v))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -215,8 +228,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
     """One run's text: settings, per-step training numbers, held-out numbers."""
     meta = r["meta"]
-    out = [f"## {r['name']}", "", f"mode `{meta.get('mode')}`, base model `{meta.get('base_model')}`, "
-           f"β = {meta.get('beta')}, status `{meta.get('status')}`, label `{r['label']}`, seed {_fmt(r['seed'])}", ""]
+    md = escape.md_cell  # run names, paths and labels are data: never markup
+    out = [f"## {md(r['name'])}", "", f"mode `{md(meta.get('mode'))}`, base model `{md(meta.get('base_model'))}`, "
+           f"β = {md(meta.get('beta'))}, status `{md(meta.get('status'))}`, label `{md(r['label'])}`, "
+           f"seed {_fmt(r['seed'])}", ""]
+    out += ["End-of-step loss, reward margin and accuracy are over the whole partition after the step "
+            "(M_t against M_{t-1}).", ""]
     out += _table(["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
                    "reward accuracy end"],
                   [[s["step"]] + [s["summary"].get(k) for k in ("pairs", "ref_margin_mean", "loss_first", "loss_end",
@@ -225,7 +242,7 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
     ev = r["eval"]
     if ev:
         d = ev["data"]
-        out += [f"Held-out: `{d['path']}`, {d['pairs']} pairs scored by every model"
+        out += [f"Held-out: `{md(d['path'])}`, {d['pairs']} pairs scored by every model"
                 f" ({d.get('rejected', 0)} dropped, see eval/rejects.jsonl).", ""]
         out += _table(["model", "n pairs", "preference accuracy", "mean γ", "s.e."],
                       [[m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem")] for m in ev["models"]]) + [""]
@@ -235,7 +252,7 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
         if r["scores"] is not None and signal in r["scores"].columns:
             for m in ev["models"]:
                 rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
-                out += [f"Spearman ρ(γ of {m['name']}, `{signal}`) = {rho:.3f}", ""]
+                out += [f"Spearman ρ(γ of {md(m['name'])}, `{md(signal)}`) = {rho:.3f}", ""]
     return "\n".join(out)
 
 
@@ -264,10 +281,33 @@ figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:.5em 
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.note{color:#a05a00}"""
 
 
+def _md_html(text: str) -> str:
+    """HTML for markdown text whose data parts went through `escape.md_cell`: undo the markdown
+    escapes and the HTML escaping, then escape once for HTML."""
+    return escape.html(html.unescape(re.sub(r"\\([\\|`])", r"\1", text)))
+
+
+def _md_cells(line: str) -> list[str]:
+    """The cells of one markdown table row, split on unescaped `|` (data `|` arrive as `\\|`)."""
+    cells, cur, i, text = [], "", 0, line.strip()
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            cur, i = cur + text[i:i + 2], i + 2
+            continue
+        if text[i] == "|":
+            cells.append(cur)
+            cur = ""
+        else:
+            cur += text[i]
+        i += 1
+    cells.append(cur)
+    return cells[1:-1] if len(cells) > 2 else cells  # the outer pipes frame the row
+
+
 def _md_table_html(lines: list[str]) -> str:
-    rows = [ln.strip("|").split(" | ") for ln in lines if not ln.startswith("|---")]
-    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
+    rows = [_md_cells(ln) for ln in lines if not ln.startswith("|---")]
+    head = "".join(f"<th>{_md_html(c.strip())}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_md_html(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -283,20 +323,49 @@ def _markdown_html(md: str) -> str:
             table = []
         if ln.startswith("#"):
             level = len(ln) - len(ln.lstrip("#"))
-            parts.append(f"<h{level}>{html.escape(ln.lstrip('# '))}</h{level}>")
+            parts.append(f"<h{level}>{_md_html(ln[level:].strip())}</h{level}>")
         elif ln.strip():
-            text = html.escape(ln).replace("`", "")
+            text = _md_html(re.sub(r"(?<!\\)`", "", ln))
             parts.append(f"<p class='note'><strong>{text.strip('*')}</strong></p>" if text.startswith("**") else f"<p>{text}</p>")
     return "\n".join(parts)
 
 
+REPORT_FILES = (".png", ".html", ".md", ".json")
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "judge_confidence") -> dict[str, Path]:
-    """Write report.html (images inline), one PNG per figure, figures.json and summary.md into `out`."""
-    out = Path(out)
-    runs = [load_run(d) for d in run_dirs]
+    """Write report.html (images inline), one PNG per figure, figures.json and summary.md into `out`.
+
+    Atomically as a folder: everything goes to a temporary sibling folder that replaces `out` at
+    the end, so a kill leaves the old report (or none) and no PNG of an older report survives. An
+    existing `out` must be a report folder (only report files) or empty: other files are never deleted.
+    """
+    from sdpo_kit.io import atomic_dir
+
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise InputError(f"--out {final}", "is a file, not a folder: pass a folder for the report")
+    if final.is_dir() and any(final.iterdir()) and not _is_report_folder(final):
+        raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
+                         "pass a new or empty folder")
+    runs = [load_run(d) for d in run_dirs]  # bad runs fail before anything is written
+    from sdpo_kit.train import check_out_dir
+
+    check_out_dir(final.parent, flag=f"--out {final}: its folder")
+    with atomic_dir(final, overwrite=True) as tmp:
+        paths = _write_report(runs, tmp, signal)
+    return {k: final / Path(v).name for k, v in paths.items()}
+
+
+def _is_report_folder(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    return (folder / "report.html").is_file() and all(p.is_file() and p.suffix in REPORT_FILES for p in entries)
+
+
+def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence") -> dict[str, Path]:
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"two run directories share a name ({names}): figure files would collide.")
+        raise UsageError(f"two run directories share a name ({names}): figure files would collide.")
     answer = verdict.summary(runs)  # the verdict opens the page and summary.md
     sections, index = [verdict.to_html(answer)], {}
     blocks = [(comparison_markdown(runs), "", comparison_figures(runs), [])]
@@ -309,7 +378,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
                 tmp.write_bytes(f["png"])
             index[png.stem] = {"png": png.name, "caption": f["caption"], "axes": f["series"]}
             b64 = base64.b64encode(f["png"]).decode()
-            body.append(f"<figure id='{png.stem}'><img alt='{png.stem}' src='data:image/png;base64,{b64}'>"
+            stem = escape.html(png.stem)  # the run folder's name is data: never markup in an attribute
+            body.append(f"<figure id='{stem}'><img alt='{stem}' src='data:image/png;base64,{b64}'>"
                         f"<figcaption>{html.escape(f['caption'])}</figcaption></figure>")
         sections.append("<section>" + "\n".join(body) + "</section>")
     md = summary_markdown(runs, signal, verdict.markdown(answer))

@@ -22,6 +22,7 @@ from typing import Any
 
 import polars as pl
 
+from sdpo_kit.errors import UsageError
 from sdpo_kit.tokenize import Sequence, prompt_too_long, tokenize_pair, truncate
 
 SCORED_COLUMNS = {
@@ -60,17 +61,17 @@ class ScoreConfig:
 
     def __post_init__(self):
         if self.max_length is not None and self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2 or None, got {self.max_length}")
+            raise UsageError(f"max_length must be >= 2 or None, got {self.max_length}")
         if self.truncation_mode not in ("keep_start", "keep_end"):
-            raise ValueError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
+            raise UsageError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise UsageError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.share_prefix < 0:
-            raise ValueError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
+            raise UsageError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
         if self.token_budget < 1 or self.head_chunk < 1:
-            raise ValueError(f"token_budget and head_chunk must be >= 1, got {self.token_budget}, {self.head_chunk}")
+            raise UsageError(f"token_budget and head_chunk must be >= 1, got {self.token_budget}, {self.head_chunk}")
         if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
+            raise UsageError(f"beta must be > 0, got {self.beta}")
 
     def settings(self) -> dict:
         """The fields that change the numbers (the cache key and the provenance)."""

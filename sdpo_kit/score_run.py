@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import uuid
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
 
+from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.score import POLICY_COLUMNS, SCORED_COLUMNS, ScoreConfig, provenance, score_frame
 
 META_KEY = "sdpo_kit.scorer"
@@ -40,22 +41,87 @@ def cache_key(meta: dict) -> str:
 
 
 class PairCache:
-    """pair_id -> scored columns (or the reject detail), as parquet files in one folder per key."""
+    """pair_id -> scored columns (or the reject detail), as parquet files in one folder per key.
+
+    Each file is named by the sha256 of its bytes; the first `get` checks every file once (a
+    read check, and the checksum where the name carries one) and removes a truncated or corrupt
+    one with a line on stderr, so its pairs are scored again instead of every later run crashing."""
 
     def __init__(self, folder: Path | None):
         self.folder = folder
+        self.checked = False
 
     def get(self, ids: list[str]) -> pl.DataFrame | None:
         if self.folder is None or not any(self.folder.glob("*.parquet")):
             return None
+        if not self.checked:
+            self.checked = True
+            for bad, why in check_files(sorted(self.folder.glob("*.parquet"))):
+                say(f"score cache: {bad} is {why}; removed, its pairs will be scored again")
+                bad.unlink(missing_ok=True)
+            if not any(self.folder.glob("*.parquet")):
+                return None
         found = pl.scan_parquet(self.folder / "*.parquet").filter(pl.col("pair_id").is_in(ids)).collect()
         return found.unique("pair_id", keep="first", maintain_order=True)
 
     def put(self, entries: pl.DataFrame) -> None:
         if self.folder is not None and entries.height:
-            from sdpo_kit.io import write_parquet
+            import io
 
-            write_parquet(self.folder / f"{uuid.uuid4().hex}.parquet", entries)
+            from sdpo_kit.io import atomic_path
+
+            buf = io.BytesIO()
+            entries.write_parquet(buf)
+            data = buf.getvalue()
+            with atomic_path(self.folder / f"{hashlib.sha256(data).hexdigest()[:HASH_CHARS]}.parquet") as tmp:
+                tmp.write_bytes(data)
+
+
+HASH_CHARS = 32  # sha256 hex characters in a checksummed file's name
+
+
+def say(message: str) -> None:
+    """A line on stderr (stdout stays the command's result)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_files(files: list[Path]) -> list[tuple[Path, str]]:
+    """(file, what is wrong) for each parquet file that is truncated, unreadable or fails its checksum."""
+    import re
+
+    import pyarrow.parquet as pq
+
+    bad = []
+    for f in files:
+        try:
+            if re.fullmatch(f"[0-9a-f]{{{HASH_CHARS}}}", f.stem) and sha256_file(f)[:HASH_CHARS] != f.stem:
+                bad.append((f, "corrupt (checksum mismatch)"))
+                continue
+            pq.read_metadata(f)
+        except FileNotFoundError:
+            continue  # another process removed it first
+        except Exception as err:  # noqa: BLE001  (any reader error means the same: unusable)
+            first = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            bad.append((f, f"truncated or corrupt ({first})"))
+    return bad
+
+
+def input_fingerprint(files: list[Path]) -> str:
+    """sha256 over every input file's name, size and bytes: a changed input never resumes an old run."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{f.stat().st_size}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def _kept_rows(data: Path, start: int, chunk) -> list[int]:
@@ -71,6 +137,8 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
     """Scored frame and rejects of one chunk; pairs found in the cache skip the forward pass."""
     from sdpo_kit.data import Reject
 
+    if pairs.height == 0:  # every row of the chunk was a data-layer reject: nothing to score or join
+        return pairs, []
     cached = cache.get(pairs["pair_id"].to_list())
     known = set() if cached is None else set(cached["pair_id"])
     todo = pairs.filter(~pl.col("pair_id").is_in(list(known)))
@@ -140,10 +208,20 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
 
     from sdpo_kit.console import main_process
     from sdpo_kit.data import iter_pairs
+    from sdpo_kit.data.containers import list_files
     from sdpo_kit.models import cache_dir, load_model
 
     config = config or ScoreConfig()
     data, out, state = Path(data), Path(out), PartialState()
+    # Everything about the input and --out is checked before the model loads (seconds to minutes).
+    inputs = list_files(data)
+    check_out(data, inputs, out)
+    if shard_rows < 1 or (limit is not None and limit < 0):
+        raise UsageError(f"--shard-rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
+    run = {"input_sha256": input_fingerprint(inputs), "limit": limit, "shard_rows": shard_rows, "format": format,
+           "columns": columns or {}}
+    if state.is_main_process:
+        _lock(out)
     device = None if state.device.type == "cpu" else str(state.device)
     models = [load_model(model, config.dtype, device)]
     if policy is not None:
@@ -153,7 +231,7 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     if policy is not None:
         meta |= {"policy": provenance(*models[1], config), "beta": config.beta}
     key = cache_key(meta)
-    parts = _prepare_parts(out, key, resume, state)
+    parts = _prepare_parts(out, {"key": key, **run}, resume, state)
     store = PairCache(cache_dir() / "scores" / key if cache else None)
     read = {"format": format, "columns": columns, "limit": limit}
     mine = lambda k: k % state.num_processes == state.process_index  # noqa: E731
@@ -162,7 +240,7 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     for k, chunk in enumerate(iter_pairs(data, batch_rows=shard_rows, **read)):
         shard, rows = parts / f"shard_{k:06d}.parquet", _kept_rows(data, start, chunk)
         start += chunk.rows
-        if not mine(k) or shard.exists():
+        if not mine(k) or _shard_done(shard):
             bar and mine(k) and bar.update(chunk.pairs.height)
             continue
         scored, rejects = _score_chunk(chunk.pairs, rows, [m for m, _ in models], tokenizer, config, store, bar,
@@ -171,25 +249,113 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     bar and bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        meta["input"] = {"path": str(data), "format": format, "limit": limit}
+        meta["input"] = {"path": str(data), "format": format, "limit": limit, "sha256": run["input_sha256"],
+                         "shard_rows": shard_rows}
         _merge(parts, out, meta)
+        _lock_path(out).unlink(missing_ok=True)
     state.wait_for_everyone()
     return out
 
 
-def _prepare_parts(out: Path, key: str, resume: bool, state) -> Path:
-    """The shard folder of `out`, emptied unless it holds a resumable run with the same key."""
+def _lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def _lock(out: Path) -> None:
+    """Refuse a second live `curate score` on the same --out: two writers would mix their shards.
+    A lock left by a killed run (its pid no longer runs) is taken over."""
+    import os
+
+    from sdpo_kit.io import pid_alive
+
+    lock = _lock_path(out)
+    try:
+        held = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        held = 0
+    if held and held != os.getpid() and pid_alive(held):
+        raise InputError(f"--out {out}", f"another `sdpo curate score` (pid {held}) is writing it; wait for it or stop it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{os.getpid()}\n")
+
+
+def check_out(data: Path, inputs: list[Path], out: Path) -> None:
+    """Refuse an --out that is a folder, or whose writing (the parquet, its rejects, its shard
+    folder) would replace an input or land inside an input folder (read as input next time)."""
+    from sdpo_kit.data import rejects_path
+    from sdpo_kit.io import refuse_overwriting_input, same_or_inside
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}", "is a folder; give the path of the .parquet file to write")
+    for target in (out, rejects_path(out), parts_dir(out)):
+        refuse_overwriting_input(inputs, target)
+    if data.is_dir() and same_or_inside(out, data):
+        raise UsageError(f"--out {out}", f"is inside the input folder {data}; it would be read as input next time")
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    """What differs between a finished-shards stamp and this run, in the user's words."""
+    names = {"input_sha256": "input content (sha256)", "limit": "--limit", "shard_rows": "--shard-rows",
+             "format": "--format", "columns": "--*-col mapping", "key": "model or scoring settings"}
+    short = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
+    diffs = [f"{name} {short(old.get(k, 'unknown'))} -> {short(new.get(k))}"
+             for k, name in names.items() if old.get(k) != new.get(k)]
+    return "; ".join(diffs) or "stamp differs"
+
+
+def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
+    """The shard folder of `out`, emptied unless it holds a resumable run with the same stamp
+    (model, settings, input content, --limit, --shard-rows, format); says on stderr why it starts afresh."""
     from sdpo_kit.io import read_json, write_json
 
     parts = parts_dir(out)
     if state.is_main_process:
-        stamp = parts / "run.json"
-        if parts.exists() and (not resume or not stamp.exists() or read_json(stamp).get("key") != key):
-            shutil.rmtree(parts)
+        path = parts / "run.json"
+        if parts.exists():
+            try:
+                old = read_json(path)
+            except (OSError, ValueError):
+                old = None
+            shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
+            why = ("--no-resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
+                   else None if old == stamp else _describe_change(old, stamp))
+            if why is not None:
+                if shards:
+                    say(f"resume: starting afresh, {shards} finished shard(s) in {parts} discarded: {why}")
+                shutil.rmtree(parts)
+            else:
+                for bad, what in _bad_shards(parts):
+                    say(f"resume: {bad.name} is {what}; scoring it again")
+                    for f in (bad, bad.with_suffix(".rejects.jsonl"), bad.with_suffix(".sha256")):
+                        f.unlink(missing_ok=True)
         parts.mkdir(parents=True, exist_ok=True)
-        write_json(stamp, {"key": key})
+        write_json(path, stamp)
     state.wait_for_everyone()
     return parts
+
+
+def _shard_done(shard: Path) -> bool:
+    """A shard is finished once its checksum file (written last) exists."""
+    return shard.with_suffix(".sha256").exists()
+
+
+def _bad_shards(parts: Path) -> list[tuple[Path, str]]:
+    """Finished-looking shards whose parquet or rejects no longer match the checksums written with them."""
+    from sdpo_kit.io import read_json
+
+    bad = []
+    for shard in sorted(parts.glob("shard_*.parquet")):
+        sums = shard.with_suffix(".sha256")
+        if not sums.exists():
+            continue  # never finished: it is scored again anyway
+        try:
+            want = read_json(sums)
+            ok = all(sha256_file(shard.with_suffix(x)) == want[x] for x in (".parquet", ".rejects.jsonl"))
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            bad.append((shard, "truncated or corrupt (checksum mismatch)"))
+    return bad
 
 
 def _bar(data, read, shard_rows, mine, enabled):
@@ -206,10 +372,12 @@ def _bar(data, read, shard_rows, mine, enabled):
 
 def _write_shard(shard: Path, scored: pl.DataFrame, rejects: list) -> None:
     from sdpo_kit.data import write_rejects
-    from sdpo_kit.io import write_parquet
+    from sdpo_kit.io import write_json, write_parquet
 
-    write_rejects(rejects, shard.with_suffix(".rejects.jsonl"))  # first: the parquet marks the shard done
+    write_rejects(rejects, shard.with_suffix(".rejects.jsonl"))
     write_parquet(shard, scored)
+    # Last: the checksums mark the shard done, and let a resume detect a shard damaged since.
+    write_json(shard.with_suffix(".sha256"), {x: sha256_file(shard.with_suffix(x)) for x in (".parquet", ".rejects.jsonl")})
 
 
 def _merge(parts: Path, out: Path, meta: dict) -> None:
@@ -222,20 +390,32 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
 
     shards = sorted(parts.glob("shard_*.parquet"))
     if not shards:
-        raise ValueError(f"{meta['input']['path']}: no rows to score")
+        raise InputError(f"{meta['input']['path']}: no rows to score")
+    if sum(pq.read_metadata(f).num_rows for f in shards) == 0:  # every row rejected: say so, exit 1
+        _merge_rejects(shards, rejects_path(out))
+        shutil.rmtree(parts)
+        reasons = Counter(json.loads(x)["reason"] for x in rejects_path(out).read_text(encoding="utf-8").splitlines() if x)
+        raise InputError(meta["input"]["path"], f"no valid pairs to score: all {sum(reasons.values())} rows rejected "
+                         f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); see {rejects_path(out)}")
     schema = pa.unify_schemas([pq.read_schema(f) for f in shards], promote_options="permissive")
     schema = schema.with_metadata({META_KEY: json.dumps(meta)})
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
         for f in shards:
             table = pq.read_table(f)
             for name in schema.names:
                 if name not in table.column_names:
                     table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
             writer.write_table(table.select(schema.names).cast(schema))
-    with atomic_path(rejects_path(out)) as tmp, open(tmp, "w", encoding="utf-8") as w:
+    _merge_rejects(shards, rejects_path(out))
+    shutil.rmtree(parts)
+
+
+def _merge_rejects(shards: list[Path], path: Path) -> None:
+    from sdpo_kit.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as w:
         for f in shards:
             w.write(f.with_suffix(".rejects.jsonl").read_text(encoding="utf-8"))
-    shutil.rmtree(parts)
 
 
 def summary(out: Path) -> str:

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sdpo_kit.io import read_parquet_metadata, write_json, write_parquet
+from sdpo_kit.errors import InputError, UsageError
+from sdpo_kit.io import (finite_json, read_json_meta, read_parquet_checked, refuse_overwriting_input,
+                         write_json, write_parquet)
 
 STRATEGIES = ("by-source", "easy-to-hard", "hard-to-easy", "random", "kmeans")
 # Score columns k-means clusters on (those present); standardised so no one column dominates.
@@ -58,27 +60,27 @@ class SplitConfig:
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
+            raise UsageError(f"strategy={self.strategy!r}: expected one of {STRATEGIES}")
         if self.fractions is not None:
             self.fractions = tuple(float(f) for f in self.fractions)
             if any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
-                raise ValueError(f"fractions={self.fractions}: need positive shares summing to 1")
+                raise UsageError(f"fractions={self.fractions}: need positive shares summing to 1")
             if self.steps is None:
                 self.steps = len(self.fractions)
             if len(self.fractions) != self.steps:
-                raise ValueError(f"fractions={self.fractions} has {len(self.fractions)} shares for steps={self.steps}")
+                raise UsageError(f"fractions={self.fractions} has {len(self.fractions)} shares for steps={self.steps}")
             if self.strategy in ("by-source", "kmeans"):
-                raise ValueError(f"fractions={self.fractions}: {self.strategy} sizes steps by source/cluster")
+                raise UsageError(f"fractions={self.fractions}: {self.strategy} sizes steps by source/cluster")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps={self.steps}: need at least 1")
+            raise UsageError(f"steps={self.steps}: need at least 1")
         if self.stratify not in (None, "source"):
-            raise ValueError(f"stratify={self.stratify!r}: only 'source' is supported")
+            raise UsageError(f"stratify={self.stratify!r}: only 'source' is supported")
         if self.stratify and self.strategy in ("by-source", "kmeans"):
-            raise ValueError(f"stratify={self.stratify!r} makes no sense with strategy={self.strategy!r}")
+            raise UsageError(f"stratify={self.stratify!r} makes no sense with strategy={self.strategy!r}")
         if self.keep_easiest is not None and not 0 < self.keep_easiest <= 1:
-            raise ValueError(f"keep_easiest={self.keep_easiest}: need a share in (0, 1]")
+            raise UsageError(f"keep_easiest={self.keep_easiest}: need a share in (0, 1]")
         if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:
-            raise ValueError(f"min_margin={self.min_margin} > max_margin={self.max_margin}")
+            raise UsageError(f"min_margin={self.min_margin} > max_margin={self.max_margin}")
 
 
 def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -130,7 +132,7 @@ def step_sizes(n: int, fractions: tuple[float, ...]) -> list[int]:
 def _chunk(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
     """Give the first sizes[0] rows step 1, the next sizes[1] step 2, ... (ordered is in step order)."""
     if min(sizes) == 0:
-        raise ValueError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
+        raise InputError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
     pos = np.arange(ordered.height)
     step = np.searchsorted(np.cumsum(sizes), pos, side="right") + 1
     return ordered.with_columns(pl.Series("step", step, dtype=pl.Int32))
@@ -161,7 +163,7 @@ def stratified_counts(per_source: dict[str, int], sizes: list[int]) -> dict[str,
 def _chunk_stratified(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
     """Per source, its first k_1 pairs (in `ordered`'s order) go to step 1, the next k_2 to step 2, ..."""
     if min(sizes) == 0:
-        raise ValueError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
+        raise InputError(f"step sizes {sizes} for {ordered.height} pairs: a step would be empty")
     counts = stratified_counts(dict(ordered["source"].value_counts().iter_rows()), sizes)
     source = ordered["source"].to_numpy()
     rank = ordered.select(pl.int_range(pl.len()).over("source"))[:, 0].to_numpy()
@@ -175,7 +177,7 @@ def _chunk_stratified(ordered: pl.DataFrame, sizes: list[int]) -> pl.DataFrame:
 def _by_source(df: pl.DataFrame, steps: int) -> pl.DataFrame:
     order = source_order(df)["source"].to_list()
     if steps > len(order):
-        raise ValueError(f"by-source: steps={steps} but only {len(order)} sources ({', '.join(order)})")
+        raise InputError(f"by-source: steps={steps} but only {len(order)} sources ({', '.join(order)})")
     # Neighbouring sources in accuracy order share a step when there are fewer steps than sources.
     groups = np.array_split(np.arange(len(order)), steps)
     mapping = pl.DataFrame(
@@ -220,7 +222,7 @@ def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
     """`df` (with ROW) plus an Int32 `step` column in 1..T, back in input order."""
     steps = resolve_steps(df, cfg)
     if df.height < steps:
-        raise ValueError(f"{df.height} pairs left after filtering cannot fill steps={steps}")
+        raise InputError(f"{df.height} pairs left after filtering cannot fill steps={steps}")
     if cfg.strategy == "by-source":
         out = _by_source(df, steps)
     elif cfg.strategy == "kmeans":
@@ -259,15 +261,30 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def read_scored(path: str | os.PathLike, cfg: SplitConfig) -> tuple[pl.DataFrame, dict | None]:
-    """The scored frame and the scorer's provenance; a clear error when a needed column is missing."""
-    df = pl.read_parquet(path)
-    needed = ["prompt", "chosen", "rejected", "source", "margin", cfg.by]
+    """The scored frame and the scorer's provenance; one clear error for every way it can be wrong."""
+    df = read_parquet_checked(path, "curate split takes the parquet that `sdpo curate score` writes; run it first")
+    needed = ["prompt", "chosen", "rejected", "source", "margin"]
     needed += ["chosen_truncated", "rejected_truncated"] if cfg.drop_truncated else []
     missing = [c for c in dict.fromkeys(needed) if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; run `sdpo curate score` on it first")
-    raw = read_parquet_metadata(path).get(SCORER_KEY)
-    return df, (json.loads(raw) if raw else None)
+    if cfg.by not in df.columns and "margin" not in missing:  # scored, but --by names no column
+        raise UsageError(f"--by {cfg.by!r}", f"no such column in {path}; numeric columns: {_numeric(df)}")
+    if missing or cfg.by not in df.columns:
+        raise InputError(f"{path}: missing column(s) {missing or [cfg.by]}; run `sdpo curate score` on it first")
+    if not df["margin"].dtype.is_numeric():
+        raise InputError(path, f"column 'margin' is {df['margin'].dtype}, not numbers: not written by "
+                         "`sdpo curate score`; score the pairs again")
+    if not df[cfg.by].dtype.is_numeric():
+        raise UsageError(f"--by {cfg.by!r}", f"is a {df[cfg.by].dtype} column, not a score; numeric columns: {_numeric(df)}")
+    for col in ("chosen_truncated", "rejected_truncated") if cfg.drop_truncated else ():
+        if df[col].dtype != pl.Boolean:
+            raise InputError(path, f"column {col!r} is {df[col].dtype}, expected booleans; score the pairs again")
+    if df.height == 0:
+        raise InputError(path, "holds no pairs")
+    return df, read_json_meta(path, SCORER_KEY)
+
+
+def _numeric(df: pl.DataFrame) -> str:
+    return ", ".join(c for c, t in df.schema.items() if t.is_numeric()) or "none"
 
 
 def split_frame(df: pl.DataFrame, cfg: SplitConfig) -> tuple[list[pl.DataFrame], pl.DataFrame]:
@@ -283,6 +300,7 @@ def split_frame(df: pl.DataFrame, cfg: SplitConfig) -> tuple[list[pl.DataFrame],
 def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig, overwrite: bool = False) -> dict:
     """Split a scored parquet into `out/` (steps, dropped, manifest, card, plots); returns the manifest."""
     out = Path(out)
+    refuse_overwriting_input([path], out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     df, scorer = read_scored(path, cfg)
@@ -303,6 +321,9 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
         "input": {"path": str(path), "sha256": file_sha256(path), "rows": df.height},
         "scorer": scorer,
     }
+    # Strict JSON: an inf/nan statistic (e.g. an infinite margin) becomes null, and the manifest says how many.
+    manifest, non_finite = finite_json(manifest)
+    manifest["non_finite_values"] = non_finite
     meta = {SPLIT_KEY: json.dumps({"strategy": cfg.strategy, "params": params, "seed": cfg.seed}, sort_keys=True)}
     if scorer is not None:
         meta[SCORER_KEY] = json.dumps(scorer, sort_keys=True)

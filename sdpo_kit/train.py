@@ -18,13 +18,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_json, write_json, write_text
 
 MODES = ("stepwise", "dpo")
 ORDERS = ("shuffled", "sequential")
+# Flags that name the run rather than change what it computes: a resume may always pass them.
+RUN_KEYS = ("partitions", "out", "resume", "config")
 
 
-class TrainInputError(ValueError):
+class TrainInputError(InputError):
     """Bad user input found while training (as opposed to a bug): the CLI prints it without a traceback."""
 
 
@@ -62,42 +65,92 @@ class StepwiseConfig:
 
     def __post_init__(self):
         if not self.partitions:
-            raise ValueError("--partitions is required: the folder written by `sdpo curate split`.")
+            raise UsageError("--partitions is required: the folder written by `sdpo curate split`.")
         if not self.out:
-            raise ValueError("--out is required: the run directory, e.g. runs/NAME.")
+            raise UsageError("--out is required: the run directory, e.g. runs/NAME.")
         if self.mode not in MODES:
-            raise ValueError(f"--mode must be one of {MODES}, got {self.mode!r}.")
+            raise UsageError(f"--mode must be one of {MODES}, got {self.mode!r}.")
         if self.order not in ORDERS:
-            raise ValueError(f"--order must be one of {ORDERS}, got {self.order!r}.")
+            raise UsageError(f"--order must be one of {ORDERS}, got {self.order!r}.")
         if self.lora_r < 0 or self.lora_alpha <= 0:
-            raise ValueError(
+            raise UsageError(
                 f"--lora_r must be >= 0 and --lora_alpha > 0, got r={self.lora_r}, alpha={self.lora_alpha}."
             )
         if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+            raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
 
 def partition_files(folder: str | Path) -> list[Path]:
-    """step_1..step_T files in step order: from manifest.json when present, else step_*.parquet."""
+    """step_1..step_T files in step order: from manifest.json when present, else step_*.parquet.
+
+    Steps must be numbered 1..T without a gap: a missing step_2 is refused, never trained as
+    "step 2" with step_3's pairs.
+    """
     folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"--partitions {folder}", "is a file, not a folder: pass the folder written by "
+                         "`sdpo curate split` (manifest.json, step_*.parquet)")
     if not folder.is_dir():
-        raise FileNotFoundError(f"partitions folder {folder} does not exist (write it with `sdpo curate split`).")
-    if (folder / "manifest.json").is_file():
-        steps = sorted(read_json(folder / "manifest.json")["steps"], key=lambda s: s["step"])
-        files = [folder / s["file"] for s in steps]
+        raise InputError(f"--partitions {folder}", "folder does not exist (write it with `sdpo curate split`)")
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        steps = _manifest_steps(manifest)
+        numbers, files = [s["step"] for s in steps], [folder / str(s["file"]) for s in steps]
     else:
-        files = sorted(folder.glob("step_*.parquet"), key=lambda p: int(p.stem.split("_")[1]))
+        found = [(p, p.stem.split("_", 1)[1]) for p in folder.glob("step_*.parquet")]
+        files = sorted((p for p, n in found if n.isdigit()), key=lambda p: int(p.stem.split("_")[1]))
+        numbers = [int(p.stem.split("_")[1]) for p in files]
+    if not files:
+        raise InputError(f"--partitions {folder}", "no manifest.json and no step_*.parquet: not a folder written "
+                         "by `sdpo curate split`")
+    gaps = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
+    if gaps or len(set(numbers)) != len(numbers):
+        raise InputError(f"--partitions {folder}", f"steps {numbers} are not 1..T (missing step(s) {gaps}): "
+                         "refusing to train a later partition as an earlier step")
     missing = [str(f) for f in files if not f.is_file()]
-    if not files or missing:
-        raise FileNotFoundError(f"{folder}: no partitions found, or missing files {missing}.")
+    if missing:
+        raise InputError(f"--partitions {folder}", f"manifest.json names missing file(s) {missing}")
     return files
 
 
-def train_parser():
-    import torch
-    from trl import DPOConfig, TrlParser
+def _manifest_steps(path: Path) -> list[dict]:
+    """manifest.json's `steps` in step order, or a one-line InputError naming what is wrong."""
+    import json
 
-    parser = TrlParser((StepwiseConfig, DPOConfig))
+    try:
+        steps = read_json(path)["steps"]
+        ok = isinstance(steps, list) and all(isinstance(s["step"], int) and s.get("file") for s in steps)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a partitions manifest ({type(err).__name__}: {err})") from None
+    if not ok or not steps:
+        raise InputError(path, "not a partitions manifest: `steps` must list {step: int, file: name}")
+    return sorted(steps, key=lambda s: s["step"])
+
+
+def partitions_digest(folder: str | Path, files: list[Path]) -> dict:
+    """sha256 of manifest.json (null when absent) and over every partition file's bytes, in step order."""
+    import hashlib
+
+    manifest = Path(folder) / "manifest.json"
+    whole = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                whole.update(block)
+    return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None,
+            "files_sha256": whole.hexdigest()}
+
+
+def train_parser():
+    """StepwiseConfig + trl.DPOConfig flags; a bad flag raises `UsageError` (one line), never argparse's exit."""
+    import torch
+    from trl import TrlParser
+
+    class Parser(TrlParser):
+        def error(self, message):  # argparse would print the whole usage and exit
+            raise UsageError(f"sdpo train: {message} (`sdpo train --fields` lists every flag)")
+
+    parser = Parser((StepwiseConfig, _dpo_config()), allow_abbrev=False)  # --learning_rat is a typo, not a prefix
     defaults = {"output_dir": "unused", "logging_first_step": True, "save_total_limit": 1}
     if not torch.cuda.is_available():  # TRL's GPU defaults fail or crawl on CPU; flags/YAML still win
         # use_cpu also makes transformers pick accelerate's MULTI_CPU (gloo) state under a launcher.
@@ -109,22 +162,263 @@ def train_parser():
     return parser
 
 
+def _dpo_config():
+    from trl import DPOConfig
+
+    return DPOConfig
+
+
 def parse_train_args(argv: list[str]):
     """`(StepwiseConfig, DPOConfig, overrides)` from flags and an optional `--config` YAML.
 
     `overrides` holds the DPOConfig values that differ from our defaults (for config.yaml).
+    Every problem with the flags or the YAML raises `UsageError` in one line.
     """
-    cfg, args = train_parser().parse_args_and_config(argv)
+    parser = train_parser()
+    _check_flags(parser, argv)
+    _read_yaml_config(argv)
+    try:
+        cfg, args = parser.parse_args_and_config(argv)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, UsageError):
+            raise
+        raise UsageError("sdpo train", " ".join(str(err).split())) from None
+    _check_values(args)
+    overrides = _overrides(args)
+    _finish(cfg, args)
+    return cfg, args, overrides
+
+
+def _overrides(args) -> dict:
     base = train_parser().parse_args_into_dataclasses(["--partitions", "x", "--out", "x"])[1]
-    overrides = {
+    return {
         f.name: _plain(getattr(args, f.name))
         for f in dataclasses.fields(args)
         if f.init and f.name != "output_dir" and getattr(args, f.name) != getattr(base, f.name)
     }
+
+
+def _finish(cfg, args) -> None:
     args.precompute_ref_log_probs = True  # the reference is always the scorer's, never a live model
     if cfg.order == "sequential":
         args.train_sampling_strategy = "sequential"  # transformers' public, order-preserving sampler
-    return cfg, args, overrides
+
+
+def _check_flags(parser, argv: list[str]) -> None:
+    """Unknown `--flags` in one line, with the closest known names ("did you mean ...")."""
+    import difflib
+
+    known = [o for o in parser._option_string_actions if o.startswith("--") and "-" not in o[2:]]
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if token.startswith("--") and flag not in parser._option_string_actions and flag != "--config":
+            close = difflib.get_close_matches(flag, known, n=3, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; `sdpo train --fields` lists every flag"
+            raise UsageError("sdpo train", f"unknown flag {flag}{hint}")
+
+
+def _read_yaml_config(argv: list[str]) -> dict:
+    """The `--config` YAML as a mapping ({} without one); malformed YAML is a UsageError."""
+    import yaml
+
+    if "--config" not in argv:
+        return {}
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise UsageError("sdpo train", "--config needs a YAML file")
+    path = Path(argv[i + 1])
+    if not path.is_file():
+        raise UsageError(f"--config {path}", "no such file")
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UsageError(path, f"{where}not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    except UnicodeDecodeError:
+        raise UsageError(path, "not a UTF-8 text file") from None
+    if not isinstance(config, dict):
+        raise UsageError(path, f"must hold a YAML mapping of flag: value, got {type(config).__name__}")
+    fields = {f.name for dc in (StepwiseConfig, _dpo_config()) for f in dataclasses.fields(dc) if f.init}
+    unknown = sorted(k for k in config if k not in fields and k != "env")
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {difflib.get_close_matches(str(k), fields, n=1)[0]}?)"
+                 if difflib.get_close_matches(str(k), fields, n=1) else str(k) for k in unknown]
+        raise UsageError(path, f"unknown key(s) {', '.join(hints)}; `sdpo train --fields` lists them")
+    _check_types(config, path)
+    return config
+
+
+def _check_types(config: dict, path: Path) -> None:
+    """A YAML value of the wrong kind (`beta: [1, 2]`) is a UsageError naming the key."""
+    import typing
+
+    hints = {}
+    for dc in (StepwiseConfig, _dpo_config()):
+        try:
+            hints.update(typing.get_type_hints(dc))
+        except Exception:  # an unresolvable annotation: that class is not checked
+            continue
+    for key, value in config.items():
+        if key in hints and _fits(value, hints[key]) is False:
+            raise UsageError(path, f"{key}: expected {_type_name(hints[key])}, got {value!r}")
+
+
+def _fits(value, tp) -> bool | None:
+    """Whether a YAML value suits the annotation `tp`; None when the annotation is not understood."""
+    import enum
+    import types
+    import typing
+
+    origin, targs = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_fits(value, a) for a in targs]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp in (int, float):  # argparse converts a string default ("1e-3": YAML 1.1 reads it as a string)
+        if isinstance(value, str):
+            try:
+                return bool(tp(value)) or True
+            except ValueError:
+                return False
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or value == int(value))
+    if tp is str:
+        return isinstance(value, str)
+    if origin is list or tp is list:
+        return isinstance(value, list)
+    if origin is dict or tp is dict:
+        return isinstance(value, (dict, str))  # transformers also takes a JSON string
+    if origin is typing.Literal:
+        return value in targs
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, (str, tp))
+    return None
+
+
+def _type_name(tp) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _check_values(args) -> None:
+    if args.max_length is not None and args.max_length < 2:
+        raise UsageError("--max_length", f"must be >= 2 tokens (a prompt token and a completion token), "
+                         f"got {args.max_length}")
+    if args.truncation_mode not in ("keep_start", "keep_end"):
+        raise UsageError("--truncation_mode", f"must be keep_start or keep_end, got {args.truncation_mode!r}")
+
+
+def given_keys(argv: list[str]) -> set[str]:
+    """Field names the user set on the command line or in the `--config` YAML (defaults excluded)."""
+    parser = train_parser()
+    given = {parser._option_string_actions[t.split("=", 1)[0]].dest for t in argv
+             if t.startswith("--") and t.split("=", 1)[0] in parser._option_string_actions}
+    return (given | set(_read_yaml_config(argv))) - {"env"}
+
+
+def resolved_settings(cfg, args) -> dict:
+    """Every setting that decides what a run computes, defaults included, as plain values.
+
+    `sdpo`: StepwiseConfig (the run's own paths are recorded apart); `trl`: every DPOConfig field
+    except `output_dir` (set per step).
+    """
+    sdpo = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_KEYS + ("model",)}
+    trl = {f.name: _plain(getattr(args, f.name)) for f in dataclasses.fields(args)
+           if f.init and f.name not in ("output_dir",)}
+    # Credentials never go into the record (transformers masks them the same way in to_dict).
+    trl = {k: (f"<{k.upper()}>" if k.endswith("_token") and v is not None else v) for k, v in trl.items()}
+    return {"sdpo": sdpo, "trl": trl}
+
+
+def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
+    """The run's own (cfg, args) for `--resume`, or a UsageError naming every setting that differs.
+
+    The run is rebuilt from its config.yaml (the flags it started with) through the same parser,
+    so the values TRL/transformers derive from them come out the same; a run that records its
+    full resolved settings (run.json `settings`) is checked against them too. `given`: the
+    settings this command set (None: every setting that differs from the defaults).
+    """
+    import yaml
+
+    run = read_run(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise InputError(run_dir, "has run.json but no config.yaml: its settings are unknown, so it cannot be "
+                         "resumed; start a new --out")
+    stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    parser = train_parser()
+    parser.set_defaults_with_config(**{**stored, "out": cfg.out, "partitions": cfg.partitions, "resume": True})
+    old_cfg, old_args = parser.parse_args_into_dataclasses([])
+    overrides = _overrides(old_args)
+    _finish(old_cfg, old_args)  # as `args` was: the comparison sees only what the user set
+    if given is None:
+        given = set(_overrides(args)) | {f.name for f in dataclasses.fields(cfg)
+                                         if getattr(cfg, f.name) != f.default and f.name not in RUN_KEYS}
+    diffs = _run_differences(run, cfg, given)
+    for key in sorted(given - set(RUN_KEYS) - {"model"}):
+        obj_new, obj_old = (cfg, old_cfg) if hasattr(old_cfg, key) else (args, old_args)
+        new, old = _plain(getattr(obj_new, key)), _plain(getattr(obj_old, key))
+        if new != old:
+            diffs.append(f"{key} {old!r} -> {new!r}")
+    if diffs:
+        raise UsageError(f"--resume {run_dir}", "this run was started with other settings: " + "; ".join(diffs)
+                         + ". Resume with only --partitions/--out/--resume, or train into a new --out")
+    recorded = run.get("settings")
+    if recorded:  # same flags must still resolve to the same settings (another TRL could differ)
+        now = resolved_settings(old_cfg, old_args)
+        drift = [f"{k} {recorded[g][k]!r} -> {now[g].get(k)!r}" for g in ("sdpo", "trl") for k in recorded[g]
+                 if now[g].get(k) != recorded[g][k]]
+        if drift:
+            raise UsageError(f"--resume {run_dir}", "its flags now resolve to other settings (other library "
+                             "versions or hardware?): " + "; ".join(drift))
+    return old_cfg, old_args, overrides
+
+
+def _run_differences(run: dict, cfg, given: set[str]) -> list[str]:
+    """Partitions (path and content) and base model that differ from what run.json records."""
+    diffs = []
+    if run.get("partitions") and Path(cfg.partitions).resolve() != Path(run["partitions"]).resolve():
+        diffs.append(f"partitions {run['partitions']} -> {Path(cfg.partitions).resolve()}")
+    elif run.get("partitions_sha256"):
+        now = partitions_digest(cfg.partitions, partition_files(cfg.partitions))
+        if now != run["partitions_sha256"]:
+            diffs.append(f"partitions {run['partitions']}: manifest.json or step files changed since the run started")
+    if "model" in given:
+        from sdpo_kit.models import resolve_model_path
+
+        model = str(resolve_model_path(cfg.model).resolve())
+        if model != str(run["base_model"]):
+            diffs.append(f"model {run['base_model']} -> {model}")
+    return diffs
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """run.json of a run directory, checked to be a run record (else a one-line InputError)."""
+    import json
+
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise InputError(Path(run_dir), "no run.json: not a run directory written by `sdpo train`")
+    try:
+        run = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err}); the run record is damaged") from None
+    missing = [k for k in ("base_model", "steps") if not isinstance(run, dict) or k not in run]
+    if missing:
+        raise InputError(path, f"not a run record: missing {', '.join(missing)} (written by `sdpo train`)")
+    if not isinstance(run["base_model"], str) or not isinstance(run["steps"], list):
+        raise InputError(path, "not a run record: `base_model` must be a path and `steps` a list")
+    bad = [i for i, s in enumerate(run["steps"]) if not isinstance(s, dict) or not {"step", "dir"} <= set(s)
+           or not isinstance(s["step"], int) or not isinstance(s["dir"], str)]
+    if bad:
+        raise InputError(path, f"not a run record: `steps` entries {bad} lack an integer step and a dir")
+    return run
 
 
 def _plain(value):
@@ -147,8 +441,55 @@ def _lora_config(cfg: StepwiseConfig):
     )
 
 
-def _start_run(cfg, args, overrides, plan, state) -> dict:
-    """Create run.json/config.yaml, or reload run.json when resuming."""
+def load_checked_model(path: str | Path, dtype: str = "float32"):
+    """`load_model`, with a model folder that cannot be loaded (broken config.json, no weights)
+    reported in one line instead of transformers' traceback."""
+    from sdpo_kit.models import load_model, resolve_model_path
+
+    try:
+        path = resolve_model_path(path)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
+    try:
+        return load_model(path, dtype=dtype)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        if isinstance(err, InputError):
+            raise
+        reason = " ".join(str(err).split())[:300]
+        raise InputError(path, f"not a loadable transformers model ({type(err).__name__}: {reason})") from None
+
+
+def _base_model(name: str) -> dict:
+    """S as the run records it: absolute folder and weights fingerprint (loading it also checks it)."""
+    from sdpo_kit.models import model_fingerprint, resolve_model_path
+
+    model, _ = load_checked_model(name)
+    return {"path": str(resolve_model_path(name).resolve()), "fingerprint": model_fingerprint(model)}
+
+
+def check_out_dir(folder: str | Path, flag: str = "--out", keep: bool = False) -> None:
+    """`folder` must be (or become) a folder we can write: checked before any model is loaded.
+
+    A folder created for the check is removed again unless `keep` (several processes of one
+    training run check the same folder at once: none may remove it under the others)."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder}", "is a file, not a folder; pass a new folder")
+    existed = folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sdpo-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(f"{flag} {folder}", f"cannot write there ({err.strerror or err})") from None
+    if not existed and not keep:
+        folder.rmdir()  # a refused run leaves nothing behind; the writers create it again
+
+
+def _start_run(cfg, args, overrides, plan, state, files) -> dict:
+    """Create run.json/config.yaml with everything the run uses, or reload run.json when resuming."""
     import yaml
 
     run_dir = Path(cfg.out)
@@ -156,13 +497,16 @@ def _start_run(cfg, args, overrides, plan, state) -> dict:
     state.wait_for_everyone()  # every process looks before the main one writes
     if exists:
         if not cfg.resume:
-            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or another --out.")
-        return read_json(run_dir / "run.json")
+            raise UsageError(f"--out {run_dir}", "already holds a run: pass --resume to continue it, or another --out")
+        return read_run(run_dir)
+    base = _base_model(cfg.model)
     run = {
-        "mode": cfg.mode, "base_model": cfg.model, "base_fingerprint": None,
-        "partitions": str(cfg.partitions), "beta": args.beta, "seed": args.seed, "status": "running",
+        "mode": cfg.mode, "base_model": base["path"], "base_model_given": cfg.model,
+        "base_fingerprint": base["fingerprint"], "partitions": str(Path(cfg.partitions).resolve()),
+        "partitions_sha256": partitions_digest(cfg.partitions, files),
+        "beta": args.beta, "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
         "steps": [
-            {"step": t, "dir": f"step_{t}", "partition": [str(f) for f in files],
+            {"step": t, "dir": f"step_{t}", "partition": [str(Path(f).resolve()) for f in files],
              "reference_fingerprint": None, "start_fingerprint": None, "model_fingerprint": None,
              "status": "pending"}
             for t, files in enumerate(plan, 1)
@@ -176,17 +520,26 @@ def _start_run(cfg, args, overrides, plan, state) -> dict:
     return run
 
 
+def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
+    """Step t must start from exactly the weights the run recorded (S, or M_{t-1})."""
+    want = run.get("base_fingerprint") if t == 1 else run["steps"][t - 2].get("model_fingerprint")
+    if want and fingerprint != want:
+        raise TrainInputError(start, f"weights changed since the run recorded them (fingerprint {fingerprint}, "
+                              f"run.json has {want}); train into a new --out")
+
+
 def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
     """Step t: M_{t-1} = `start` scores `files`, then trains on them; returns M_t's folder."""
     from sdpo_kit import train_step as ts
-    from sdpo_kit.models import load_model, model_fingerprint
+    from sdpo_kit.models import model_fingerprint
 
     run_dir, began = Path(cfg.out), time.time()
     step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
     from transformers import set_seed
 
-    model, tokenizer = load_model(start)
+    model, tokenizer = load_checked_model(start)
     ref_fp = model_fingerprint(model)
+    _check_start(t, ref_fp, start, run)
     model.to(state.device)  # the scorer runs where the model is; the trainer would move it anyway
     set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
     scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
@@ -207,7 +560,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         progress.start_step(t)
     start_fp = start_fp or model_fingerprint(trainer.model)
     rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
-    if t == 1:
+    if t == 1 and not run.get("base_fingerprint"):
         run["base_fingerprint"] = ref_fp
     if state.is_main_process:
         write_json(run_dir / "run.json", run)
@@ -219,12 +572,13 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     trainer.train(resume_from_checkpoint=checkpoint)
     final = ts.final_model(trainer)
     model_fp = model_fingerprint(final)
+    end = ts.end_of_step(scored, final, tokenizer, args, state)  # every process: the scorer gathers
     if state.is_main_process:
         ts.save_model(final, tokenizer, step_dir / "model")
         ts.save_state(trainer, step_dir / "trainer_state.json")
         rejects = step_dir / "reference.rejects.jsonl"
         n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
-        summary = ts.summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects)
+        summary = ts.summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end)
         write_json(step_dir / "summary.json", summary)
         rec.update(status="done", model_fingerprint=model_fp)
         write_json(run_dir / "run.json", run)  # the step counts as done only once its files exist
@@ -250,8 +604,13 @@ def _run_progress(plan: list[list[Path]], args, world: int):
     return console.trainer_callback()(planned, enabled=enabled)
 
 
-def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None) -> Path:
-    """Run every step (or the single `dpo` run) into `cfg.out`; returns the run directory."""
+def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, given: set[str] | None = None) -> Path:
+    """Run every step (or the single `dpo` run) into `cfg.out`; returns the run directory.
+
+    With `cfg.resume` and an existing run, the run's own settings are restored (`restore_settings`);
+    `given` names the settings this command set (the CLI passes `given_keys(argv)`; None: those
+    differing from the defaults) and any of them that differs from the run's is refused.
+    """
     from accelerate import PartialState
 
     state = PartialState(cpu=args.use_cpu)
@@ -260,9 +619,13 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None) -> 
         raise RuntimeError(f"{world} processes were launched but accelerate set up {state.num_processes}; "
                            "on CPU launch with `accelerate launch --multi_gpu --num_processes N` and keep use_cpu.")
     files = partition_files(cfg.partitions)
+    run_dir = Path(cfg.out)
+    check_out_dir(run_dir, keep=True)
+    if cfg.resume and (run_dir / "run.json").exists():
+        cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
-    run = _start_run(cfg, args, overrides or {}, plan, state)
-    run_dir, current = Path(cfg.out), cfg.model
+    run = _start_run(cfg, args, overrides or {}, plan, state, files)
+    current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
     progress = _run_progress(plan, args, world)
     from tqdm.auto import tqdm
 

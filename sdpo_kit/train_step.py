@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit.io import atomic_path, read_parquet_metadata, write_jsonl, write_parquet
+from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_jsonl, write_parquet
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
@@ -45,7 +45,7 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
         config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
         parts, rejects = [], []
         for file in files:
-            scored, dropped = score_frame_cached(pl.read_parquet(file), model, tokenizer, config, file=str(file),
+            scored, dropped = score_frame_cached(read_parquet_checked(file), model, tokenizer, config, file=str(file),
                                                  accelerator=state, progress=state.is_main_process)
             parts.append(scored)
             rejects += [_as_dict(r) for r in dropped]
@@ -187,8 +187,46 @@ def save_state(trainer, path: Path) -> None:
         trainer.state.save_to_json(str(tmp))
 
 
-def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int) -> dict:
-    """`summary.json` of one step; end metrics are the last logged window of training."""
+def end_of_step(scored, model, tokenizer, args, state) -> dict:
+    """DPO loss, reward margin and reward accuracy of M_t over its WHOLE partition, after the step.
+
+    One scorer pass of M_t (`model`) on the step's pairs (through the pair cache, split over the
+    processes and gathered, so 1 or N processes give the same definition); the reference
+    log-probs are M_{t-1}'s, already in `scored`. Per pair m = β·((π_w − r_w) − (π_l − r_l));
+    loss = −(1−ε)·log σ(m) − ε·log σ(−m) (TRL's sigmoid loss, ε = label_smoothing), averaged over
+    the pairs; accuracy = share with m > 0. The last logged training window can be a single batch.
+    """
+    import polars as pl
+    import torch
+
+    from sdpo_kit.score import ScoreConfig
+    from sdpo_kit.score_run import score_frame_cached
+
+    model.eval()  # no dropout in a measurement
+    config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
+    columns = [c for c in ("pair_id", "prompt", "chosen", "rejected", "tools", "chat_template_kwargs")
+               if c in scored.columns]
+    policy, _ = score_frame_cached(scored.select(columns), model, tokenizer, config, file="end_of_step",
+                                   accelerator=state, progress=False)
+    joined = scored.select("pair_id", *REF_COLUMNS).join(
+        policy.select("pair_id", pl.col("ref_chosen_logps").alias("pc"), pl.col("ref_rejected_logps").alias("pr")),
+        on="pair_id", how="inner")
+    t = {c: torch.tensor(joined[c].to_list(), dtype=torch.float64) for c in ("pc", "pr", *REF_COLUMNS)}
+    m = args.beta * ((t["pc"] - t["ref_chosen_logps"]) - (t["pr"] - t["ref_rejected_logps"]))
+    eps = float(getattr(args, "label_smoothing", 0.0) or 0.0)
+    loss = -(1 - eps) * torch.nn.functional.logsigmoid(m) - eps * torch.nn.functional.logsigmoid(-m)
+    return {"pairs": joined.height, "loss": float(loss.mean()), "reward_margin": float(m.mean()),
+            "reward_accuracy": float((m > 0).double().mean())}
+
+
+def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int,
+              end: dict | None = None) -> dict:
+    """`summary.json` of one step.
+
+    `loss_end`, `reward_margin_end`, `reward_accuracy_end`: over the whole partition after the
+    step (`end`, from `end_of_step`); without `end`, the last logged training window (older runs).
+    `loss_first` is the first logged loss (ln 2: the policy starts as its reference).
+    """
     logs = trainer.state.log_history
     losses = [e["loss"] for e in logs if "loss" in e]
     last = next((e for e in reversed(logs) if "rewards/margins" in e), {})
@@ -199,6 +237,10 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
     if drift > 1e-3:
         print(f"[sdpo train] WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
               "log-probs do not match the starting weights", flush=True)
+    end_values = {"reward_margin_end": end["reward_margin"], "reward_accuracy_end": end["reward_accuracy"],
+                  "loss_end": end["loss"]} if end else {
+        "reward_margin_end": last.get("rewards/margins"), "reward_accuracy_end": last.get("rewards/accuracies"),
+        "loss_end": losses[-1] if losses else None}
     return {
         "reference_exact": drift <= 1e-3,
         "step": step,
@@ -207,10 +249,13 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
         "optimizer_steps": trainer.state.global_step,
         "ref_margin_mean": float(scored["margin"].mean()) if scored.height else None,
         "ref_accuracy": float((scored["margin"] > 0).mean()) if scored.height else None,
-        "reward_margin_end": last.get("rewards/margins"),
-        "reward_accuracy_end": last.get("rewards/accuracies"),
+        "reward_margin_end": end_values["reward_margin_end"],
+        "reward_accuracy_end": end_values["reward_accuracy_end"],
         "loss_first": losses[0] if losses else None,
-        "loss_end": losses[-1] if losses else None,
+        "loss_end": end_values["loss_end"],
+        "end_over": "partition" if end else "last_logged_window",
+        "end_pairs": end["pairs"] if end else None,
+        "train_loss": next((e["train_loss"] for e in reversed(logs) if "train_loss" in e), None),
         "seconds": round(seconds, 2),
         "reference_fingerprint": ref_fp,
         "model_fingerprint": model_fp,

@@ -105,9 +105,9 @@ def test_format_forced_and_columns_mapped(tmp_path):
     assert (p["prompt"], p["chosen"], p["source"]) == ([user("Say hi")], [bot("hi")], "x")
     with pytest.raises(ValueError, match="unknown format"):
         load_pairs(f, format="alpaca")
-    # Without the mapping the file has no chosen/rejected columns: every row says so.
-    r = load_pairs(f)
-    assert [(x.row, x.reason) for x in r.rejects] == [(1, "missing_field")] and "--chosen-col" in r.rejects[0].detail
+    # Without the mapping the file has no chosen/rejected columns: a file-level error (issue 11), not N rejects.
+    with pytest.raises(ValueError, match=r"mapped.jsonl: not preference data: .*columns: bad, good, instruction.*--chosen-col"):
+        load_pairs(f)
 
 
 # --- containers ------------------------------------------------------------------------------

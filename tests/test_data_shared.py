@@ -118,7 +118,7 @@ def test_cli_column_flags_and_format(tmp_path):
                        "--source-col", "origin", "--format", "trl-standard")
     assert (out["rows"], out["valid"], out["reasons"], out["sources"]) == (2, 1, {"identical": 1}, {"web": 1})
     result = CliRunner().invoke(app, ["data", "inspect", str(f), "--format", "nope"])
-    assert result.exit_code == 1 and "unknown format" in result.output
+    assert result.exit_code == 2 and "unknown format" in result.output
 
 
 def test_cli_inspect_token_lengths(tiny_model_dir, smollm_tokenizer):

@@ -89,7 +89,7 @@ def test_config_names_the_bad_value(tmp_path):
     with pytest.raises(ValueError, match="--limit must be >= 1, got 0"):
         EvalConfig(run=str(tmp_path), data=str(tmp_path), limit=0)
     result = CliRunner().invoke(app, ["eval", "--run", str(tmp_path / "nope"), "--data", str(tmp_path)])
-    assert result.exit_code == 2 and "no run.json" in result.output
+    assert result.exit_code == 1 and "no run.json" in result.output  # an input error (exit 1)
 
 
 # --- end to end: score -> split -> 2-step train -> eval -> report, on the tiny model ---------------

@@ -247,7 +247,7 @@ def test_report_without_eval_or_signal_says_what_is_missing(tmp_path):
 
 def test_report_rejects_a_folder_without_run_json(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "run.json not found" in result.output
+    assert result.exit_code == 1 and "no run.json" in result.output  # an input error (exit 1)
 
 
 def screenshot_or_skip(html: Path, png: Path) -> Path:

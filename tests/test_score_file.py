@@ -109,11 +109,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, 
     parts = out.with_name(out.name + ".parts")
     proc = subprocess.Popen(_cli(data, out, tiny_model_dir, "--shard-rows", "4"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while len(list(parts.glob("shard_*.parquet"))) < 3 and proc.poll() is None:
+    while len(list(parts.glob("shard_*.sha256"))) < 3 and proc.poll() is None:  # checksums mark finished shards
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(parts.glob("shard_*.parquet")))
+    done = len(list(parts.glob("shard_*.sha256")))
     assert not out.exists() and done >= 3, "the run finished before it could be killed"
 
     scored = []

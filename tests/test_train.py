@@ -258,11 +258,16 @@ def test_accelerate_two_processes_matches_one(tmp_path, tiny_model_dir):
         assert_exact_first_log(two / f"step_{t}")
         a, b = load_weights(one / f"step_{t}" / "model"), load_weights(two / f"step_{t}" / "model")
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+        # End-of-step figures are over the whole partition, gathered: the same under 1 and 2 processes.
+        s1, s2 = (json.loads((d / f"step_{t}" / "summary.json").read_text()) for d in (one, two))
+        assert s1["end_over"] == s2["end_over"] == "partition" and s1["end_pairs"] == s2["end_pairs"] == 8
+        for key in ("loss_end", "reward_margin_end", "reward_accuracy_end"):
+            assert s2[key] == pytest.approx(s1[key], abs=1e-5), key
 
 
 def test_missing_partitions_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["train", "--partitions", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "does not exist" in result.output
+    assert result.exit_code == 1 and "does not exist" in result.output  # an input error (exit 1)
 
 
 def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkeypatch):
@@ -293,7 +298,11 @@ def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkey
     sdpo_train("--partitions", parts, "--model", tiny_model_dir, "--out", tmp_path / "run", *FAST)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert s_fp not in scored_with  # step 1: straight from the curation cache
-    assert scored_with == [run["steps"][1]["reference_fingerprint"]]  # step 2: M1 ran
+    m1, m2 = run["steps"][0]["model_fingerprint"], run["steps"][1]["model_fingerprint"]
+    assert m1 == run["steps"][1]["reference_fingerprint"]
+    # M1 on partition 1 (step 1's end-of-step figures), M1 on partition 2 (step 2's reference: M1
+    # ran), M2 on partition 2 (step 2's end-of-step figures).
+    assert scored_with == [m1, m1, m2]
     ref = pl.read_parquet(tmp_path / "run" / "step_1" / "reference.parquet").sort("pair_id")
     curated = pl.read_parquet(tmp_path / "scored_1.parquet").sort("pair_id")
     assert ref["ref_chosen_logps"].to_list() == curated["ref_chosen_logps"].to_list()

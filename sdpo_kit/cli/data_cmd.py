@@ -38,8 +38,10 @@ def inspect(
     rejects: Optional[str] = typer.Option(None, "--rejects", help="Write the rejects (JSONL) to this file."),
 ) -> None:
     """Detected format, rows, valid pairs, rejects per reason, source mix and lengths."""
-    from sdpo_kit.data import DataError, write_rejects
+    from sdpo_kit.data import write_rejects
+    from sdpo_kit.data.containers import list_files
     from sdpo_kit.data.stats import inspect_data
+    from sdpo_kit.io import refuse_overwriting_input
 
     tokenizer = None
     if model:
@@ -51,14 +53,11 @@ def inspect(
 
     # A spinner on stderr: a large file with --model takes a while, and stdout stays one JSON object.
     status = Console(stderr=True).status(f"reading {path}" + (" and counting tokens" if model else ""))
-    try:
-        with status:
-            summary, bad = inspect_data(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
-                                        strict=strict, limit=limit, tokenizer=tokenizer)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    with status:  # errors: the CLI boundary answers them in one line
+        summary, bad = inspect_data(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
+                                    strict=strict, limit=limit, tokenizer=tokenizer)
     if rejects:
+        refuse_overwriting_input(list_files(path), rejects, "--rejects")
         summary["rejects_file"] = str(write_rejects(bad, rejects))
     if as_json:
         typer.echo(json.dumps(summary, ensure_ascii=False))
@@ -68,20 +67,22 @@ def inspect(
 
 def _print_summary(s: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{s['path']}[/]  format [cyan]{s['format']}[/]")
+    # Paths, source names and reject examples are data: escaped, so `[red]` or `[/]` in them is text, not markup.
+    console.print(f"[bold]{escape(s['path'])}[/]  format [cyan]{s['format']}[/]")
     console.print(f"rows {s['rows']:,}  valid [green]{s['valid']:,}[/]  rejected [red]{s['rejected']:,}[/]")
     if s["reasons"]:
         table = Table("reason", "rows", "first example", title="Rejects")
         for reason, n in s["reasons"].items():
-            table.add_row(reason, f"{n:,}", s["examples"][reason][:100])
+            table.add_row(reason, f"{n:,}", escape(s["examples"][reason][:100]))
         console.print(table)
     if s["sources"]:
         table = Table("source", "pairs", "share", title="Sources")
         for name, n in s["sources"].items():
-            table.add_row(name, f"{n:,}", f"{n / s['valid']:.1%}")
+            table.add_row(escape(name), f"{n:,}", f"{n / s['valid']:.1%}")
         console.print(table)
     for unit in ("chars", "tokens"):
         if s.get(unit):
@@ -90,7 +91,7 @@ def _print_summary(s: dict) -> None:
                 table.add_row(side, *(f"{st[k]:,.0f}" for k in ("mean", "p50", "p95", "min", "max")))
             console.print(table)
     if s.get("rejects_file"):
-        console.print(f"rejects written to {s['rejects_file']}")
+        console.print(f"rejects written to {escape(s['rejects_file'])}")
 
 
 def split(

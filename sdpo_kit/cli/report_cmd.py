@@ -25,13 +25,10 @@ def evaluate(
     from sdpo_kit.evaluate import EvalConfig
     from sdpo_kit.evaluate import evaluate as run_eval
 
-    try:
-        cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length,
-                         truncation_mode=truncation_mode, dtype=dtype, out=out)
-        result = run_eval(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    # Bad input raises sdpo_kit.errors.InputError/UsageError: the CLI boundary answers in one line.
+    cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length,
+                     truncation_mode=truncation_mode, dtype=dtype, out=out)
+    result = run_eval(cfg)
     typer.echo(f"held-out pairs: {result['data']['pairs']} (rejected {result['data']['rejected']})")
     for m in result["models"]:
         typer.echo(f"  {m['name']:>4}: preference accuracy {m['accuracy']:.3f}  mean γ {m['mean_margin']:+.3f}")
@@ -50,10 +47,6 @@ def report(
     """Write one self-contained HTML report (images inline) plus PNGs, figures.json and summary.md."""
     from sdpo_kit.report import write_report
 
-    try:
-        paths = write_report(runs, out, signal=signal)
-    except (FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    paths = write_report(runs, out, signal=signal)  # bad input: one line from the CLI boundary
     typer.echo(f"report: {paths['html']}")
     typer.echo(f"summary: {paths['summary']}")

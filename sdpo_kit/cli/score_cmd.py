@@ -25,23 +25,22 @@ def score(
     limit: Optional[int] = typer.Option(None, help="Read only the first N input rows."),
     format: Optional[str] = typer.Option(None, "--format", help="Force the input format (default: detected)."),
     shard_rows: int = typer.Option(512, help="Input rows per shard (the unit of resume)."),
-    resume: bool = typer.Option(True, help="Keep finished shards of an interrupted run with the same settings."),
+    resume: bool = typer.Option(True, help="Keep finished shards of an interrupted run with the same input, "
+                                            "--limit, --shard-rows, model and settings (else start afresh, saying why)."),
     cache: bool = typer.Option(True, help="Reuse pairs already scored with the same model and settings."),
 ) -> None:
     """Score every pair with a reference model: log-probs, margins, token counts, truncation flags."""
+    from sdpo_kit.errors import UsageError
     from sdpo_kit.score import ScoreConfig
     from sdpo_kit.score_run import score_file, summary
 
     if reference is not None and model not in ("default", reference):
-        raise typer.BadParameter(f"--model {model!r} and --reference {reference!r} disagree; pass one of them")
-    try:
-        config = ScoreConfig(max_length=max_length or None, truncation_mode=truncation_mode, dtype=dtype,
-                             beta=beta, token_budget=token_budget)
-        path = score_file(data, out, model=reference or model, config=config, policy=policy, resume=resume,
-                          limit=limit, format=format, shard_rows=shard_rows, cache=cache)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+        raise UsageError(f"--model {model!r} and --reference {reference!r} disagree; pass one of them")
+    # Errors (bad input, an --out over the input, a corrupt file) are answered by the CLI boundary.
+    config = ScoreConfig(max_length=max_length or None, truncation_mode=truncation_mode, dtype=dtype,
+                         beta=beta, token_budget=token_budget)
+    path = score_file(data, out, model=reference or model, config=config, policy=policy, resume=resume,
+                      limit=limit, format=format, shard_rows=shard_rows, cache=cache)
     from sdpo_kit.console import main_process
 
     if main_process():  # by RANK: under a launcher every process returns here, one prints

@@ -17,7 +17,7 @@ def _fractions(text: Optional[str]) -> Optional[tuple[float, ...]]:
     try:
         return tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"--fractions {text!r}: expected comma-separated numbers like 0.5,0.3,0.2")
+        raise typer.BadParameter(f"--fractions {text!r}: expected comma-separated numbers like 0.5,0.3,0.2") from None
 
 
 def split(
@@ -37,20 +37,18 @@ def split(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out directory."),
 ) -> None:
     """Order or bucket scored pairs into easy-to-hard partitions, with a manifest and a data card."""
+    from sdpo_kit.escape import term
     from sdpo_kit.split import SplitConfig, split_file
 
-    try:
-        cfg = SplitConfig(strategy=strategy, steps=steps, by=by, fractions=_fractions(fractions), seed=seed,
-                          stratify=stratify, keep_easiest=keep_easiest, drop_truncated=drop_truncated,
-                          min_margin=min_margin, max_margin=max_margin)
-        manifest = split_file(scored, out, cfg, overwrite=overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    cfg = SplitConfig(strategy=strategy, steps=steps, by=by, fractions=_fractions(fractions), seed=seed,
+                      stratify=stratify, keep_easiest=keep_easiest, drop_truncated=drop_truncated,
+                      min_margin=min_margin, max_margin=max_margin)
+    manifest = split_file(scored, out, cfg, overwrite=overwrite)  # errors: the CLI boundary answers them
+    num = lambda v: "n/a (not finite)" if v is None else f"{v:.3f}"  # noqa: E731  (strict JSON: inf -> null)
     for s in manifest["steps"]:
-        mix = ", ".join(f"{k} {v}" for k, v in s["sources"].items())
-        typer.echo(f"step {s['step']}: {s['pairs']} pairs, mean margin {s['mean_margin']:.3f}, "
-                   f"reward accuracy {s['reward_accuracy']:.3f} ({mix})")
+        mix = ", ".join(f"{term(k)} {v}" for k, v in s["sources"].items())  # source names are data
+        typer.echo(f"step {s['step']}: {s['pairs']} pairs, mean margin {num(s['mean_margin'])}, "
+                   f"reward accuracy {num(s['reward_accuracy'])} ({mix})")
     typer.echo(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
     typer.echo(f"wrote {out}/ (step_*.parquet, dropped.parquet, manifest.json, README.md, plots/)")
 
@@ -68,10 +66,6 @@ def card(
     """Write a Hugging Face data card (README.md + plots) for a whole dataset."""
     from sdpo_kit.card import write_dataset_card
 
-    try:
-        path = write_dataset_card(data, out, scored=scored, model=model, sample=sample, max_length=max_length,
-                                  seed=seed, overwrite=overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1)
+    path = write_dataset_card(data, out, scored=scored, model=model, sample=sample, max_length=max_length,
+                              seed=seed, overwrite=overwrite)
     typer.echo(f"wrote {path}")

@@ -2,6 +2,7 @@
 
     sdpo train --partitions parts/ --model default --out runs/demo --max_length 256
     sdpo train --fields          # every flag: StepwiseConfig + trl.DPOConfig
+    sdpo train --partitions parts/ --out runs/demo --resume   # continues with the run's own settings
     accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...   # gloo on CPU
 """
 
@@ -18,27 +19,18 @@ def train(ctx: typer.Context) -> None:
     Flags: --partitions DIR --out RUN_DIR [--model default] [--mode stepwise|dpo]
     [--order shuffled|sequential] [--lora_r R ...] [--resume] [--config run.yaml], plus any
     trl.DPOConfig field (--beta, --learning_rate, --max_length, --report_to, ...).
-    `sdpo train --fields` lists them all. Data-parallel on CPU (gloo):
-    `accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...`.
+    `sdpo train --fields` lists them all. `--resume` restores the run's own settings; a changed
+    --partitions, --model or training setting is refused (train into a new --out instead).
+    Data-parallel on CPU (gloo): `accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...`.
+    Bad flags, YAML or inputs raise `sdpo_kit.errors` errors, answered in one line by the CLI boundary.
     """
-    from sdpo_kit.train import TrainInputError, parse_train_args, train_parser, train_stepwise
+    from sdpo_kit.train import given_keys, parse_train_args, train_parser, train_stepwise
 
     argv = list(ctx.args)
     if "--fields" in argv:
         typer.echo(train_parser().format_help())
         return
-    try:  # flags and YAML: any ValueError here is the user's
-        cfg, args, overrides = parse_train_args(argv)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
-    try:  # only input errors are reported plainly; a bug inside training keeps its traceback
-        run_dir = train_stepwise(cfg, args, overrides)
-    except (TrainInputError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
+    cfg, args, overrides = parse_train_args(argv)
+    run_dir = train_stepwise(cfg, args, overrides, given=given_keys(argv))
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
-
-
-def _fail(err: Exception) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2) from err

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from sdpo_kit.errors import InputError
+
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
 # Lone surrogates are what `errors="surrogateescape"` makes of bytes that are not UTF-8.
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -67,26 +69,29 @@ def list_files(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
         if not kind_of(path):
-            raise ValueError(f"{path}: unsupported file type (want {', '.join(SUFFIXES)}, optionally .gz)")
+            raise InputError(f"{path}: unsupported file type (want {', '.join(SUFFIXES)}, optionally .gz)")
         return [path]
     if (path / "dataset_dict.json").exists():
         splits = ", ".join(sorted(p.name for p in path.iterdir() if p.is_dir()))
-        raise ValueError(f"{path}: a DatasetDict; pass one split directory ({splits})")
+        raise InputError(f"{path}: a DatasetDict; pass one split directory ({splits})")
     if (path / "state.json").exists():  # datasets.save_to_disk
         state = json.loads((path / "state.json").read_text())
         return [path / f["filename"] for f in state["_data_files"]]
     # A rejects file written beside an output is never input.
     files = sorted(p for p in path.iterdir() if p.is_file() and kind_of(p) and not p.name.endswith(".rejects.jsonl"))
     if not files:
-        raise ValueError(f"{path}: directory holds no data files ({', '.join(SUFFIXES)})")
+        raise InputError(f"{path}: directory holds no data files ({', '.join(SUFFIXES)})")
     return files
 
 
 def iter_chunks(path: str | Path, batch_rows: int = 1024) -> Iterator[Chunk]:
     """Stream every row behind `path` as chunks of at most `batch_rows` rows."""
     readers = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet, "arrow": _arrow}
+    from sdpo_kit.io import reading
+
     for file in list_files(path):
-        yield from readers[kind_of(file)](file, batch_rows)
+        with reading(file, kind_of(file) + (".gz" if file.name.lower().endswith(".gz") else "")):
+            yield from readers[kind_of(file)](file, batch_rows)
 
 
 def _open_binary(file: Path):
@@ -140,11 +145,11 @@ def _json(file: Path, batch_rows: int) -> Iterator[Chunk]:
         value = json.loads(text)
     except json.JSONDecodeError:
         if text.lstrip().startswith("["):
-            raise ValueError(f"{file.name}:1: unparsable: not a valid JSON array") from None
+            raise InputError(f"{file.name}:1: unparsable: not a valid JSON array") from None
         yield from _batched(file, _jsonl_rows(iter(io.BytesIO(data))), batch_rows)
         return
     if not isinstance(value, list):
-        raise ValueError(f"{file.name}:1: unparsable: expected a JSON array of objects, got {type(value).__name__}")
+        raise InputError(f"{file.name}:1: unparsable: expected a JSON array of objects, got {type(value).__name__}")
     del data, text
     yield from _batched(file, (_json_element(row, v) for row, v in enumerate(value, 1)), batch_rows)
 
@@ -199,7 +204,8 @@ def _parquet(file: Path, batch_rows: int) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
     if not file.name.lower().endswith(".gz"):
-        yield from _arrow_chunks(file, pq.ParquetFile(file).iter_batches(batch_size=batch_rows))
+        pf = pq.ParquetFile(file, page_checksum_verification=True)  # a flipped bit is an error, not new data
+        yield from _arrow_chunks(file, pf.iter_batches(batch_size=batch_rows))
         return
     # Parquet needs random access; a gzipped one is inflated once to a temporary file.
     with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:

@@ -19,6 +19,8 @@ import json
 import re
 from typing import Any
 
+from sdpo_kit.errors import UsageError
+
 FORMATS = ("trl-standard", "trl-conversational", "sharegpt", "hh")
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 # Input columns each format turns into canonical ones (by canonical name; `columns` renames them).
@@ -82,7 +84,7 @@ def normalise(row: dict, fmt: str, columns: dict[str, str]) -> tuple[list[Messag
         else:
             prompt = _messages(row[col("prompt")], col("prompt"))
     else:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_pair(prompt, chosen, rejected, col)
     return prompt, chosen, rejected
 

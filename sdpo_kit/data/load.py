@@ -19,13 +19,14 @@ import polars as pl
 
 from sdpo_kit.data.containers import Chunk, RawError, iter_chunks, list_files, stem_of
 from sdpo_kit.data.formats import CONSUMED, FORMATS, RowError, detect_format, normalise, pair_id
+from sdpo_kit.errors import InputError, UsageError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 SCHEMA = {"pair_id": pl.String, "prompt": MESSAGES, "chosen": MESSAGES, "rejected": MESSAGES, "source": pl.String}
 CANONICAL_NAMES = ("prompt", "chosen", "rejected", "source", "conversations")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Raised in strict mode at the first bad row; the message reads `file:row: problem`."""
 
 
@@ -81,7 +82,7 @@ def load_pairs(path, *, format: str | None = None, columns: dict[str, str] | Non
     frames = [p.pairs for p in parts if p.pairs.height] or [pl.DataFrame(schema=SCHEMA)]
     pairs = pl.concat(frames, how="diagonal_relaxed")
     rejects = [r for p in parts for r in p.rejects]
-    fmt = next((p.format for p in parts if p.format), format or "")
+    fmt = ", ".join(dict.fromkeys(p.format for p in parts if p.format)) or format or ""  # a folder may mix formats
     return LoadResult(pairs, rejects, sum(p.rows for p in parts), fmt)
 
 
@@ -90,25 +91,61 @@ def iter_pairs(path, *, format: str | None = None, columns: dict[str, str] | Non
                batch_rows: int = 1024) -> Iterator[LoadResult]:
     """Stream `path` as LoadResults of at most `batch_rows` input rows each."""
     if format is not None and format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"--format: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     columns = dict(columns or {})
     bad = sorted(set(columns) - set(CANONICAL_NAMES))
     if bad:
-        raise ValueError(f"columns: unknown canonical names {bad}; use {', '.join(CANONICAL_NAMES)}")
+        raise UsageError(f"columns: unknown canonical names {bad}; use {', '.join(CANONICAL_NAMES)}")
     path = Path(path)
     # A directory's pairs share one default source: its name (shard names are not sources).
     default_source = path.name if path.is_dir() else stem_of(path)
     state = {"format": format, "seen": {}, "rows": 0}  # seen: pair_id -> "file:row" of its first row
-    list_files(path)  # fail early on a missing path or unsupported file
+    files = {f.name: f for f in list_files(path)}  # fails early on a missing path or unsupported file
+    current = None  # the file whose format `state["format"]` is
     for chunk in iter_chunks(path, batch_rows):
         if limit is not None and state["rows"] + len(chunk.rows) > limit:
             chunk.rows = chunk.rows[: max(limit - state["rows"], 0)]
         if not chunk.rows:
             return
+        if format is None and (chunk.file != current or state["format"] is None):
+            # Each file of a folder may have its own layout; one odd row never decides it.
+            state["format"], current = file_format(files.get(chunk.file), chunk, columns), chunk.file
         state["rows"] += len(chunk.rows)
         yield _load_chunk(chunk, state, columns, default_source, keep_duplicates, strict)
         if limit is not None and state["rows"] >= limit:
             return
+
+
+DETECT_ROWS = 256  # rows of a file that vote on its format
+
+
+def file_format(file: Path | None, chunk: Chunk, columns: dict) -> str | None:
+    """The layout most of a file's first DETECT_ROWS rows show (None while no row parsed).
+
+    A file none of whose rows has the columns of any layout is not preference data: that is a
+    file-level InputError, not one reject per row."""
+    rows = [v for _, v in chunk.rows[:DETECT_ROWS]]
+    if len(chunk.rows) < DETECT_ROWS and file is not None:  # a small chunk: look further into the file
+        rows = [v for _, v in next(iter_chunks(file, DETECT_ROWS), Chunk("", [])).rows] or rows
+    votes: Counter = Counter()
+    for value in rows:
+        if isinstance(value, dict):
+            try:
+                votes[detect_format(value, columns)] += 1
+            except RowError:
+                pass
+    if votes:
+        return votes.most_common(1)[0][0]
+    seen = sorted({str(k) for v in rows if isinstance(v, dict) for k in v})
+    if not rows:
+        return None
+    if not any(isinstance(v, dict) for v in rows):  # e.g. a JSON array of numbers, a binary file named .jsonl
+        first = rows[0]
+        raise InputError(file or chunk.file, f"not preference data: none of the first {len(rows)} row(s) is a "
+                         f"record ({first.reason}: {first.detail[:100]})")
+    names = ", ".join(f"--{n}-col" for n in ("prompt", "chosen", "rejected", "conversations"))
+    raise InputError(file or chunk.file, f"not preference data: no prompt/chosen/rejected or conversations columns "
+                     f"found (columns: {', '.join(seen[:12])}{', ...' if len(seen) > 12 else ''}); use {names} to map yours")
 
 
 def _load_chunk(chunk: Chunk, state: dict, columns: dict, default_source: str,
@@ -140,8 +177,6 @@ def _load_chunk(chunk: Chunk, state: dict, columns: dict, default_source: str,
 def _normalise_row(value: dict | RawError, state: dict, columns: dict, default_source: str) -> dict:
     if isinstance(value, RawError):
         raise RowError(value.reason, value.detail)
-    if state["format"] is None:  # the first row that shows its layout fixes it for the whole input
-        state["format"] = detect_format(value, columns)
     prompt, chosen, rejected = normalise(value, state["format"], columns)
     source = value.get(columns.get("source", "source"))
     return {"pair_id": pair_id(prompt, chosen, rejected), "prompt": prompt, "chosen": chosen,

@@ -1,0 +1,43 @@
+"""Escape strings from data or paths for the place they are rendered: HTML, markdown tables, plots.
+
+    python -c "from sdpo_kit.escape import md_cell, html, mpl_label; print(md_cell('a|b\\n<script>'), html(\\"x' onerror='y\\"), mpl_label('$x$'))"
+
+A source name, a run folder or a file name is data: it must never become markup. `html` for
+HTML text and attribute values, `md_cell` for one cell of a markdown table (also safe inline in
+markdown prose), `mpl_label` for matplotlib titles, tick labels and legend entries (no mathtext,
+and a leading underscore does not hide the legend entry), `term` for one line on a terminal.
+"""
+
+from __future__ import annotations
+
+import html as _html
+
+
+def html(s: object) -> str:
+    """`s` as HTML text or a quoted attribute value: `& < > " '` escaped."""
+    return _html.escape(str(s), quote=True)
+
+
+def md_cell(s: object) -> str:
+    """`s` as one markdown table cell: HTML-escaped, `|` and backslashes escaped, newlines as spaces.
+
+    A `|` would start a new column, a newline ends the row, and `<script>` is live HTML in most
+    markdown renderers (the Hugging Face hub included)."""
+    text = html(s).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+
+
+def mpl_label(s: object) -> str:
+    """`s` as literal matplotlib text: `$` escaped so mathtext never parses data (an unbalanced
+    `$...$` aborts the figure), and a leading `_` kept visible (matplotlib hides such legend entries)."""
+    text = str(s).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+def term(s: object) -> str:
+    """`s` on one terminal line: newlines, escape sequences and other control characters shown as
+    Python escapes (`\\n`, `\\x1b`), so a name from data can neither break a line nor recolour the terminal."""
+    text = str(s)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
