@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from sdpo_kit.data import prompt_text
+from sdpo_kit.stats import paired_bootstrap
 
 # (arm, baseline): every sDPO arm against plain DPO, and the paper's ordered splits against random.
 COMPARISONS = [("sdpo-easy-to-hard", "dpo"), ("sdpo-by-source", "dpo"), ("sdpo-random", "dpo"),
@@ -48,22 +49,10 @@ def two_level_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray, draw
     """Mean over pairs of (a's γ − b's γ), each averaged over seeds, and its 95% percentile interval.
 
     a: (seeds_a, pairs), b: (seeds_b, pairs) γ of the final models; clusters: (pairs,) prompt labels.
-    Each draw resamples each arm's seeds and then the clusters (as many as there are), both with
-    replacement, so the interval covers training noise and the held-out sample together.
+    The interval code is the library's (`sdpo_kit.stats.paired_bootstrap`, also behind `sdpo
+    report`'s verdict): each draw resamples each arm's seeds and then the clusters.
     """
-    rng = np.random.default_rng(seed)
-    labels, idx = np.unique(clusters, return_inverse=True)
-
-    def seed_mean(g: np.ndarray) -> np.ndarray:  # (draws, pairs): γ averaged over resampled seeds
-        w = rng.multinomial(len(g), np.full(len(g), 1 / len(g)), size=draws) / len(g)
-        return w @ g
-
-    diff = seed_mean(a) - seed_mean(b)
-    w = rng.multinomial(len(labels), np.full(len(labels), 1 / len(labels)), size=draws)[:, idx]  # per pair
-    means = (w * diff).sum(1) / w.sum(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": float((a.mean(0) - b.mean(0)).mean()), "lo": float(lo), "hi": float(hi),
-            "p_positive": float((means > 0).mean()), "pairs": int(a.shape[1]), "clusters": len(labels), "draws": means}
+    return paired_bootstrap(a, b, clusters, draws=draws, seed=seed)
 
 
 def comparison_markdown(run_dirs: list[Path], draws: int = 10_000) -> str:

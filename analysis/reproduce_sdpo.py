@@ -66,15 +66,16 @@ def _prompt_text(pairs):
 
 
 def split_prompts(pairs, common: dict, seed: int) -> dict[str, list[str]]:
-    """Distinct prompts shuffled with `seed`: first heldout share, then validation share, rest train."""
-    import numpy as np
+    """Distinct prompts shuffled with `seed`: first heldout share, then validation share, rest train.
 
-    prompts = sorted(_prompt_text(pairs)["__prompt"].unique().to_list())
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    n_held = round(common["heldout_prompt_share"] * len(prompts))
-    n_val = round(common["val_prompt_share"] * len(prompts))
-    shuffled = [prompts[i] for i in order]
-    return {"heldout": shuffled[:n_held], "val": shuffled[n_held:n_held + n_val], "train": shuffled[n_held + n_val:]}
+    The split itself is `sdpo data split`'s (`sdpo_kit.data.heldout.assign_sides`), so the analysis
+    and the CLI give the same sides for the same shares and seed.
+    """
+    from sdpo_kit.data.heldout import assign_sides
+
+    sides = assign_sides(_prompt_text(pairs)["__prompt"].to_list(), common["heldout_prompt_share"],
+                         common["val_prompt_share"], seed)
+    return {"heldout": sides["heldout"], "val": sides["validation"], "train": sides["train"]}
 
 
 def sample_side(pairs, prompts: list[str], side: str, n: int, limit: int, seed: int, data_dir: Path) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,46 @@ def _length(table, scored: dict, names: list[str]):
     return table, eval_length_summary(table, names)
 
 
+def training_pairs(run_dir: str | Path, meta: dict):
+    """pair_id and prompt text of every pair the run trained on: the steps' reference.parquet
+    (inside the run folder), else the partition files run.json names; None when neither is there."""
+    import polars as pl
+
+    from sdpo_kit.data import prompt_text
+
+    run_dir, frames = Path(run_dir), []
+    for s in meta.get("steps", []):
+        files = [run_dir / s["dir"] / "reference.parquet"]
+        if not files[0].is_file():
+            named = s.get("partition") or []
+            files = [Path(f) for f in ([named] if isinstance(named, str) else named)]
+        for f in files:
+            if f.is_file():
+                frames.append(pl.read_parquet(f, columns=["pair_id", "prompt"]).select(
+                    "pair_id", prompt_text().alias("prompt_text")))
+    return pl.concat(frames).unique() if frames else None
+
+
+def overlap_with_training(pairs, trained) -> dict[str, int]:
+    """How many held-out pairs share a pair_id, a prompt, or either, with the training pairs."""
+    from sdpo_kit.data import prompt_text
+
+    held = pairs.select("pair_id", prompt_text().alias("prompt_text"))
+    by_id = held["pair_id"].is_in(trained["pair_id"].implode())
+    by_prompt = held["prompt_text"].is_in(trained["prompt_text"].unique().implode())
+    return {"pairs": held.height, "pair_id": int(by_id.sum()), "prompt": int(by_prompt.sum()),
+            "any": int((by_id | by_prompt).sum())}
+
+
+def overlap_warning(counts: dict[str, int]) -> str | None:
+    """The one line `sdpo eval` prints when held-out pairs were seen in training, else None."""
+    if not counts["any"]:
+        return None
+    return (f"[sdpo eval] warning: {counts['any']} of {counts['pairs']} held-out pairs overlap the run's training "
+            f"partitions ({counts['pair_id']} by pair_id, {counts['prompt']} by prompt): these are not held-out "
+            "numbers; make held-out data with `sdpo data split`")
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
     from sdpo_kit.data import load_pairs
@@ -242,6 +283,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     pairs = loaded.pairs
     if pairs.height == 0:
         raise InputError(f"{cfg.data}: no valid pairs to evaluate on ({len(loaded.rejects)} rejected rows).")
+    trained = training_pairs(cfg.run, meta)
+    overlap = overlap_with_training(pairs, trained) if trained is not None else None
+    if overlap and overlap_warning(overlap):
+        print(overlap_warning(overlap), file=sys.stderr, flush=True)
     rejects = [_as_dict(r) for r in loaded.rejects]
     seen = {(r["file"], r["row"]) for r in rejects}
     scored = {}
@@ -257,7 +302,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                      scores=f"models/{m['name']}.parquet")
     result = {"run": str(cfg.run), "beta": float(meta.get("beta", 0.1)), "config": asdict(cfg),
               "data": {"path": str(cfg.data), "pairs": table.height, "loaded": pairs.height,
-                       "rejected": len(loaded.rejects) + pairs.height - table.height, "key": data_key(pairs)}, **result}
+                       "rejected": len(loaded.rejects) + pairs.height - table.height, "key": data_key(pairs),
+                       "overlap_with_training": overlap}, **result}
     write_parquet(out / "scores.parquet", table)
     write_jsonl(out / "rejects.jsonl", rejects)
     write_json(out / "eval.json", result)

@@ -108,6 +108,9 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sdpo_kit.console import quiet_libraries
+
+    quiet_libraries()  # no weight-loading bar beside the stage's own bar
     path = resolve_model_path(name)
     with _user_model(path, "model"):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit import escape, plots
+from sdpo_kit import escape, plots, verdict
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import atomic_path, read_json, write_json, write_text
 
@@ -139,10 +139,15 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
                             "training (steps end to end), and its value at the end of each step.", 2,
                             lambda a: (plots.plot_reward_margin_timeline(steps, a[0]),
                                        plots.plot_end_of_step([s["summary"] for s in steps], a[1]))))
-        figs.append(_figure("loss_accuracy", "DPO loss and reward accuracy of each step, overlaid on the "
-                            "step-local time axis; every step starts at ln 2 against its own reference.", 2,
-                            lambda a: (plots.plot_loss_per_step(steps, a[0]),
-                                       plots.plot_reward_accuracy_per_step(steps, a[1]))))
+        points = max(sum("loss" in e for e in s["log_history"]) for s in steps)
+        if points <= 1:  # one dot per step draws no curve: the step table has loss first/end
+            notes.append(f"Loss and reward accuracy per step left out: each step logged {points} training point "
+                         "(fewer optimiser steps than logging_steps); the table above has each step's loss.")
+        else:
+            figs.append(_figure("loss_accuracy", "DPO loss and reward accuracy of each step, overlaid on the "
+                                "step-local time axis; every step starts at ln 2 against its own reference.", 2,
+                                lambda a: (plots.plot_loss_per_step(steps, a[0]),
+                                           plots.plot_reward_accuracy_per_step(steps, a[1]))))
     else:
         notes.append("No trainer_state.json log history: training curves left out.")
     parts = [s["partition"] for s in steps if s["partition"]]
@@ -155,10 +160,18 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
     if ev is None:
         notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
         return figs, notes
-    figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
-                        "reference of step t (the paper's Figure 2); and each model's preference accuracy per source.",
-                        2, lambda a: (plots.plot_reference_margins(ev["models"], a[0]),
-                                      plots.plot_accuracy_by_source(ev["models"], a[1]))))
+    n_sources = len({s for m in ev["models"] for s in m.get("per_source", {})})
+    if n_sources <= 1:  # one source: the per-source panel would repeat the overall accuracy
+        notes.append("Preference accuracy per source left out: the held-out pairs have one source "
+                     "(the table above has each model's accuracy).")
+        figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
+                            "reference of step t (the paper's Figure 2).", 1,
+                            lambda a: plots.plot_reference_margins(ev["models"], a[0])))
+    else:
+        figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
+                            "reference of step t (the paper's Figure 2); and each model's preference accuracy per "
+                            "source.", 2, lambda a: (plots.plot_reference_margins(ev["models"], a[0]),
+                                                     plots.plot_accuracy_by_source(ev["models"], a[1]))))
     scores = run["scores"]
     if scores is not None and signal in scores.columns:
         names = [m["name"] for m in ev["models"]]
@@ -232,11 +245,11 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
         d = ev["data"]
         out += [f"Held-out: `{md(d['path'])}`, {d['pairs']} pairs scored by every model"
                 f" ({d.get('rejected', 0)} dropped, see eval/rejects.jsonl).", ""]
-        out += _table(["model", "preference accuracy", "mean γ"],
-                      [[m["name"], m["accuracy"], m["mean_margin"]] for m in ev["models"]]) + [""]
-        out += _table(["policy", "reference", "reward margin mean", "reward accuracy"],
-                      [[c["policy"], c["reference"], c["reward_margin_mean"], c["reward_accuracy"]]
-                       for c in ev["comparisons"]]) + [""]
+        out += _table(["model", "n pairs", "preference accuracy", "mean γ", "s.e."],
+                      [[m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem")] for m in ev["models"]]) + [""]
+        out += _table(["policy", "reference", "n pairs", "reward margin mean", "s.e.", "reward accuracy"],
+                      [[c["policy"], c["reference"], c["pairs"], c["reward_margin_mean"], c.get("sem"),
+                        c["reward_accuracy"]] for c in ev["comparisons"]]) + [""]
         if r["scores"] is not None and signal in r["scores"].columns:
             for m in ev["models"]:
                 rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
@@ -247,19 +260,20 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
 
 def comparison_markdown(runs: list[dict]) -> str:
     """Final model of every run on its held-out data, one row per run."""
-    rows = [[r["name"], r["label"], r["seed"], *(_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
+    rows = [[r["name"], r["label"], r["seed"], r["eval"]["data"]["pairs"], *(_final_vs_s(r["eval"]).values())]
+            for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return ""
     keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}
     warn = ["**Warning: these runs were evaluated on different held-out pairs; compare with care.**", ""]
     return "\n".join(["## Runs compared", ""] + (warn if len(keys) > 1 else []) + _table(
-        ["run", "label", "seed", "final model", "preference accuracy", "mean γ", "reward margin vs S",
+        ["run", "label", "seed", "n pairs", "final model", "preference accuracy", "mean γ", "reward margin vs S",
          "reward accuracy vs S"], rows) + [""])
 
 
-def summary_markdown(runs: list[dict], signal: str = "judge_confidence") -> str:
-    """The report's short text: run comparison, then per run its training and held-out numbers."""
-    return "\n".join(["# sDPO report", "", comparison_markdown(runs)] + [run_markdown(r, signal) for r in runs])
+def summary_markdown(runs: list[dict], signal: str = "judge_confidence", verdict_md: str = "") -> str:
+    """The report's short text: the verdict, run comparison, then per run its training and held-out numbers."""
+    return "\n".join(["# sDPO report", "", verdict_md, comparison_markdown(runs)] + [run_markdown(r, signal) for r in runs])
 
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1300px;margin:2em auto;
@@ -354,7 +368,8 @@ def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence")
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise UsageError(f"two run directories share a name ({names}): figure files would collide.")
-    sections, index = [], {}
+    answer = verdict.summary(runs)  # the verdict opens the page and summary.md
+    sections, index = [verdict.to_html(answer)], {}
     blocks = [(comparison_markdown(runs), "", comparison_figures(runs), [])]
     blocks += [(run_markdown(r, signal), r["name"] + "_", *run_figures(r, signal)) for r in runs]
     for text, prefix, figs, notes in blocks:
@@ -369,7 +384,8 @@ def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence")
             body.append(f"<figure id='{stem}'><img alt='{stem}' src='data:image/png;base64,{b64}'>"
                         f"<figcaption>{html.escape(f['caption'])}</figcaption></figure>")
         sections.append("<section>" + "\n".join(body) + "</section>")
-    md = summary_markdown(runs, signal)
+    md = summary_markdown(runs, signal, verdict.markdown(answer))
+    write_json(out / "verdict.json", answer)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sDPO report</title><style>{CSS}</style>"
             f"</head><body><h1>sDPO report</h1>\n" + "\n".join(sections) + "</body></html>")
     return {"html": write_text(out / "report.html", page), "summary": write_text(out / "summary.md", md + "\n"),

@@ -206,6 +206,7 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     """
     from accelerate import PartialState
 
+    from sdpo_kit.console import main_process
     from sdpo_kit.data import iter_pairs
     from sdpo_kit.data.containers import list_files
     from sdpo_kit.models import cache_dir, load_model
@@ -234,7 +235,7 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     store = PairCache(cache_dir() / "scores" / key if cache else None)
     read = {"format": format, "columns": columns, "limit": limit}
     mine = lambda k: k % state.num_processes == state.process_index  # noqa: E731
-    bar = _bar(data, read, shard_rows, mine, progress and state.is_main_process)
+    bar = _bar(data, read, shard_rows, mine, progress and state.is_main_process and main_process())
     start = 0
     for k, chunk in enumerate(iter_pairs(data, batch_rows=shard_rows, **read)):
         shard, rows = parts / f"shard_{k:06d}.parquet", _kept_rows(data, start, chunk)

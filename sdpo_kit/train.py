@@ -156,6 +156,9 @@ def train_parser():
         # use_cpu also makes transformers pick accelerate's MULTI_CPU (gloo) state under a launcher.
         defaults.update(bf16=False, gradient_checkpointing=False, use_cpu=True)
     parser.set_defaults(**defaults)
+    from sdpo_kit.console import quiet_libraries
+
+    quiet_libraries()  # before DPOConfig is built: its harmless FutureWarning would precede every message
     return parser
 
 
@@ -525,7 +528,7 @@ def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
                               f"run.json has {want}); train into a new --out")
 
 
-def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state) -> Path:
+def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
     """Step t: M_{t-1} = `start` scores `files`, then trains on them; returns M_t's folder."""
     from sdpo_kit import train_step as ts
     from sdpo_kit.models import model_fingerprint
@@ -546,7 +549,15 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     lora = _lora_config(cfg)
     start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
-    trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
+    from sdpo_kit.console import library_bars_off
+
+    with library_bars_off():  # TRL's pass over our precomputed reference draws its own bar in __init__
+        trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
+    if progress is not None:  # the run's one bar replaces the trainer's own bar and log printer
+        from sdpo_kit.console import use_run_progress
+
+        use_run_progress(trainer, progress)
+        progress.start_step(t)
     start_fp = start_fp or model_fingerprint(trainer.model)
     rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
     if t == 1 and not run.get("base_fingerprint"):
@@ -556,7 +567,8 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     checkpoint = ts.latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
     if checkpoint:
         rec["resumed_from"] = Path(checkpoint).name
-        print(f"[sdpo train] step {t}: resuming from {checkpoint}")
+        if state.is_main_process:
+            print(f"[sdpo train] step {t}: resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     final = ts.final_model(trainer)
     model_fp = model_fingerprint(final)
@@ -578,6 +590,18 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         shutil.rmtree(step_dir / "dataset", ignore_errors=True)
     rec.update(status="done", model_fingerprint=model_fp)
     return step_dir / "model"
+
+
+def _run_progress(plan: list[list[Path]], args, world: int):
+    """The run's one training bar, sized from the partitions' row counts (corrected as each step starts)."""
+    import pyarrow.parquet as pq
+
+    from sdpo_kit import console
+
+    console.quiet_libraries()
+    planned = [console.planned_steps(sum(pq.read_metadata(f).num_rows for f in files), args, world) for files in plan]
+    enabled = not args.disable_tqdm and not os.environ.get("TQDM_DISABLE")
+    return console.trainer_callback()(planned, enabled=enabled)
 
 
 def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, given: set[str] | None = None) -> Path:
@@ -602,14 +626,20 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
     current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
+    progress = _run_progress(plan, args, world)
+    from tqdm.auto import tqdm
+
+    # One process speaks under accelerate; tqdm.write keeps the line off the run's bar.
+    say = tqdm.write if state.is_main_process else (lambda *a, **k: None)
     for t, step_files in enumerate(plan, 1):
         done = run["steps"][t - 1]["status"] == "done" and (run_dir / f"step_{t}" / "model" / "config.json").is_file()
         if done:
-            print(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
+            say(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
         else:
-            print(f"[sdpo train] step {t}/{len(plan)}: reference and start = {current}")
-            run_step(t, step_files, current, cfg, args, run, state)
+            say(f"[sdpo train] step {t}/{len(plan)}: reference and start = {current}")
+            run_step(t, step_files, current, cfg, args, run, state, progress)
         current = run_dir / f"step_{t}" / "model"
+    progress.close()
     run["status"] = "done"
     if state.is_main_process:
         write_json(run_dir / "run.json", run)

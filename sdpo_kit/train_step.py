@@ -166,8 +166,20 @@ def save_model(model, tokenizer, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    _usual_permissions(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Files as the umask allows, like every other output: safetensors writes its file 0600."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
 
 
 def save_state(trainer, path: Path) -> None:

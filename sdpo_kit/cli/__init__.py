@@ -84,6 +84,7 @@ app.add_typer(curate_app, name="curate")
 
 data_app.command("inspect")(data_cmd.inspect)
 data_app.command("card")(split_cmd.card)
+data_app.command("split")(data_cmd.split)
 curate_app.command("score")(score_cmd.score)
 curate_app.command("split")(split_cmd.split)
 # `train` forwards unknown flags (any trl.DPOConfig field) to its own parser.

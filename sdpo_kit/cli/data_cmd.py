@@ -92,3 +92,28 @@ def _print_summary(s: dict) -> None:
             console.print(table)
     if s.get("rejects_file"):
         console.print(f"rejects written to {escape(s['rejects_file'])}")
+
+
+def split(
+    data: str = typer.Argument(..., help="Preference data: any file or folder `sdpo data inspect` reads."),
+    out: str = typer.Option(..., "--out", help="Folder for train.parquet, heldout.parquet, manifest.json."),
+    heldout: float = typer.Option(0.2, "--heldout", help="Share of distinct prompts held out, in (0, 1)."),
+    validation: float = typer.Option(0.0, "--validation", help="Share of distinct prompts for a validation side; 0 = none."),
+    by: str = typer.Option("prompt", "--by", help="prompt (no prompt on two sides) | pair."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffle; the same seed gives the same sides."),
+    format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
+) -> None:
+    """Train / held-out (/ validation) files with no prompt on two sides, checked and recorded in manifest.json."""
+    from sdpo_kit.data.heldout import HeldoutConfig, run, summary
+    from sdpo_kit.errors import SdpoError
+
+    try:
+        manifest = run(HeldoutConfig(data=data, out=out, heldout=heldout, validation=validation, by=by, seed=seed,
+                                     format=format))
+    except SdpoError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    typer.echo(summary(manifest))
+    from pathlib import Path
+
+    typer.echo(f"wrote {Path(out)}/ (" + ", ".join(v["file"] for v in manifest["sides"].values()) + ", manifest.json)")

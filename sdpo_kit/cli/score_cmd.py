@@ -41,9 +41,9 @@ def score(
                          beta=beta, token_budget=token_budget)
     path = score_file(data, out, model=reference or model, config=config, policy=policy, resume=resume,
                       limit=limit, format=format, shard_rows=shard_rows, cache=cache)
-    from accelerate import PartialState
+    from sdpo_kit.console import main_process
 
-    if PartialState().is_main_process:
+    if main_process():  # by RANK: under a launcher every process returns here, one prints
         typer.echo(summary(path))
         _length_lines(path)
 

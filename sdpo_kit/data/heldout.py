@@ -1,0 +1,151 @@
+"""Train / held-out (/ validation) split of preference data with no prompt on two sides.
+
+    sdpo data split data/dpo_en_demo.json --heldout 0.2 --by prompt --seed 0 --out split/
+
+Groups the pairs by their key (`--by prompt`: the prompt's last turn, `prompt_text()`; `--by
+pair`: the pair itself), shuffles the distinct keys with `numpy.random.default_rng(seed)` and
+gives the first `round(heldout * keys)` to held-out, the next `round(validation * keys)` to
+validation and the rest to train. Every pair of a key lands on the key's side, so with `--by
+prompt` no prompt is ever trained on and evaluated on: this is asserted on the written files
+and recorded in `manifest.json` (`overlap`). The same seed gives the same sides, and the
+analysis (`analysis/reproduce_sdpo.py`) splits its prompts with `assign_sides` too.
+
+Writes `OUT/train.parquet`, `OUT/heldout.parquet`, `OUT/validation.parquet` (only with
+`--validation`), `OUT/rejects.jsonl` (rows the data layer rejected) and `OUT/manifest.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sdpo_kit.errors import InputError, UsageError
+
+BY = ("prompt", "pair")
+SIDES = ("train", "validation", "heldout")
+
+
+@dataclass
+class HeldoutConfig:
+    data: str = field(metadata={"help": "Preference data: any file or folder `sdpo data inspect` reads."})
+    out: str = field(metadata={"help": "Folder for train.parquet, heldout.parquet, manifest.json."})
+    heldout: float = field(default=0.2, metadata={"help": "Share of distinct keys (prompts) held out, in (0, 1)."})
+    validation: float = field(default=0.0, metadata={
+        "help": "Share of distinct keys for a validation side (tuning without touching held-out); 0 = none."})
+    by: str = field(default="prompt", metadata={
+        "help": "`prompt`: a prompt's pairs stay together (no prompt on two sides); `pair`: pairs split alone."})
+    seed: int = field(default=0, metadata={"help": "Seed of the key shuffle; the same seed gives the same sides."})
+    format: str | None = field(default=None, metadata={"help": "Force the input format (default: detected)."})
+
+    def __post_init__(self):
+        if self.by not in BY:
+            raise UsageError(f"--by {self.by!r}: expected one of {', '.join(BY)}")
+        if not 0 < self.heldout < 1:
+            raise UsageError(f"--heldout {self.heldout}: expected a share strictly between 0 and 1")
+        if not 0 <= self.validation < 1 or self.heldout + self.validation >= 1:
+            raise UsageError(f"--validation {self.validation}: expected a share >= 0 with heldout + validation < 1 "
+                             f"(here {self.heldout + self.validation:g}), so some pairs are left to train on")
+        if not Path(self.data).exists():
+            raise InputError(self.data, "no such file or folder")
+
+
+def assign_sides(keys: list[str], heldout: float, validation: float, seed: int) -> dict[str, list[str]]:
+    """Distinct `keys` (sorted, then shuffled with `seed`): first the held-out share, then validation, rest train."""
+    import numpy as np
+
+    distinct = sorted(set(keys))
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    shuffled = [distinct[i] for i in order]
+    n_held, n_val = round(heldout * len(distinct)), round(validation * len(distinct))
+    return {"heldout": shuffled[:n_held], "validation": shuffled[n_held:n_held + n_val],
+            "train": shuffled[n_held + n_val:]}
+
+
+def key_expr(by: str):
+    """The polars expression a split groups on: the prompt's last turn, or the pair id."""
+    import polars as pl
+
+    from sdpo_kit.data.stats import prompt_text
+
+    return prompt_text() if by == "prompt" else pl.col("pair_id")
+
+
+def overlap(frames: dict) -> dict[str, int]:
+    """Pair ids and prompts found on more than one side (each counted once)."""
+    from sdpo_kit.data.stats import prompt_text
+
+    counts = {}
+    for name, expr in [("pair_id", None), ("prompt", prompt_text())]:
+        seen: dict[str, int] = {}
+        for df in frames.values():
+            values = df["pair_id"] if expr is None else df.select(expr.alias("k"))["k"]
+            for v in set(values.to_list()):
+                seen[v] = seen.get(v, 0) + 1
+        counts[name] = sum(1 for n in seen.values() if n > 1)
+    return counts
+
+
+def _side_info(df, file: str) -> dict:
+    from sdpo_kit.data.stats import prompt_text
+
+    sources = dict(sorted(df["source"].value_counts().iter_rows())) if df.height else {}
+    return {"file": file, "pairs": df.height, "prompts": df.select(prompt_text().n_unique()).item() if df.height else 0,
+            "sources": sources}
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run(cfg: HeldoutConfig) -> dict:
+    """Write the sides and manifest.json into `cfg.out`; returns the manifest."""
+    import polars as pl
+
+    from sdpo_kit.data import load_pairs, write_rejects
+    from sdpo_kit.io import write_json, write_parquet
+
+    loaded = load_pairs(cfg.data, format=cfg.format)
+    pairs = loaded.pairs.with_columns(key_expr(cfg.by).alias("__key"))
+    sides = assign_sides(pairs["__key"].to_list(), cfg.heldout, cfg.validation, cfg.seed)
+    if not sides["heldout"] or not sides["train"]:
+        raise InputError(cfg.data, f"{len(set(sides['heldout'] + sides['train'] + sides['validation']))} distinct "
+                         f"{cfg.by}s: too few to hold out {cfg.heldout:g} and still train on the rest")
+    out = Path(cfg.out)
+    names = [s for s in SIDES if s != "validation" or cfg.validation > 0]
+    frames = {s: pairs.filter(pl.col("__key").is_in(pl.Series(sides[s], dtype=pl.String).implode())).drop("__key")
+              for s in names}
+    leaks = overlap(frames)
+    # The promise of --by prompt, checked on what is written rather than trusted from the shuffle.
+    assert leaks["pair_id"] == 0 and (cfg.by != "prompt" or leaks["prompt"] == 0), f"split leaked: {leaks}"
+    if "validation" not in names and (out / "validation.parquet").exists():
+        (out / "validation.parquet").unlink()  # a stale side from an earlier call would mislead
+    for s in names:
+        write_parquet(out / f"{s}.parquet", frames[s])
+    write_rejects(loaded.rejects, out / "rejects.jsonl")
+    manifest = {
+        "config": asdict(cfg),
+        "input": {"path": str(cfg.data), "sha256": _sha256(Path(cfg.data)), "rows": loaded.rows,
+                  "valid": pairs.height, "rejected": len(loaded.rejects), "reasons": loaded.reasons},
+        "keys": {s: len(sides[s]) for s in names},
+        "sides": {s: _side_info(frames[s], f"{s}.parquet") for s in names},
+        "overlap": {**leaks, "checked": "pair_id and prompt text (last turn) across every pair of sides"},
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def summary(manifest: dict) -> str:
+    """One line per side and the overlap check, as the CLI prints it."""
+    sides = manifest["sides"]
+    parts = [f"{s} {v['pairs']:,} pairs ({v['prompts']:,} prompts)" for s, v in sides.items()]
+    o = manifest["overlap"]
+    by = manifest["config"]["by"]
+    return (f"{manifest['input']['valid']:,} valid pairs ({manifest['input']['rejected']:,} rejected) split by {by}: "
+            + ", ".join(parts) + f"; prompts on two sides: {o['prompt']}, pair ids on two sides: {o['pair_id']}")
