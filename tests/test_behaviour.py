@@ -84,6 +84,17 @@ def test_eval_generate_end_to_end_cached(tmp_path, tiny_model_dir):
         mine = [r for r in rows if r["model"] == name]
         assert b["models"][name]["cut_share"] == pytest.approx(sum(r["cut"] for r in mine) / 3)
         assert b["models"][name]["mean_tokens"] == pytest.approx(sum(r["tokens"] for r in mine) / 3)
+    # The report: length drift per model and S vs the final model side by side, answers escaped.
+    gen = run / "eval" / "generations.jsonl"
+    rows[0]["answer"] = "<script>alert(1)</script> | x"
+    gen.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rep = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert "Behaviour on 3 held-out prompts" in md and "| prompt | S | M1 |" in md and "length drift vs S" in md
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; | x" in page
+    assert "first-step rewards 0 (reference = start)" in md
     again = CliRunner().invoke(app, cmd)
     assert again.exit_code == 0 and "answers cached" in again.output
     bad = CliRunner().invoke(app, cmd[:-2] + ["--max-new-tokens", "0"])

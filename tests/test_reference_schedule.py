@@ -92,6 +92,10 @@ def test_fixed_reference_is_S_start_is_previous(tmp_path, parts, tiny_model_dir)
             assert s["reference_check"]["kind"] == "rescored" and s["reference_check"]["max_abs_diff"] <= 1e-4
             assert abs(s["loss_first"] - math.log(2)) > 1e-4
     assert not (out / "step_2" / "reference_model").exists()  # S is scored, never copied
+    rep = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    md = (tmp_path / "rep" / "summary.md").read_text()
+    assert f"| 2 | fixed | {base} | True | re-scored 4 pairs" in md
 
 
 @pytest.mark.slow
