@@ -23,7 +23,11 @@ from sdpo_kit.data import prompt_text
 
 # (arm, baseline): every sDPO arm against plain DPO, and the paper's ordered splits against random.
 COMPARISONS = [("sdpo-easy-to-hard", "dpo"), ("sdpo-by-source", "dpo"), ("sdpo-random", "dpo"),
-               ("sdpo-easy-to-hard", "sdpo-random"), ("sdpo-by-source", "sdpo-random")]
+               ("sdpo-easy-to-hard", "sdpo-random"), ("sdpo-by-source", "sdpo-random"),
+               # issue 13's factorial: the refresh at a fixed order, length control, the soft update
+               ("sdpo-random", "sdpo-random-fixed"), ("sdpo-easy-to-hard-lc", "sdpo-easy-to-hard"),
+               ("sdpo-easy-to-hard-lc", "sdpo-random"), ("sdpo-random-mix", "sdpo-random"),
+               ("sdpo-random-mix", "sdpo-random-fixed"), ("sdpo-random-fixed", "dpo")]
 
 
 def final_gammas(run_dir: Path) -> pl.DataFrame:

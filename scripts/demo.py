@@ -69,7 +69,7 @@ def main() -> None:
     resume = ["--resume"] if (run_dir / "run.json").exists() else []
     run("train", "--config", str(REPO / "configs" / "sdpo_demo.yaml"), "--partitions", str(parts),
         "--out", str(run_dir), *resume)
-    run("eval", "--run", str(run_dir), "--data", str(heldout))
+    run("eval", "--run", str(run_dir), "--data", str(heldout), "--generate", "4", "--max-new-tokens", "48")
     run("report", str(run_dir), "--out", str(report))
     print(f"\nDemo finished in {time.time() - t0:.0f} s. Everything is under {OUT}:")
     for name, path in [("scored pairs", scored), ("partitions + data card", parts / "README.md"),

@@ -13,8 +13,9 @@ Per model, over its N answers:
   log π_t(y_i | x, y_<i) − log π_S(y_i | x, y_<i) on M_t's OWN answers, both teacher-forced: a
   Monte-Carlo estimate of KL(π_t ‖ π_S) per token (exactly 0 for S, or any weights equal to S's).
 
-Answers are cached per model in `eval/generations/NAME.jsonl` + `NAME.json` (fingerprint, prompts
-key, settings; the KL pass of S on them too), all of them in `eval/generations.jsonl`.
+Answers are cached per model in `eval/generations/NAME.jsonl` + `NAME.json` (key: fingerprint, S's
+fingerprint, prompt ids, settings) and across runs in $SDPO_KIT_CACHE/generations/ (so S answers
+once for a whole comparison); all of a run's answers are also in `eval/generations.jsonl`.
 """
 
 from __future__ import annotations
@@ -127,6 +128,14 @@ def model_generations(model: dict, prompts: list[dict], settings: dict, base: di
     if sidecar.is_file() and path.is_file() and read_json(sidecar).get("key") == key:
         print(f"[sdpo eval] {model['name']}: answers cached ({path})")
         return read_json(sidecar)["stats"]
+    shared = _shared_cache(key)  # S's answers are the same for every run of a comparison: made once
+    if shared.with_suffix(".json").is_file() and shared.is_file():
+        print(f"[sdpo eval] {model['name']}: answers cached ({shared})")
+        rows = [{**json.loads(ln), "model": model["name"]} for ln in shared.read_text(encoding="utf-8").splitlines() if ln]
+        stats = read_json(shared.with_suffix(".json"))["stats"]
+        write_jsonl(path, rows)
+        write_json(sidecar, {"key": key, "stats": stats})
+        return stats
     verify_model(model)
     print(f"[sdpo eval] {model['name']}: answering {len(prompts)} prompts ...", flush=True)
     lm, tok = load_checked_model(model["path"])
@@ -142,7 +151,17 @@ def model_generations(model: dict, prompts: list[dict], settings: dict, base: di
              "tokens": len(a["tokens"]), "cut": a["cut"], "ended": a["ended"]} for p, a in zip(prompts, answers)]
     write_jsonl(path, rows)
     write_json(sidecar, {"key": key, "stats": stats})
+    write_jsonl(shared, rows)
+    write_json(shared.with_suffix(".json"), {"key": key, "stats": stats})
     return stats
+
+
+def _shared_cache(key: dict) -> Path:
+    """$SDPO_KIT_CACHE/generations/HASH.jsonl: answers keyed by weights, S, prompts and decoding settings."""
+    from sdpo_kit.models import cache_dir
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "generations" / f"{digest}.jsonl"
 
 
 def evaluate_behaviour(models: list[dict], pairs, n: int, max_new_tokens: int, sample_seed: int | None,
