@@ -7,6 +7,8 @@ loss_type, max_length, report_to, ...); `--config run.yaml` supplies the same ke
 override it. Each step composes a fresh `trl.DPOTrainer` (see `sdpo_kit/train_step.py`) fed
 with the reference log-probs that the curation scorer computed with M_{t-1}, so no reference
 model is ever held in memory. The run directory layout is in docs/ARCHITECTURE.md ("Runs").
+`--reference-schedule fixed|mix` keeps the start M_{t-1} but scores another reference (S, or a
+weight average): `sdpo_kit/reference.py`.
 """
 
 from __future__ import annotations
