@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from sdpo_kit.io import read_json, write_json, write_parquet, write_text  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from compare import comparison_markdown  # noqa: E402
+from compare import comparison_markdown, length_markdown  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -340,11 +340,12 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
     if not rows:
         return
     write_json(results / "results.json", {"budget": budget_name, "data": info, "runs": rows})
-    write_text(results / "table.md", table_markdown(rows) + "\n" + comparison_markdown(
-        [d for d in run_dirs if (d / "eval" / "eval.json").is_file()]))
+    evaluated = [d for d in run_dirs if (d / "eval" / "eval.json").is_file()]
+    write_text(results / "table.md", table_markdown(rows) + "\n" + comparison_markdown(evaluated)
+               + "\n" + length_markdown(evaluated))
     for d in run_dirs:  # the small files of every run, for checking a rerun against
         keep = results / "runs" / d.name
-        for f in ["run.json", "config.yaml", "eval/eval.json",
+        for f in ["run.json", "config.yaml", "eval/eval.json", "eval/generations.jsonl",
                   *[f"{s['dir']}/summary.json" for s in read_json(d / "run.json")["steps"]]]:
             if (d / f).is_file():
                 (keep / f).parent.mkdir(parents=True, exist_ok=True)
