@@ -67,10 +67,12 @@ def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
 def plot_margin_hist(data: pl.DataFrame, ax, group: str = "step", column: str = "margin"):
     """Density of `column` per group on shared bins (1st-99th percentile, so outliers do not squash it)."""
     values = data[column].drop_nulls().drop_nans().to_numpy()
+    values = values[np.isfinite(values)]  # an inf margin has no place on an axis (manifests count it)
     lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
     for name in sorted(data[group].unique().to_list()):
         x = data.filter(pl.col(group) == name)[column].drop_nulls().drop_nans().to_numpy()
+        x = x[np.isfinite(x)]
         ax.hist(np.clip(x, lo, hi), bins=bins, density=True, histtype="step", linewidth=1.5,
                 label=mpl_label(f"{group} {name}"))
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
