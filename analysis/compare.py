@@ -24,7 +24,11 @@ from sdpo_kit.stats import paired_bootstrap
 
 # (arm, baseline): every sDPO arm against plain DPO, and the paper's ordered splits against random.
 COMPARISONS = [("sdpo-easy-to-hard", "dpo"), ("sdpo-by-source", "dpo"), ("sdpo-random", "dpo"),
-               ("sdpo-easy-to-hard", "sdpo-random"), ("sdpo-by-source", "sdpo-random")]
+               ("sdpo-easy-to-hard", "sdpo-random"), ("sdpo-by-source", "sdpo-random"),
+               # issue 13's factorial: the refresh at a fixed order, length control, the soft update
+               ("sdpo-random", "sdpo-random-fixed"), ("sdpo-easy-to-hard-lc", "sdpo-easy-to-hard"),
+               ("sdpo-easy-to-hard-lc", "sdpo-random"), ("sdpo-random-mix", "sdpo-random"),
+               ("sdpo-random-mix", "sdpo-random-fixed"), ("sdpo-random-fixed", "dpo")]
 
 
 def final_gammas(run_dir: Path) -> pl.DataFrame:
@@ -73,6 +77,42 @@ def comparison_markdown(run_dirs: list[Path], draws: int = 10_000) -> str:
         f"difference in reward margin vs S). 95% interval from {draws:,} draws that resample each arm's seeds "
         "and the held-out prompts (a prompt's pairs move together).", "",
         "| arms | seeds | held-out pairs | Δ mean γ | 95% interval | share of draws > 0 |",
+        "|---|---|---|---|---|---|", *rows]) + "\n"
+
+
+def final_lengths(run_dir: Path) -> pl.DataFrame | None:
+    """prompt_id and answer length in tokens of the run's final model (`sdpo eval --generate`), else None."""
+    ev = json.loads((run_dir / "eval" / "eval.json").read_text())
+    path = run_dir / "eval" / "generations.jsonl"
+    if "behaviour" not in ev or not path.is_file():
+        return None
+    final = ev["models"][-1]["name"]
+    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return pl.DataFrame([{"prompt_id": r["prompt_id"], "tokens": float(r["tokens"])} for r in rows if r["model"] == final])
+
+
+def length_markdown(run_dirs: list[Path], base: str = "dpo", draws: int = 10_000) -> str:
+    """Each arm's final answers minus `base`'s in mean length (tokens), bootstrapped over seeds and prompts."""
+    by_label: dict[str, list[pl.DataFrame]] = {}
+    for d in sorted(run_dirs):
+        lengths = final_lengths(d)
+        if lengths is not None:
+            by_label.setdefault(json.loads((d / "run.json").read_text())["label"], []).append(lengths)
+    if base not in by_label or len(by_label) < 2:
+        return ""
+    arms = {lab: pl.concat(fs).group_by("prompt_id", maintain_order=True).agg(pl.col("tokens"))
+            for lab, fs in by_label.items()}
+    rows = []
+    for arm in [lab for lab in arms if lab != base]:
+        both = arms[arm].join(arms[base].select("prompt_id", pl.col("tokens").alias("base")), on="prompt_id")
+        a, b = (np.array(both[c].to_list(), dtype=float).T for c in ("tokens", "base"))
+        r = two_level_bootstrap(a, b, both["prompt_id"].to_numpy(), draws)
+        rows.append(f"| {arm} − {base} | {len(a)} vs {len(b)} | {r['pairs']} | {r['mean']:+.1f} "
+                    f"| [{r['lo']:+.1f}, {r['hi']:+.1f}] | {r['p_positive']:.2f} |")
+    return "\n".join([
+        f"Differences in mean answer length (tokens) of the final models against {base}, on the same held-out "
+        f"prompts (`sdpo eval --generate`); 95% interval from {draws:,} draws over seeds and prompts.", "",
+        "| arms | seeds | prompts | Δ mean tokens | 95% interval | share of draws > 0 |",
         "|---|---|---|---|---|---|", *rows]) + "\n"
 
 

@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from sdpo_kit.io import read_json, write_json, write_parquet, write_text  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from compare import comparison_markdown  # noqa: E402
+from compare import comparison_markdown, length_markdown  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -50,11 +50,24 @@ def load_configs(budget: str, arms: list[str] | None) -> tuple[dict, dict]:
     if budget not in common["budgets"]:
         raise SystemExit(f"--budget {budget!r}: expected one of {sorted(common['budgets'])}")
     found = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((HERE / "configs").glob("*.yaml")) if p.stem != "common"}
-    wanted = arms or list(found)
+    wanted = arms or common["budgets"][budget].get("arms") or list(found)
     unknown = [a for a in wanted if a not in found]
     if unknown:
         raise SystemExit(f"--arms {unknown}: no analysis/configs/<arm>.yaml; have {sorted(found)}")
+    for a in wanted:
+        check_split(a, found[a])
     return common, {a: found[a] for a in wanted}
+
+
+def check_split(name: str, arm: dict) -> None:
+    """Every arm's split options must be known to this sdpo_kit before anything trains (one line if not)."""
+    from sdpo_kit.split import SplitConfig
+
+    try:
+        SplitConfig(**arm["split"], seed=0)
+    except TypeError as err:
+        raise SystemExit(f"analysis/configs/{name}.yaml: split {arm['split']} is not supported by this sdpo_kit "
+                         f"({err}); `control_length` comes with `sdpo curate split --control-length` (issue 12)") from None
 
 
 # ---------------------------------------------------------------- 1. data
@@ -179,7 +192,9 @@ def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, mo
     from sdpo_kit.cli import app
 
     run_dir = root / "runs" / (run_name or f"{arm['label']}-seed{seed}")
-    parts = write_partitions(arm, seed, root / "data", root / "partitions" / f"{arm['label']}-seed{seed}")
+    # `partitions_of`: an arm that varies only the training (e.g. the reference schedule) shares another arm's partitions.
+    parts_label = arm.get("partitions_of", arm["label"])
+    parts = write_partitions(arm, seed, root / "data", root / "partitions" / f"{parts_label}-seed{seed}")
     meta = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else None
     argv = train_argv(arm, common, budget, model, parts, run_dir, seed, overrides)
     if meta and meta.get("analysis_argv", argv) != argv:
@@ -199,20 +214,24 @@ def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, mo
     # `all_models_seeds` only; every seed scores S and its final model.
     steps = len(meta["steps"])
     models = "all" if seed in budget.get("all_models_seeds", [seed]) or steps == 1 else f"S,M{steps}"
-    evaluate_run(run_dir, heldout, models)
+    evaluate_run(run_dir, heldout, models, budget)
     return run_dir
 
 
-def evaluate_run(run_dir: Path, data: Path, models: str = "all") -> dict:
+def evaluate_run(run_dir: Path, data: Path, models: str = "all", budget: dict | None = None) -> dict:
     """`sdpo eval` of S, M1, ... (`models`); S's scores come from the scorer's pair cache after the first run."""
     from sdpo_kit.evaluate import EvalConfig, evaluate
 
     out = run_dir / "eval" if data.stem == "heldout" else run_dir / f"eval_{data.stem}"
     n_models = 1 + len(read_json(run_dir / "run.json")["steps"]) if models == "all" else len(models.split(","))
-    if (out / "eval.json").is_file() and len(read_json(out / "eval.json")["models"]) == n_models:
+    # Behaviour (answers) on held-out prompts only, never on the validation slice.
+    generate = (budget or {}).get("generate", 0) if data.stem == "heldout" else 0
+    if (out / "eval.json").is_file() and len(read_json(out / "eval.json")["models"]) == n_models and (
+            not generate or "behaviour" in read_json(out / "eval.json")):
         return read_json(out / "eval.json")
     began = time.time()
-    result = evaluate(EvalConfig(run=str(run_dir), data=str(data), out=str(out), models=models))
+    result = evaluate(EvalConfig(run=str(run_dir), data=str(data), out=str(out), models=models, generate=generate,
+                                 max_new_tokens=(budget or {}).get("max_new_tokens", 64)))
     write_json(out / "seconds.json", {"seconds": round(time.time() - began, 1)})
     log(f"{run_dir.name}: evaluated on {data.name} in {time.time() - began:.0f} s: "
         + ", ".join(f"{m['name']} acc {m['accuracy']:.3f} γ {m['mean_margin']:+.2f}" for m in result["models"]))
@@ -244,7 +263,11 @@ def run_numbers(run_dir: Path) -> dict:
         "eval_seconds": (read_json(run_dir / "eval" / "seconds.json")["seconds"]
                          if (run_dir / "eval" / "seconds.json").is_file() else None),
         "step_partitions": [{"step": s["step"], "pairs": s["pairs"], "ref_margin_mean": s["ref_margin_mean"],
-                             "loss_first": s["loss_first"], "loss_end": s["loss_end"]} for s in summaries],
+                             "loss_first": s["loss_first"], "loss_end": s["loss_end"],
+                             "reference_fingerprint": s.get("reference_fingerprint"),
+                             "reference_exact": s.get("reference_exact")} for s in summaries],
+        "reference_schedule": meta.get("reference_schedule"),
+        "behaviour": ev.get("behaviour"),
     }
 
 
@@ -285,7 +308,30 @@ def table_markdown(rows: list[dict]) -> str:
             cells = [_ms([r["reference_gamma"][n] for r in rs], "+.2f") if n in rs[0]["reference_gamma"] else "-"
                      for n in ["S", "M1", "M2", "M3"]]
             out.append(f"| {lab} (seeds {', '.join(str(r['seed']) for r in rs)}) | " + " | ".join(cells) + " |")
+    out += behaviour_markdown(by)
     return "\n".join(out) + "\n"
+
+
+def behaviour_markdown(by: dict[str, list[dict]]) -> list[str]:
+    """Answers of the final model per arm (mean ± sd over seeds), S first: length, cut share, distinct-2, KL."""
+    have = {lab: [r for r in rs if r.get("behaviour")] for lab, rs in by.items()}
+    have = {lab: rs for lab, rs in have.items() if rs}
+    if not have:
+        return []
+    first = next(iter(have.values()))[0]
+    b = first["behaviour"]
+    keys = [("mean_tokens", ".1f"), ("cut_share", ".2f"), ("distinct_2", ".3f"), ("kl_vs_S", "+.4f")]
+    s = b["models"]["S"]
+    out = ["", f"Behaviour: answers to {b['prompts']} held-out prompts ({b['decoding']}, at most {b['max_new_tokens']} "
+           "new tokens) of the final model; KL vs S = mean per-token log π − log π_S on the model's own answers.", "",
+           "| model | seeds | answer tokens | cut at limit | distinct-2 | KL vs S |", "|---|---|---|---|---|---|",
+           "| S | - | " + " | ".join(format(s[k], f) if s[k] is not None else "-" for k, f in keys) + " |"]
+    for lab, rs in have.items():
+        finals = [r["behaviour"]["models"][r["final"]] for r in rs]
+        cells = [_ms([f[k] for f in finals if f[k] is not None], fmt) if any(f[k] is not None for f in finals) else "-"
+                 for k, fmt in keys]
+        out.append(f"| {lab} ({rs[0]['final']}) | {len(rs)} | " + " | ".join(cells) + " |")
+    return out
 
 
 def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: str) -> None:
@@ -295,11 +341,12 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
     if not rows:
         return
     write_json(results / "results.json", {"budget": budget_name, "data": info, "runs": rows})
-    write_text(results / "table.md", table_markdown(rows) + "\n" + comparison_markdown(
-        [d for d in run_dirs if (d / "eval" / "eval.json").is_file()]))
+    evaluated = [d for d in run_dirs if (d / "eval" / "eval.json").is_file()]
+    write_text(results / "table.md", table_markdown(rows) + "\n" + comparison_markdown(evaluated)
+               + "\n" + length_markdown(evaluated))
     for d in run_dirs:  # the small files of every run, for checking a rerun against
         keep = results / "runs" / d.name
-        for f in ["run.json", "config.yaml", "eval/eval.json",
+        for f in ["run.json", "config.yaml", "eval/eval.json", "eval/generations.jsonl",
                   *[f"{s['dir']}/summary.json" for s in read_json(d / "run.json")["steps"]]]:
             if (d / f).is_file():
                 (keep / f).parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +359,8 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--budget", default="small", help="smoke | small | full (sizes in analysis/configs/common.yaml).")
+    p.add_argument("--budget", default="small",
+                   help="smoke | small | factorial | full (sizes in analysis/configs/common.yaml).")
     p.add_argument("--model", default=None, help="S: `default` or a model folder (default: common.yaml's).")
     p.add_argument("--arms", default=None, help="Comma list of config names (default: every analysis/configs/*.yaml).")
     p.add_argument("--seeds", default=None, help="Comma list of seeds (default: the budget's).")

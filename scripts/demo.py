@@ -71,7 +71,7 @@ def main() -> None:
         run("train", "--config", str(REPO / "configs" / "sdpo_demo.yaml"), "--partitions", str(parts),
             "--out", str(out), "--mode", mode, *resume)
     for out in (run_dir, dpo_dir):
-        run("eval", "--run", str(out), "--data", str(heldout))
+        run("eval", "--run", str(out), "--data", str(heldout), "--generate", "4", "--max-new-tokens", "48")
     run("report", str(run_dir), str(dpo_dir), "--out", str(report))
     print(f"\nDemo finished in {time.time() - t0:.0f} s. Everything is under {OUT}:")
     for name, path in [("scored pairs", scored), ("partitions + data card", parts / "README.md"),

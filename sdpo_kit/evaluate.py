@@ -47,6 +47,11 @@ class EvalConfig:
         "help": "keep_start | keep_end; default: the run's training setting (config.yaml), else TRL's."})
     dtype: str = field(default="float32", metadata={"help": "Dtype the models are loaded and scored in."})
     out: str | None = field(default=None, metadata={"help": "Output folder; default RUN/eval."})
+    generate: int = field(default=0, metadata={
+        "help": "Behaviour: answer the first N distinct held-out prompts (seeded order) with S and each M_t; 0 = off."})
+    max_new_tokens: int = field(default=64, metadata={"help": "--generate: answer length limit in tokens."})
+    sample_seed: int | None = field(default=None, metadata={
+        "help": "--generate: sample with this seed instead of greedy decoding."})
 
     def __post_init__(self):
         if not (Path(self.run) / "run.json").is_file():
@@ -59,6 +64,9 @@ class EvalConfig:
             raise UsageError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
         if self.max_length is not None and self.max_length < 2:
             raise UsageError(f"--max-length must be >= 2 tokens, got {self.max_length}.")
+        if self.generate < 0 or self.max_new_tokens < 1:
+            raise UsageError(f"--generate must be >= 0 and --max-new-tokens >= 1, got {self.generate}, "
+                             f"{self.max_new_tokens}.")
         self.out = self.out or str(Path(self.run) / "eval")
         # Score held-out pairs as the run trained: same max_length and truncation, unless overridden.
         trained = _run_config(self.run)
@@ -304,7 +312,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
               "data": {"path": str(cfg.data), "pairs": table.height, "loaded": pairs.height,
                        "rejected": len(loaded.rejects) + pairs.height - table.height, "key": data_key(pairs),
                        "overlap_with_training": overlap}, **result}
+    if cfg.generate:
+        result["behaviour"] = _behaviour(models, pairs, cfg, out)
     write_parquet(out / "scores.parquet", table)
     write_jsonl(out / "rejects.jsonl", rejects)
     write_json(out / "eval.json", result)
     return result
+
+
+def _behaviour(models: list[dict], pairs, cfg: EvalConfig, out: Path) -> dict:
+    """`--generate`: answers and behaviour measures of every evaluated model (sdpo_kit/behaviour.py)."""
+    from sdpo_kit.behaviour import evaluate_behaviour
+
+    if models[0]["name"] != "S":
+        raise UsageError(f"--generate compares each model with S: include S in --models (got {cfg.models!r}).")
+    return evaluate_behaviour(models, pairs, cfg.generate, cfg.max_new_tokens, cfg.sample_seed, out)

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit import escape, plots, verdict
+from sdpo_kit import escape, plots, report_behaviour, verdict
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import atomic_path, read_json, write_json, write_text
 
@@ -240,6 +240,7 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
                   [[s["step"]] + [s["summary"].get(k) for k in ("pairs", "ref_margin_mean", "loss_first", "loss_end",
                                                              "reward_margin_end", "reward_accuracy_end")]
                    for s in r["steps"]]) + [""]
+    out += report_behaviour.reference_markdown(r)
     ev = r["eval"]
     if ev:
         d = ev["data"]
@@ -254,20 +255,21 @@ def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
             for m in ev["models"]:
                 rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
                 out += [f"Spearman ρ(γ of {md(m['name'])}, `{md(signal)}`) = {rho:.3f}", ""]
+        out += report_behaviour.behaviour_markdown(r)
     out += length_markdown(r)
     return "\n".join(out)
 
 
 def comparison_markdown(runs: list[dict]) -> str:
     """Final model of every run on its held-out data, one row per run."""
-    rows = [[r["name"], r["label"], r["seed"], r["eval"]["data"]["pairs"], *(_final_vs_s(r["eval"]).values())]
-            for r in runs if r["eval"]]
+    rows = [[r["name"], r["label"], report_behaviour.schedule_label(r["meta"]), r["seed"], r["eval"]["data"]["pairs"],
+             *(_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return ""
     keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}
     warn = ["**Warning: these runs were evaluated on different held-out pairs; compare with care.**", ""]
     return "\n".join(["## Runs compared", ""] + (warn if len(keys) > 1 else []) + _table(
-        ["run", "label", "seed", "n pairs", "final model", "preference accuracy", "mean γ", "reward margin vs S",
+        ["run", "label", "reference", "seed", "n pairs", "final model", "preference accuracy", "mean γ", "reward margin vs S",
          "reward accuracy vs S"], rows) + [""])
 
 

@@ -7,6 +7,8 @@ loss_type, max_length, report_to, ...); `--config run.yaml` supplies the same ke
 override it. Each step composes a fresh `trl.DPOTrainer` (see `sdpo_kit/train_step.py`) fed
 with the reference log-probs that the curation scorer computed with M_{t-1}, so no reference
 model is ever held in memory. The run directory layout is in docs/ARCHITECTURE.md ("Runs").
+`--reference-schedule fixed|mix` keeps the start M_{t-1} but scores another reference (S, or a
+weight average): `sdpo_kit/reference.py`.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ class StepwiseConfig:
     lora_target_modules: str = field(
         default="all-linear", metadata={"help": "Comma-separated module names for LoRA, or `all-linear`."}
     )
+    reference_schedule: str = field(
+        default="stepwise",
+        metadata={"help": "Reference of step t (log-probs from the scorer, never a model in memory): `stepwise` "
+                  "= M_{t-1} (sDPO); `fixed` = S at every step; `mix` = alpha*M_{t-1} + (1-alpha)*ref_{t-1} "
+                  "(TR-DPO's soft update, saved as step_t/reference_model). The start is always M_{t-1}. "
+                  "Ignored by --mode dpo."},
+    )
+    ref_mix_alpha: float = field(
+        default=0.5, metadata={"help": "`mix` schedule: weight of M_{t-1} in the averaged reference, in [0, 1]."}
+    )
     resume: bool = field(
         default=False, metadata={"help": "Continue the run in --out: skip finished steps, resume the current one "
                                  "from its latest checkpoint."}
@@ -72,12 +84,22 @@ class StepwiseConfig:
             raise UsageError(f"--mode must be one of {MODES}, got {self.mode!r}.")
         if self.order not in ORDERS:
             raise UsageError(f"--order must be one of {ORDERS}, got {self.order!r}.")
+        _check_schedule(self)
         if self.lora_r < 0 or self.lora_alpha <= 0:
             raise UsageError(
                 f"--lora_r must be >= 0 and --lora_alpha > 0, got r={self.lora_r}, alpha={self.lora_alpha}."
             )
         if not 0.0 <= self.lora_dropout < 1.0:
             raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+
+def _check_schedule(cfg) -> None:
+    from sdpo_kit.reference import SCHEDULES
+
+    if cfg.reference_schedule not in SCHEDULES:
+        raise UsageError(f"--reference-schedule must be one of {SCHEDULES}, got {cfg.reference_schedule!r}.")
+    if not 0.0 <= cfg.ref_mix_alpha <= 1.0:
+        raise UsageError(f"--ref-mix-alpha must be in [0, 1], got {cfg.ref_mix_alpha}.")
 
 
 def partition_files(folder: str | Path) -> list[Path]:
@@ -505,6 +527,8 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         "base_fingerprint": base["fingerprint"], "partitions": str(Path(cfg.partitions).resolve()),
         "partitions_sha256": partitions_digest(cfg.partitions, files),
         "beta": args.beta, "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
+        "reference_schedule": cfg.reference_schedule if cfg.mode == "stepwise" else None,
+        "ref_mix_alpha": cfg.ref_mix_alpha if cfg.mode == "stepwise" and cfg.reference_schedule == "mix" else None,
         "steps": [
             {"step": t, "dir": f"step_{t}", "partition": [str(Path(f).resolve()) for f in files],
              "reference_fingerprint": None, "start_fingerprint": None, "model_fingerprint": None,
@@ -528,6 +552,39 @@ def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
                               f"run.json has {want}); train into a new --out")
 
 
+def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args, run, state):
+    """Step t's reference log-probs under the schedule: `(scored, reference fingerprint, check)`.
+
+    When the reference is the start (`stepwise`, and step 1 of every schedule) the start model
+    scores and `check` is None (the first loss ln 2 checks it). Otherwise the reference model is
+    loaded only to be scored, checked against run.json, re-scored on a few pairs without cache
+    (`check`), and freed before training.
+    """
+    from sdpo_kit import train_step as ts
+    from sdpo_kit.models import model_fingerprint
+    from sdpo_kit.reference import check_reference_logps, reference_for_step
+
+    step_dir, rec = Path(cfg.out) / f"step_{t}", run["steps"][t - 1]
+    reference = reference_for_step(t, start, cfg, run, state)
+    rec["reference_model"] = str(reference)
+    if reference == Path(start):
+        return ts.score_reference(files, model, tokenizer, args, start_fp, step_dir, state), start_fp, None
+    ref_model = load_checked_model(reference)[0]
+    ref_fp = model_fingerprint(ref_model)
+    want = run.get("base_fingerprint") if cfg.reference_schedule == "fixed" else rec.get("reference_fingerprint")
+    if want and ref_fp != want:
+        raise TrainInputError(reference, f"reference weights have fingerprint {ref_fp}, but run.json records {want}; "
+                              "train into a new --out")
+    ref_model.to(state.device)
+    scored = ts.score_reference(files, ref_model, tokenizer, args, ref_fp, step_dir, state)
+    check = check_reference_logps(scored, ref_model, tokenizer, args)
+    if not check["exact"] and state.is_main_process:
+        print(f"[sdpo train] WARNING step {t}: reference log-probs differ from a fresh pass of {reference} by "
+              f"{check['max_abs_diff']:.3g}", flush=True)
+    del ref_model  # no reference model in memory while training
+    return scored, ref_fp, check
+
+
 def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
     """Step t: M_{t-1} = `start` scores `files`, then trains on them; returns M_t's folder."""
     from sdpo_kit import train_step as ts
@@ -538,16 +595,16 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     from transformers import set_seed
 
     model, tokenizer = load_checked_model(start)
-    ref_fp = model_fingerprint(model)
-    _check_start(t, ref_fp, start, run)
+    begin_fp = model_fingerprint(model)
+    _check_start(t, begin_fp, start, run)
     model.to(state.device)  # the scorer runs where the model is; the trainer would move it anyway
     set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
-    scored = ts.score_reference(files, model, tokenizer, args, ref_fp, step_dir, state)
+    scored, ref_fp, ref_check = score_step_reference(t, files, start, model, begin_fp, tokenizer, cfg, args, run, state)
     if scored.height == 0:
         raise TrainInputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
                               "(see reference.rejects.jsonl).")
     lora = _lora_config(cfg)
-    start_fp = ref_fp if lora else None  # peft wraps the model in place: fingerprint it before
+    start_fp = begin_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
     from sdpo_kit.console import library_bars_off
 
@@ -561,7 +618,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     start_fp = start_fp or model_fingerprint(trainer.model)
     rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
     if t == 1 and not run.get("base_fingerprint"):
-        run["base_fingerprint"] = ref_fp
+        run["base_fingerprint"] = begin_fp
     if state.is_main_process:
         write_json(run_dir / "run.json", run)
     checkpoint = ts.latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
@@ -578,7 +635,9 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         ts.save_state(trainer, step_dir / "trainer_state.json")
         rejects = step_dir / "reference.rejects.jsonl"
         n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
-        summary = ts.summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end)
+        summary = ts.summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
+                               reference_check=ref_check)
+        summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
         write_json(step_dir / "summary.json", summary)
         rec.update(status="done", model_fingerprint=model_fp)
         write_json(run_dir / "run.json", run)  # the step counts as done only once its files exist
@@ -624,6 +683,8 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
     if cfg.resume and (run_dir / "run.json").exists():
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
+    if state.is_main_process and cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
+        print("[sdpo train] --mode dpo trains once against S: --reference-schedule/--ref-mix-alpha are ignored")
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
     current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
     progress = _run_progress(plan, args, world)
@@ -636,7 +697,9 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
         if done:
             say(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
         else:
-            say(f"[sdpo train] step {t}/{len(plan)}: reference and start = {current}")
+            schedule = run.get("reference_schedule") or "stepwise"
+            what = "reference and start" if schedule == "stepwise" else f"start (reference: {schedule})"
+            say(f"[sdpo train] step {t}/{len(plan)}: {what} = {current}")
             run_step(t, step_files, current, cfg, args, run, state, progress)
         current = run_dir / f"step_{t}" / "model"
     progress.close()

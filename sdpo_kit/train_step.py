@@ -220,7 +220,7 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
 
 
 def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int,
-              end: dict | None = None) -> dict:
+              end: dict | None = None, reference_check: dict | None = None) -> dict:
     """`summary.json` of one step.
 
     `loss_end`, `reward_margin_end`, `reward_accuracy_end`: over the whole partition after the
@@ -234,7 +234,9 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
     # At the first optimisation step the policy IS the reference, so its rewards must be ~0; a
     # larger value means the precomputed reference came from other weights or settings.
     drift = max(abs(first.get("rewards/chosen", 0.0)), abs(first.get("rewards/rejected", 0.0)))
-    if drift > 1e-3:
+    if reference_check is not None:  # reference != start (fixed/mix schedules): rewards start away from 0
+        drift = 0.0 if reference_check["exact"] else float("inf")
+    elif drift > 1e-3:
         print(f"[sdpo train] WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
               "log-probs do not match the starting weights", flush=True)
     end_values = {"reward_margin_end": end["reward_margin"], "reward_accuracy_end": end["reward_accuracy"],
@@ -243,6 +245,7 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
         "loss_end": losses[-1] if losses else None}
     return {
         "reference_exact": drift <= 1e-3,
+        "reference_check": reference_check or {"kind": "first_step_rewards_zero"},
         "step": step,
         "pairs": scored.height,
         "rejected": rejects,

@@ -141,3 +141,35 @@ def test_smoke_budget_end_to_end_then_resumes_without_retraining(rep, tiny_model
     assert rep.main(argv) == 0
     assert [p.stat().st_mtime_ns for p in weights] == stamps and len(weights) == 4
     assert (results / "table.md").read_text() == table
+
+
+@pytest.mark.slow
+def test_smoke_factorial_arms_share_partitions_and_record_schedules(rep, tiny_model_dir, tmp_path):
+    """Issue 13: sdpo-random and sdpo-random-fixed train on the same partitions; fixed keeps S as every
+    step's reference; the behaviour measures reach results.json and table.md."""
+    from sdpo_kit.models import load_model, model_fingerprint
+
+    root, results = tmp_path / "root", tmp_path / "results"
+    argv = ["--budget", "smoke", "--model", str(tiny_model_dir), "--root", str(root), "--results", str(results),
+            "--arms", "sdpo_random,sdpo_random_fixed"]
+    assert rep.main(argv) == 0
+    runs = {r["label"]: r for r in json.loads((results / "results.json").read_text())["runs"]}
+    assert runs["sdpo-random"]["reference_schedule"] == "stepwise"
+    assert runs["sdpo-random-fixed"]["reference_schedule"] == "fixed"
+    metas = {lab: json.loads((root / "runs" / f"{lab}-seed0" / "run.json").read_text()) for lab in runs}
+    assert metas["sdpo-random"]["partitions"] == metas["sdpo-random-fixed"]["partitions"]  # the same folder
+    base = model_fingerprint(load_model(tiny_model_dir)[0])
+    assert [s["reference_fingerprint"] for s in runs["sdpo-random-fixed"]["step_partitions"]] == [base] * 3
+    stepwise = metas["sdpo-random"]["steps"]
+    assert [s["reference_fingerprint"] for s in stepwise] == [base] + [s["model_fingerprint"] for s in stepwise[:2]]
+    for r in runs.values():
+        b = r["behaviour"]
+        assert b["prompts"] == 2 and b["max_new_tokens"] == 8 and b["models"]["S"]["kl_vs_S"] == 0.0
+        assert set(b["models"]) == {"S", "M1", "M2", "M3"}  # smoke: every model of seed 0
+    table = (results / "table.md").read_text()
+    assert "| sdpo-random − sdpo-random-fixed |" in table and "Behaviour: answers to 2 held-out prompts" in table
+
+
+def test_unknown_split_option_stops_before_training(rep):
+    with pytest.raises(SystemExit, match="analysis/configs/x.yaml: split .* is not supported by this sdpo_kit"):
+        rep.check_split("x", {"split": {"strategy": "random", "steps": 3, "no_such_option": True}})

@@ -20,6 +20,11 @@ def evaluate(
     truncation_mode: Optional[str] = typer.Option(None, "--truncation-mode", help="keep_start | keep_end (default: the run's)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16."),
     out: Optional[str] = typer.Option(None, "--out", help="Output folder (default RUN/eval)."),
+    generate: int = typer.Option(0, "--generate", help="Answer the first N held-out prompts with S and each M_t: "
+                                 "length, cut share, distinct-2, KL vs S (eval.json `behaviour`)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="--generate: answer limit in tokens."),
+    sample_seed: Optional[int] = typer.Option(None, "--sample-seed", help="--generate: sample with this seed "
+                                              "(default: greedy)."),
 ) -> None:
     """Score S and every M_t on held-out pairs: accuracy, mean γ, reward margins vs S and vs M_{t-1}."""
     from sdpo_kit.evaluate import EvalConfig
@@ -27,7 +32,8 @@ def evaluate(
 
     # Bad input raises sdpo_kit.errors.InputError/UsageError: the CLI boundary answers in one line.
     cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length,
-                     truncation_mode=truncation_mode, dtype=dtype, out=out)
+                     truncation_mode=truncation_mode, dtype=dtype, out=out, generate=generate,
+                     max_new_tokens=max_new_tokens, sample_seed=sample_seed)
     result = run_eval(cfg)
     typer.echo(f"held-out pairs: {result['data']['pairs']} (rejected {result['data']['rejected']})")
     for m in result["models"]:
@@ -35,6 +41,10 @@ def evaluate(
     for c in result["comparisons"]:
         typer.echo(f"  {c['policy']:>4} vs {c['reference']:<4}: reward margin {c['reward_margin_mean']:+.4f}"
                    f"  reward accuracy {c['reward_accuracy']:.3f}")
+    for name, b in result.get("behaviour", {}).get("models", {}).items():
+        kl = "" if b.get("kl_vs_S") is None else f"  KL vs S {b['kl_vs_S']:+.4f}/token"
+        typer.echo(f"  {name:>4}: answers {b['mean_tokens']:.1f} tokens, cut {b['cut_share']:.2f}, "
+                   f"distinct-2 {b['distinct_2'] if b['distinct_2'] is None else round(b['distinct_2'], 3)}{kl}")
     typer.echo(f"wrote {cfg.out}/eval.json")
 
 

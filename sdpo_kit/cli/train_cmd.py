@@ -17,7 +17,8 @@ def train(ctx: typer.Context) -> None:
     """Stepwise DPO from partitions: step t trains on partition t with M_{t-1} as reference and start.
 
     Flags: --partitions DIR --out RUN_DIR [--model default] [--mode stepwise|dpo]
-    [--order shuffled|sequential] [--lora_r R ...] [--resume] [--config run.yaml], plus any
+    [--order shuffled|sequential] [--reference-schedule stepwise|fixed|mix] [--ref-mix-alpha A]
+    [--lora_r R ...] [--resume] [--config run.yaml], plus any
     trl.DPOConfig field (--beta, --learning_rate, --max_length, --report_to, ...).
     `sdpo train --fields` lists them all. `--resume` restores the run's own settings; a changed
     --partitions, --model or training setting is refused (train into a new --out instead).
