@@ -656,9 +656,15 @@ def _run_progress(plan: list[list[Path]], args, world: int):
     import pyarrow.parquet as pq
 
     from sdpo_kit import console
+    from sdpo_kit.io import check_parquet, reading
+
+    def rows(f: Path) -> int:  # a truncated or corrupt step file is one InputError line, not a pyarrow traceback
+        check_parquet(f)
+        with reading(f):
+            return pq.read_metadata(f).num_rows
 
     console.quiet_libraries()
-    planned = [console.planned_steps(sum(pq.read_metadata(f).num_rows for f in files), args, world) for files in plan]
+    planned = [console.planned_steps(sum(rows(f) for f in files), args, world) for files in plan]
     enabled = not args.disable_tqdm and not os.environ.get("TQDM_DISABLE")
     return console.trainer_callback()(planned, enabled=enabled)
 
