@@ -18,9 +18,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import polars as pl
@@ -29,7 +26,7 @@ from typer.testing import CliRunner
 
 from conftest import build_tiny_model
 from sdpo_kit.cli import app
-from test_train import FAST, _cli, write_partitions
+from test_train import FAST, kill_in_step_2, write_partitions
 
 # Fewer optimiser steps per step (4 pairs / batch 2 = 2) than TRL's logging_steps (10).
 _i = FAST.index("--logging_steps")
@@ -80,15 +77,7 @@ def test_resume_alone_restores_the_runs_settings_bit_identical(tmp_path, tiny_mo
     clean = tmp_path / "clean"
     ok("train", "--partitions", parts, "--model", tiny_model_dir, "--out", clean, *flags)
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("--partitions", parts, "--model", tiny_model_dir, "--out", killed, *flags),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not list((killed / "step_2" / "checkpoints").glob("checkpoint-[3-9]*")) and proc.poll() is None:
-        assert time.time() < deadline, "the run never reached step 2's third checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = kill_in_step_2(tmp_path / "killed", "--partitions", parts, "--model", tiny_model_dir, *flags)
     assert run_json(killed)["steps"][1]["status"] != "done", "killed too late"
 
     out = ok("train", "--partitions", parts, "--out", killed, "--resume")  # no --model, no settings

@@ -85,6 +85,19 @@ def parts3(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+
+def kill_in_step_2(out: Path, *args, timeout: float = 180) -> Path:
+    """Start `sdpo train ... --out out` in its own process and SIGKILL it once step 2 has saved its
+    third checkpoint (or fail after `timeout` s: a loaded 2-core machine needs the margin)."""
+    proc = subprocess.Popen(_cli(*args, "--out", out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not list((out / "step_2" / "checkpoints").glob("checkpoint-[3-9]*")) and proc.poll() is None:
+        assert time.time() < deadline, "the run never reached step 2's third checkpoint"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return out
+
 def test_three_steps_exact_reference_and_fingerprint_chain(tmp_path, parts3, tiny_model_dir):
     from sdpo_kit.io import read_parquet_metadata
     from sdpo_kit.models import load_model, model_fingerprint
@@ -218,15 +231,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     clean = tmp_path / "clean"
     sdpo_train("--partitions", parts, "--model", tiny_model_dir, "--out", clean, *flags)
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("--partitions", parts, "--model", tiny_model_dir, "--out", killed, *flags),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((killed / "step_2" / "checkpoints").glob("checkpoint-[3-9]*")) and proc.poll() is None:
-        assert time.time() < deadline, "the run never reached step 2's third checkpoint"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = kill_in_step_2(tmp_path / "killed", "--partitions", parts, "--model", tiny_model_dir, *flags)
     run = json.loads((killed / "run.json").read_text())
     assert run["steps"][0]["status"] == "done" and run["steps"][1]["status"] != "done", "killed too late"
     mtime = (killed / "step_1" / "model" / "model.safetensors").stat().st_mtime
