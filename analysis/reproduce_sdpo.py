@@ -61,7 +61,7 @@ def load_configs(budget: str, arms: list[str] | None) -> tuple[dict, dict]:
 
 def check_split(name: str, arm: dict) -> None:
     """Every arm's split options must be known to this sdpo_kit before anything trains (one line if not)."""
-    from sdpo_kit.split import SplitConfig
+    from sdpo_kit.curate.split import SplitConfig
 
     try:
         SplitConfig(**arm["split"], seed=0)
@@ -73,7 +73,7 @@ def check_split(name: str, arm: dict) -> None:
 # ---------------------------------------------------------------- 1. data
 
 def _prompt_text(pairs):
-    from sdpo_kit.data import prompt_text
+    from sdpo_kit.curate.data import prompt_text
 
     return pairs.with_columns(prompt_text().alias("__prompt"))
 
@@ -81,10 +81,10 @@ def _prompt_text(pairs):
 def split_prompts(pairs, common: dict, seed: int) -> dict[str, list[str]]:
     """Distinct prompts shuffled with `seed`: first heldout share, then validation share, rest train.
 
-    The split itself is `sdpo data split`'s (`sdpo_kit.data.heldout.assign_sides`), so the analysis
+    The split itself is `sdpo data split`'s (`sdpo_kit.curate.data.heldout.assign_sides`), so the analysis
     and the CLI give the same sides for the same shares and seed.
     """
-    from sdpo_kit.data.heldout import assign_sides
+    from sdpo_kit.curate.data.heldout import assign_sides
 
     sides = assign_sides(_prompt_text(pairs)["__prompt"].to_list(), common["heldout_prompt_share"],
                          common["val_prompt_share"], seed)
@@ -122,10 +122,10 @@ def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict
         return info
     import polars as pl
 
-    from sdpo_kit.data import load_pairs
+    from sdpo_kit.curate.data import load_pairs
     from sdpo_kit.models import load_model
-    from sdpo_kit.score import ScoreConfig, provenance
-    from sdpo_kit.score_run import score_frame_cached
+    from sdpo_kit.curate.score import ScoreConfig, provenance
+    from sdpo_kit.curate.score import score_frame_cached
 
     began = time.time()
     data = str((REPO / common["data"]).resolve()) if not Path(common["data"]).is_absolute() else common["data"]
@@ -168,7 +168,7 @@ def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict
 # ---------------------------------------------------------------- 2. runs
 
 def write_partitions(arm: dict, seed: int, data_dir: Path, out: Path) -> Path:
-    from sdpo_kit.split import SplitConfig, split_file
+    from sdpo_kit.curate.split import SplitConfig, split_file
 
     if not (out / "manifest.json").is_file():
         split_file(data_dir / "train_scored.parquet", out, SplitConfig(**arm["split"], seed=seed), overwrite=True)
@@ -220,7 +220,7 @@ def run_arm_seed(name: str, arm: dict, seed: int, common: dict, budget: dict, mo
 
 def evaluate_run(run_dir: Path, data: Path, models: str = "all", budget: dict | None = None) -> dict:
     """`sdpo eval` of S, M1, ... (`models`); S's scores come from the scorer's pair cache after the first run."""
-    from sdpo_kit.evaluate import EvalConfig, evaluate
+    from sdpo_kit.report.evaluate import EvalConfig, evaluate
 
     out = run_dir / "eval" if data.stem == "heldout" else run_dir / f"eval_{data.stem}"
     n_models = 1 + len(read_json(run_dir / "run.json")["steps"]) if models == "all" else len(models.split(","))
@@ -335,7 +335,7 @@ def behaviour_markdown(by: dict[str, list[dict]]) -> list[str]:
 
 
 def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: str) -> None:
-    from sdpo_kit.report import write_report
+    from sdpo_kit.report.html import write_report
 
     rows = [run_numbers(d) for d in run_dirs if (d / "eval" / "eval.json").is_file()]
     if not rows:

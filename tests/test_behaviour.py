@@ -10,7 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sdpo_kit.behaviour import answer_logps, behaviour_stats, distinct_2, generate, generation_prompts
+from sdpo_kit.report.behaviour import answer_logps, behaviour_stats, distinct_2, generate, generation_prompts
 from sdpo_kit.cli import app
 from test_train import FAST, write_partitions
 

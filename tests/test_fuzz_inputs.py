@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdpo_kit.cli import app
-from sdpo_kit.data import load_pairs
+from sdpo_kit.curate.data import load_pairs
 from sdpo_kit.io import write_parquet
 
 SEEDS = (0, 1, 2)
@@ -96,7 +96,7 @@ def clean(tmp_path_factory):
                                 pl.Series("chosen_truncated", [False] * pairs.height),
                                 pl.Series("rejected_truncated", [False] * pairs.height))
     files["scored"] = write_parquet(d / "scored.parquet", scored)
-    from sdpo_kit.split import SplitConfig, split_file
+    from sdpo_kit.curate.split import SplitConfig, split_file
 
     split_file(files["scored"], d / "parts", SplitConfig(steps=2))
     files["parts"] = d / "parts"

@@ -104,7 +104,7 @@ def done_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
 
 def test_run_json_records_what_the_run_used(done_run, tiny_model_dir):
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.train import partitions_digest
+    from sdpo_kit.train.run import partitions_digest
 
     parts, out = done_run
     run = run_json(out)
@@ -390,7 +390,7 @@ def test_report_escapes_run_names_and_data(tmp_path):
 
 
 def test_report_is_written_atomically_as_a_folder(tmp_path, monkeypatch):
-    from sdpo_kit import report
+    from sdpo_kit.report import html as report
     from test_report import write_contract_run
 
     run = write_contract_run(tmp_path, "run")

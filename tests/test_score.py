@@ -7,9 +7,9 @@ import math
 import polars as pl
 import pytest
 
-from sdpo_kit.logps import plan
-from sdpo_kit.score import ScoreConfig, score_frame, shard_bounds
-from sdpo_kit.tokenize import tokenize_pair, truncate
+from sdpo_kit.curate.logps import plan
+from sdpo_kit.curate.score import ScoreConfig, score_frame, shard_bounds
+from sdpo_kit.curate.tokens import tokenize_pair, truncate
 
 WORDS = "the cat sat on a warm mat while rain fell over quiet hills and old roads".split()
 
@@ -20,7 +20,7 @@ def text(n: int, seed: int) -> str:
 
 def canonical(rows: list[tuple]) -> pl.DataFrame:
     """Canonical conversational pairs (docs/ARCHITECTURE.md) from (system|None, user, chosen, rejected)."""
-    from sdpo_kit.data import pair_id
+    from sdpo_kit.curate.data import pair_id
 
     out = []
     for system, user, chosen, rejected in rows:

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sdpo_kit.report import write_report
+from sdpo_kit.report.html import write_report
 from sdpo_kit.stats import call, paired_bootstrap
 from test_report import write_contract_run
 
@@ -108,7 +108,7 @@ def test_report_opens_with_the_verdict_warnings_and_every_model(tmp_path):
 def test_one_source_drops_the_per_source_panel_and_one_run_has_no_verdict(tmp_path):
     run = write_contract_run(tmp_path, "solo")
     scores = pl.read_parquet(run / "eval" / "scores.parquet").with_columns(pl.lit("only").alias("source"))
-    from sdpo_kit.evaluate import summarize
+    from sdpo_kit.report.evaluate import summarize
 
     names = ["S", "M1", "M2"]
     result = summarize(scores.select("pair_id", "source", *[f"gamma_{n}" for n in names]), names, 0.1)

@@ -2,7 +2,7 @@
 
     sdpo data inspect data/alpaca_eval_pairs.parquet --json
 
-Thin layer over `sdpo_kit.data.stats.inspect_data`; the tokenizer loads only with --model.
+Thin layer over `sdpo_kit.curate.data.stats.inspect_data`; the tokenizer loads only with --model.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def inspect(
     rejects: Optional[str] = typer.Option(None, "--rejects", help="Write the rejects (JSONL) to this file."),
 ) -> None:
     """Detected format, rows, valid pairs, rejects per reason, source mix and lengths."""
-    from sdpo_kit.data import write_rejects
-    from sdpo_kit.data.containers import list_files
-    from sdpo_kit.data.stats import inspect_data
+    from sdpo_kit.curate.data import write_rejects
+    from sdpo_kit.curate.data.containers import list_files
+    from sdpo_kit.curate.data.stats import inspect_data
     from sdpo_kit.io import refuse_overwriting_input
 
     tokenizer = None
@@ -104,7 +104,7 @@ def split(
     format: Optional[str] = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Train / held-out (/ validation) files with no prompt on two sides, checked and recorded in manifest.json."""
-    from sdpo_kit.data.heldout import HeldoutConfig, run, summary
+    from sdpo_kit.curate.data.heldout import HeldoutConfig, run, summary
     from sdpo_kit.errors import SdpoError
 
     try:

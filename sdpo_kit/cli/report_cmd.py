@@ -27,8 +27,8 @@ def evaluate(
                                               "(default: greedy)."),
 ) -> None:
     """Score S and every M_t on held-out pairs: accuracy, mean γ, reward margins vs S and vs M_{t-1}."""
-    from sdpo_kit.evaluate import EvalConfig
-    from sdpo_kit.evaluate import evaluate as run_eval
+    from sdpo_kit.report.evaluate import EvalConfig
+    from sdpo_kit.report.evaluate import evaluate as run_eval
 
     # Bad input raises sdpo_kit.errors.InputError/UsageError: the CLI boundary answers in one line.
     cfg = EvalConfig(run=run, data=data, models=models, limit=limit, max_length=max_length,
@@ -55,7 +55,7 @@ def report(
                                help="Held-out column used as an external difficulty signal when present."),
 ) -> None:
     """Write one self-contained HTML report (images inline) plus PNGs, figures.json and summary.md."""
-    from sdpo_kit.report import write_report
+    from sdpo_kit.report.html import write_report
 
     paths = write_report(runs, out, signal=signal)  # bad input: one line from the CLI boundary
     typer.echo(f"report: {paths['html']}")

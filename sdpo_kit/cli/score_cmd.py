@@ -1,4 +1,4 @@
-"""`sdpo curate score`: reference log-probs and margins for every pair (thin layer over sdpo_kit.score_run).
+"""`sdpo curate score`: reference log-probs and margins for every pair (thin layer over sdpo_kit.curate.score).
 
     sdpo curate score data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
 """
@@ -31,8 +31,8 @@ def score(
 ) -> None:
     """Score every pair with a reference model: log-probs, margins, token counts, truncation flags."""
     from sdpo_kit.errors import UsageError
-    from sdpo_kit.score import ScoreConfig
-    from sdpo_kit.score_run import score_file, summary
+    from sdpo_kit.curate.score import ScoreConfig
+    from sdpo_kit.curate.score import score_file, summary
 
     if reference is not None and model not in ("default", reference):
         raise UsageError(f"--model {model!r} and --reference {reference!r} disagree; pass one of them")
@@ -52,7 +52,7 @@ def _length_lines(path: Path) -> None:
     """How much of the margin is answer length (issue 12): ρ per margin column, the warning if any."""
     import polars as pl
 
-    from sdpo_kit.length import judge_columns, score_diagnosis
+    from sdpo_kit.curate.length import judge_columns, score_diagnosis
 
     names = pl.read_parquet_schema(path)
     cols = [c for c in ("margin", "margin_per_token", "margin_shared", "chosen_tokens", "rejected_tokens") if c in names]

@@ -46,7 +46,7 @@ def split(
 ) -> None:
     """Order or bucket scored pairs into easy-to-hard partitions, with a manifest and a data card."""
     from sdpo_kit.escape import term
-    from sdpo_kit.split import SplitConfig, split_file
+    from sdpo_kit.curate.split import SplitConfig, split_file
 
     cfg = SplitConfig(strategy=strategy, steps=steps, by=by, fractions=_fractions(fractions), seed=seed,
                       stratify=stratify, keep_easiest=keep_easiest, drop_truncated=drop_truncated,
@@ -61,7 +61,7 @@ def split(
                    f"reward accuracy {num(s['reward_accuracy'])} ({mix})")
     typer.echo(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
     if manifest.get("length"):
-        from sdpo_kit.length import split_lines
+        from sdpo_kit.curate.length import split_lines
 
         for line in split_lines(manifest["length"]):
             typer.echo(line)
@@ -79,7 +79,7 @@ def card(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out directory."),
 ) -> None:
     """Write a Hugging Face data card (README.md + plots) for a whole dataset."""
-    from sdpo_kit.card import write_dataset_card
+    from sdpo_kit.report.card import write_dataset_card
 
     path = write_dataset_card(data, out, scored=scored, model=model, sample=sample, max_length=max_length,
                               seed=seed, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""`sdpo train`: a thin layer over `sdpo_kit.train`.
+"""`sdpo train`: a thin layer over `sdpo_kit.train.run`.
 
     sdpo train --partitions parts/ --model default --out runs/demo --max_length 256
     sdpo train --fields          # every flag: StepwiseConfig + trl.DPOConfig
@@ -25,7 +25,8 @@ def train(ctx: typer.Context) -> None:
     Data-parallel on CPU (gloo): `accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...`.
     Bad flags, YAML or inputs raise `sdpo_kit.errors` errors, answered in one line by the CLI boundary.
     """
-    from sdpo_kit.train import given_keys, parse_train_args, train_parser, train_stepwise
+    from sdpo_kit.train.config import given_keys, parse_train_args, train_parser
+    from sdpo_kit.train.run import train_stepwise
 
     argv = list(ctx.args)
     if "--fields" in argv:

@@ -1,4 +1,4 @@
-"""Report sections for the reference schedule and `sdpo eval --generate` (used by sdpo_kit/report.py).
+"""Report sections for the reference schedule and `sdpo eval --generate` (used by sdpo_kit/report/html.py).
 
     sdpo report runs/sdpo runs/fixed --out report/
 

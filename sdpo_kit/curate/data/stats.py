@@ -1,6 +1,6 @@
 """What `sdpo data inspect` reports: format, row accounting, rejects per reason, sources, lengths.
 
-    python -c "from sdpo_kit.data.stats import inspect_data; print(inspect_data('data/dpo_en_demo.json'))"
+    python -c "from sdpo_kit.curate.data.stats import inspect_data; print(inspect_data('data/dpo_en_demo.json'))"
 
 Lengths are characters of message content (the prompt: all its messages together); with a
 tokenizer also tokens of the same text without a chat template (the scorer counts templated
@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from sdpo_kit.data.load import load_pairs
+from sdpo_kit.curate.data.load import load_pairs
 
 SIDES = ("prompt", "chosen", "rejected")
 

@@ -47,8 +47,8 @@ def mix_models(policy: str | Path, reference: str | Path, alpha: float, out: Pat
     import torch
 
     from sdpo_kit.models import model_fingerprint
-    from sdpo_kit.train import load_checked_model
-    from sdpo_kit.train_step import save_model
+    from sdpo_kit.train.run import load_checked_model
+    from sdpo_kit.train.step import save_model
 
     model, tokenizer = load_checked_model(policy)
     ref = load_checked_model(reference)[0].state_dict()
@@ -71,7 +71,7 @@ def check_reference_logps(scored, model, tokenizer, args) -> dict:
     checked directly: the log-probs TRL trains against must be this model's. Returns
     {pairs, max_abs_diff, exact}.
     """
-    from sdpo_kit.score import ScoreConfig, score_frame
+    from sdpo_kit.curate.score import ScoreConfig, score_frame
 
     head = scored.head(CHECK_PAIRS)
     columns = [c for c in ("pair_id", "prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in head.columns]

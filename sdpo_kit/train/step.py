@@ -36,8 +36,8 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
     """
     import polars as pl
 
-    from sdpo_kit.score import ScoreConfig
-    from sdpo_kit.score_run import score_frame_cached
+    from sdpo_kit.curate.score import ScoreConfig
+    from sdpo_kit.curate.score import score_frame_cached
 
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
@@ -199,8 +199,8 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
     import polars as pl
     import torch
 
-    from sdpo_kit.score import ScoreConfig
-    from sdpo_kit.score_run import score_frame_cached
+    from sdpo_kit.curate.score import ScoreConfig
+    from sdpo_kit.curate.score import score_frame_cached
 
     model.eval()  # no dropout in a measurement
     config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")

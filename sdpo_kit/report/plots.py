@@ -1,10 +1,10 @@
 """Plot functions of the sDPO report: each takes plain data and an Axes and returns the Axes.
 
-    python -c "import matplotlib.pyplot as plt; from sdpo_kit.plots import plot_reference_margins; \
+    python -c "import matplotlib.pyplot as plt; from sdpo_kit.report.plots import plot_reference_margins; \
 plot_reference_margins([{'name': 'S', 'mean_margin': -3.0, 'sem': 0.4}], plt.gca()); plt.savefig('g.png')"
 
 Reuse them in a notebook with whatever data you have; `sdpo report` feeds them from the run
-directory (see `sdpo_kit/report.py` for where each input comes from). `axes_series(ax)` reads
+directory (see `sdpo_kit/report/html.py` for where each input comes from). `axes_series(ax)` reads
 back what an Axes shows (lines, bars, points), which is how the report's `figures.json` and the
 tests check the plotted series rather than the pixels.
 """

@@ -232,7 +232,7 @@ def _length_section(data: pl.DataFrame, manifest: dict, out: Path) -> list[tuple
     """The "Length" section (issue 12: how much of the order is answer length), when lengths are known."""
     if not manifest.get("length"):
         return []
-    from sdpo_kit.length import card_section
+    from sdpo_kit.curate.length import card_section
 
     return [("Length", card_section(data, manifest["length"], out))]
 
@@ -267,7 +267,7 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
         rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
         return {"pairs": pairs, "scored": pairs, "rows": pairs.height + len(rejects), "rejects": _reject_counts(rejects),
                 "score_rejects": {}, "scorer": read_json_meta(path, "sdpo_kit.scorer")}
-    from sdpo_kit.data import load_pairs
+    from sdpo_kit.curate.data import load_pairs
 
     loaded = load_pairs(path)
     card = {"pairs": loaded.pairs, "scored": None, "rows": loaded.rows, "rejects": _reject_counts(loaded.rejects),
@@ -280,7 +280,7 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
 
 def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int | None, seed: int):
     from sdpo_kit.models import load_model
-    from sdpo_kit.score import ScoreConfig, provenance, score_frame
+    from sdpo_kit.curate.score import ScoreConfig, provenance, score_frame
 
     total = pairs.height
     if sample is not None and sample < total:
@@ -311,7 +311,7 @@ def _margins_section(card: dict) -> str:
 def _length_lines(scored: pl.DataFrame) -> str:
     """Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets."""
     from sdpo_kit.escape import md_cell
-    from sdpo_kit.length import score_diagnosis
+    from sdpo_kit.curate.length import score_diagnosis
 
     lines = score_diagnosis(scored)
     return "".join(f"\n- {md_cell(line).replace(chr(92) + '`', '`')}" for line in lines) + ("\n" if lines else "")
@@ -321,7 +321,7 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
                        sample: int | None = None, max_length: int | None = None, seed: int = 0,
                        overwrite: bool = False) -> Path:
     """README.md + plots for a whole dataset, grouped by source; reference margins when scored."""
-    from sdpo_kit.data.containers import list_files
+    from sdpo_kit.curate.data.containers import list_files
 
     refuse_overwriting_input(list_files(data), out)  # --overwrite must never delete the data it describes
     card = load_for_card(data, scored, model, sample, max_length, seed)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-from sdpo_kit.tokenize import Sequence, common_prefix_length
+from sdpo_kit.curate.tokens import Sequence, common_prefix_length
 
 
 def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | None):

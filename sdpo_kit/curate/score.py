@@ -1,9 +1,18 @@
-"""Score a whole preference file: shards, a per-pair cache, resume after a crash, accelerate.
+"""Reference log-probs for preference pairs: TRL-exact numbers, computed fast.
 
     sdpo curate score data/dpo_en_demo.json --model default --limit 32 --out /tmp/scored.parquet
-    accelerate launch --num_processes 2 --cpu --no_python sdpo curate score DATA --model default --out X.parquet
 
-The input is read in chunks of `shard_rows` rows (`sdpo_kit.data.iter_pairs`); chunk k becomes
+    from sdpo_kit.curate.score import ScoreConfig, score_frame
+    scored, rejects = score_frame(pairs, model, tokenizer, ScoreConfig(max_length=1024))
+
+Per pair we reproduce TRL 1.16's `DPOTrainer` reference pass (tokenisation, truncation, the sum
+of completion-token log-probs: `sdpo_kit.curate.tokens`) but run it differently (`sdpo_kit.curate.logps`):
+length-sorted batches padded on the right without a mask, a long prefix shared by chosen and rejected
+computed once, and the LM head only where a completion token is scored.
+
+The file layer (second half of this module, `score_file`; under accelerate:
+`accelerate launch --num_processes 2 --cpu --no_python sdpo curate score DATA --out X.parquet`).
+The input is read in chunks of `shard_rows` rows (`sdpo_kit.curate.data.iter_pairs`); chunk k becomes
 `X.parquet.parts/shard_k.parquet` (+ its rejects), written atomically, so memory stays flat and a
 killed run redoes at most the chunks it was inside. Under accelerate, process r takes the chunks
 k with k % N == r; the main process merges the shards in chunk order, so the output does not
@@ -18,12 +27,240 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.score import POLICY_COLUMNS, SCORED_COLUMNS, ScoreConfig, provenance, score_frame
+from sdpo_kit.curate.tokens import Sequence, prompt_too_long, tokenize_pair, truncate
+
+SCORED_COLUMNS = {
+    "ref_chosen_logps": pl.Float64, "ref_rejected_logps": pl.Float64, "margin": pl.Float64,
+    "ref_chosen_logps_mean": pl.Float64, "ref_rejected_logps_mean": pl.Float64, "margin_per_token": pl.Float64,
+    "prompt_tokens": pl.Int64, "chosen_tokens": pl.Int64, "rejected_tokens": pl.Int64,
+    "chosen_truncated": pl.Boolean, "rejected_truncated": pl.Boolean,
+    "margin_shared": pl.Float64, "chosen_chars": pl.Int64, "rejected_chars": pl.Int64,
+}
+# Part of the provenance, hence of the pair cache key and the resume stamp: bump it whenever the
+# scored columns change, so pairs cached before a column existed are never served as complete.
+SCORED_LAYOUT = 2
+POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl.Float64,
+                  "reward_margin": pl.Float64, "reward_correct": pl.Boolean}
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class ScoreConfig:
+    """How pairs are tokenised and scored; the fields that change the numbers go into provenance."""
+
+    max_length: int | None = field(default=1024, metadata={
+        "help": "Max tokens of prompt+completion per sequence (TRL's `max_length`); None = no truncation."})
+    truncation_mode: str = field(default="keep_start", metadata={
+        "help": "TRL's `truncation_mode`: 'keep_start' cuts the end (pairs whose prompt alone fills max_length "
+                "become `prompt_too_long` rejects), 'keep_end' cuts the beginning."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
+                "for ordering only). The model passed in must already have this dtype."})
+    token_budget: int = field(default=512, metadata={
+        "help": "Sequences of similar length (within 1/32) are batched, right-padded, up to this many tokens "
+                "per forward counting padding; a longer sequence runs alone."})
+    beta: float = field(default=0.1, metadata={
+        "help": "DPO beta scaling the implicit reward margin when a policy model is scored too."})
+    share_prefix: int = field(default=256, metadata={
+        "help": "When chosen and rejected share at least this many leading tokens (long dialogue prompts), "
+                "compute them once and run each completion on the prefix's KV cache; 0 = never."})
+    head_chunk: int = field(default=512, metadata={
+        "help": "Positions projected through the LM head at once (bounds the chunk x vocab logits memory)."})
+
+    def __post_init__(self):
+        if self.max_length is not None and self.max_length < 2:
+            raise UsageError(f"max_length must be >= 2 or None, got {self.max_length}")
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            raise UsageError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.share_prefix < 0:
+            raise UsageError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
+        if self.token_budget < 1 or self.head_chunk < 1:
+            raise UsageError(f"token_budget and head_chunk must be >= 1, got {self.token_budget}, {self.head_chunk}")
+        if self.beta <= 0:
+            raise UsageError(f"beta must be > 0, got {self.beta}")
+
+    def settings(self) -> dict:
+        """The fields that change the numbers (the cache key and the provenance)."""
+        return {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
+
+
+def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, row_offset: int):
+    """Per input row: the truncated (chosen, rejected) sequences plus token counts, or a `Reject`."""
+    from sdpo_kit.curate.data import Reject
+
+    extra = [c for c in ("tools", "chat_template_kwargs") if c in pairs.columns]
+    out = []
+    for i, row in enumerate(pairs.select(["prompt", "chosen", "rejected", *extra]).iter_rows(named=True)):
+        p, c, r = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"],
+                                tools=row.get("tools"), chat_template_kwargs=row.get("chat_template_kwargs"))
+        if prompt_too_long(p, config.max_length, config.truncation_mode):
+            raw = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+            detail = (f"prompt has {len(p)} tokens >= max_length={config.max_length}: with keep_start no completion "
+                      "token would remain (TRL drops such pairs silently)")
+            out.append(Reject(file, row_offset + i + 1, "prompt_too_long", detail, raw))
+            continue
+        seqs = (truncate(p, c, config.max_length, config.truncation_mode),
+                truncate(p, r, config.max_length, config.truncation_mode))
+        out.append((seqs, (len(p), len(c), len(r))))
+    return out
+
+
+def _check_dtype(model, config: ScoreConfig, role: str) -> None:
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if dtype != config.dtype:
+        raise ValueError(f"the {role} model is {dtype} but ScoreConfig.dtype={config.dtype!r}: load it with "
+                         f"sdpo_kit.models.load_model(path, dtype={config.dtype!r})")
+
+
+def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: ScoreConfig, progress):
+    """(sums, counts) per model, each (2N,) with [chosen_0, rejected_0, chosen_1, ...], via `logps.plan`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from sdpo_kit.curate.logps import Scorer, plan
+
+    items = plan(pairs, config.token_budget, config.share_prefix or None)
+    # `progress` may be a caller's bar (the file scorer's, over all shards): update it, never close it.
+    own = not hasattr(progress, "update")
+    bar = tqdm(total=len(pairs), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress
+    scorers = [Scorer(m, 2 * len(pairs), config.head_chunk) for m in models]
+    halves = [0] * len(pairs)  # segments done per pair: the bar counts whole pairs
+    with torch.inference_mode():
+        for item in items:
+            for scorer in scorers:
+                scorer.run(item, pairs)
+            for i in ([item[1]] * 2 if item[0] == "prefix" else [seg // 2 for seg, _ in item[1]]):
+                halves[i] += 1
+                bar.update(halves[i] == 2)
+    if own:
+        bar.close()
+    return [s.sums for s in scorers], scorers[0].counts, shared_margins(scorers[0], len(pairs))
+
+
+def shared_margins(scorer, n_pairs: int) -> list[float | None]:
+    """Per pair: chosen minus rejected log-prob over the first min(n_w, n_l) scored tokens of each."""
+    out = []
+    for i in range(n_pairs):
+        k = int(min(scorer.counts[2 * i], scorer.counts[2 * i + 1]))
+        c, r = scorer.shared_sum(2 * i, k), scorer.shared_sum(2 * i + 1, k)
+        out.append(None if c is None or r is None else c - r)
+    return out
+
+
+def completion_chars(frame: pl.DataFrame, col: str) -> pl.Series:
+    """Characters of a completion column: a string, or the contents of a list of messages."""
+    if frame.schema[col] == pl.String:
+        expr = pl.col(col).str.len_chars()
+    else:
+        expr = pl.col(col).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
+    return frame.select(expr.cast(pl.Int64))[col]
+
+
+def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, policy=None, progress=True,
+                file: str = "", row_offset: int = 0, accelerator=None):
+    """Score canonical pairs with `model` (the reference) and optionally `policy`.
+
+    Returns `(scored, rejects)`: the kept input rows, in input order, with the columns of
+    `SCORED_COLUMNS` (+ `POLICY_COLUMNS`), and a `Reject(reason="prompt_too_long")` for each pair
+    TRL would drop; `file`/`row_offset` locate those rejects (row = row_offset + 1-based index).
+    With an `accelerate.Accelerator` of several processes, each scores a contiguous share of the
+    rows and every process returns the whole, gathered result.
+    """
+    if accelerator is not None and accelerator.num_processes > 1:
+        return _score_distributed(pairs, model, tokenizer, config, policy, progress, file, row_offset, accelerator)
+    from sdpo_kit.curate.data import Reject
+
+    _check_dtype(model, config, "reference")
+    if policy is not None:
+        _check_dtype(policy, config, "policy")
+    items = _pair_rows(pairs, tokenizer, config, file, row_offset)
+    rejects = [it for it in items if isinstance(it, Reject)]
+    keep = [i for i, it in enumerate(items) if not isinstance(it, Reject)]
+    seqs = [items[i][0] for i in keep]
+    models = [model] + ([policy] if policy is not None else [])
+    sums, counts, shared = _score_pairs(models, seqs, config, progress)
+    lengths = [items[i][1] for i in keep]
+    return _assemble(pairs[keep], seqs, lengths, sums, counts, config.beta, shared), rejects
+
+
+def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float, shared) -> pl.DataFrame:
+    chosen, rejected = sums[0][0::2].tolist(), sums[0][1::2].tolist()
+    n_c, n_r = counts[0::2].tolist(), counts[1::2].tolist()
+    mean_c = [s / n if n else None for s, n in zip(chosen, n_c)]
+    mean_r = [s / n if n else None for s, n in zip(rejected, n_r)]
+    cols = {
+        "ref_chosen_logps": chosen, "ref_rejected_logps": rejected,
+        "margin": [c - r for c, r in zip(chosen, rejected)],
+        "ref_chosen_logps_mean": mean_c, "ref_rejected_logps_mean": mean_r,
+        "margin_per_token": [None if c is None or r is None else c - r for c, r in zip(mean_c, mean_r)],
+        "prompt_tokens": [p for p, _, _ in lengths], "chosen_tokens": [c for _, c, _ in lengths],
+        "rejected_tokens": [r for _, _, r in lengths],
+        "chosen_truncated": [c.truncated for c, _ in seqs],
+        "rejected_truncated": [r.truncated for _, r in seqs],
+        "margin_shared": shared,
+        "chosen_chars": completion_chars(kept, "chosen").to_list(),
+        "rejected_chars": completion_chars(kept, "rejected").to_list(),
+    }
+    if len(sums) > 1:
+        pc, pr = sums[1][0::2].tolist(), sums[1][1::2].tolist()
+        reward = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(pc, chosen, pr, rejected)]
+        cols |= {"policy_chosen_logps": pc, "policy_rejected_logps": pr, "reward_margin": reward,
+                 "reward_correct": [r > 0 for r in reward]}
+    schema = SCORED_COLUMNS | POLICY_COLUMNS
+    new = pl.DataFrame({k: pl.Series(k, v, dtype=schema[k]) for k, v in cols.items()})
+    return kept.drop([c for c in new.columns if c in kept.columns]).hstack(new)
+
+
+def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
+    """Contiguous rows [start, stop) of process `index` among `count` (sizes differ by at most one)."""
+    base, extra = divmod(n, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (index < extra)
+
+
+def _score_distributed(pairs, model, tokenizer, config, policy, progress, file, row_offset, accelerator):
+    from accelerate.utils import gather_object
+
+    start, stop = shard_bounds(pairs.height, accelerator.process_index, accelerator.num_processes)
+    scored, rejects = score_frame(pairs[start:stop], model, tokenizer, config, policy=policy,
+                                  progress=progress if accelerator.is_main_process else False, file=file,
+                                  row_offset=row_offset + start)
+    parts = gather_object([(scored, rejects)])  # in process order = row order
+    return pl.concat([p[0] for p in parts], how="vertical_relaxed"), [r for p in parts for r in p[1]]
+
+
+def provenance(model, tokenizer, config: ScoreConfig) -> dict[str, Any]:
+    """What produced a scored file: weights fingerprint, chat template hash, settings, versions."""
+    import torch
+    import transformers
+    import trl
+
+    from sdpo_kit import __version__
+    from sdpo_kit.models import model_fingerprint
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    template = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return {
+        "model": str(getattr(model, "name_or_path", "") or model.config._name_or_path),
+        "fingerprint": model_fingerprint(model),
+        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+        **config.settings(),
+        "scored_layout": SCORED_LAYOUT,
+        "versions": {"sdpo_kit": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "trl": trl.__version__},
+    }
+
+
+# --- the file layer: `sdpo curate score` (shards, pair cache, resume, accelerate) ---
 
 META_KEY = "sdpo_kit.scorer"
 
@@ -135,7 +372,7 @@ def _kept_rows(data: Path, start: int, chunk) -> list[int]:
 def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config, cache: PairCache, bar, file: str,
                  accelerator=None):
     """Scored frame and rejects of one chunk; pairs found in the cache skip the forward pass."""
-    from sdpo_kit.data import Reject
+    from sdpo_kit.curate.data import Reject
 
     if pairs.height == 0:  # every row of the chunk was a data-layer reject: nothing to score or join
         return pairs, []
@@ -207,8 +444,8 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     from accelerate import PartialState
 
     from sdpo_kit.console import main_process
-    from sdpo_kit.data import iter_pairs
-    from sdpo_kit.data.containers import list_files
+    from sdpo_kit.curate.data import iter_pairs
+    from sdpo_kit.curate.data.containers import list_files
     from sdpo_kit.models import cache_dir, load_model
 
     config = config or ScoreConfig()
@@ -282,7 +519,7 @@ def _lock(out: Path) -> None:
 def check_out(data: Path, inputs: list[Path], out: Path) -> None:
     """Refuse an --out that is a folder, or whose writing (the parquet, its rejects, its shard
     folder) would replace an input or land inside an input folder (read as input next time)."""
-    from sdpo_kit.data import rejects_path
+    from sdpo_kit.curate.data import rejects_path
     from sdpo_kit.io import refuse_overwriting_input, same_or_inside
 
     if out.is_dir():
@@ -364,14 +601,14 @@ def _bar(data, read, shard_rows, mine, enabled):
         return None
     from tqdm.auto import tqdm
 
-    from sdpo_kit.data import iter_pairs
+    from sdpo_kit.curate.data import iter_pairs
 
     total = sum(c.pairs.height for k, c in enumerate(iter_pairs(data, batch_rows=shard_rows, **read)) if mine(k))
     return tqdm(total=total, unit="pair", desc="scoring", dynamic_ncols=True, smoothing=0.1)
 
 
 def _write_shard(shard: Path, scored: pl.DataFrame, rejects: list) -> None:
-    from sdpo_kit.data import write_rejects
+    from sdpo_kit.curate.data import write_rejects
     from sdpo_kit.io import write_json, write_parquet
 
     write_rejects(rejects, shard.with_suffix(".rejects.jsonl"))
@@ -385,7 +622,7 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sdpo_kit.data import rejects_path
+    from sdpo_kit.curate.data import rejects_path
     from sdpo_kit.io import atomic_path
 
     shards = sorted(parts.glob("shard_*.parquet"))
@@ -424,7 +661,7 @@ def summary(out: Path) -> str:
 
     import pyarrow.parquet as pq
 
-    from sdpo_kit.data import rejects_path
+    from sdpo_kit.curate.data import rejects_path
 
     rejects = rejects_path(out)
     reasons = Counter(json.loads(line)["reason"] for line in rejects.read_text(encoding="utf-8").splitlines() if line)

@@ -1,6 +1,6 @@
 """Load preference data into canonical pairs; every input row ends as a pair or a reject.
 
-    python -c "from sdpo_kit.data import load_pairs; r = load_pairs('data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
+    python -c "from sdpo_kit.curate.data import load_pairs; r = load_pairs('data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
 
 `iter_pairs` streams chunks (one `LoadResult` per `batch_rows` input rows, duplicates caught
 across chunks); `load_pairs` gathers them into one DataFrame. Canonical schema and reject
@@ -17,8 +17,8 @@ from typing import Any, Iterable, Iterator
 
 import polars as pl
 
-from sdpo_kit.data.containers import Chunk, RawError, iter_chunks, list_files, stem_of
-from sdpo_kit.data.formats import CONSUMED, FORMATS, RowError, detect_format, normalise, pair_id
+from sdpo_kit.curate.data.containers import Chunk, RawError, iter_chunks, list_files, stem_of
+from sdpo_kit.curate.data.formats import CONSUMED, FORMATS, RowError, detect_format, normalise, pair_id
 from sdpo_kit.errors import InputError, UsageError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))

@@ -289,7 +289,7 @@ def card_section(data: pl.DataFrame, record: dict, out) -> str:
     """The partition card's "Length" section: ρ lines, the warning, the per-step table, the plot."""
     from pathlib import Path
 
-    from sdpo_kit.card import save_plot
+    from sdpo_kit.report.card import save_plot
 
     text = ("Log length ratio = " + record["log_length_ratio"] + ". Summed log-probs favour the shorter "
             "answer, so an order by summed margin can be an order by length.\n\n")

@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit import escape, plots, report_behaviour, verdict
+from sdpo_kit import escape
+from sdpo_kit.report import plots, report_behaviour, verdict
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import atomic_path, read_json, write_json, write_text
 
@@ -73,7 +74,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
 
-    from sdpo_kit.train import read_run
+    from sdpo_kit.train.run import read_run
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError
@@ -353,7 +354,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
         raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
                          "pass a new or empty folder")
     runs = [load_run(d) for d in run_dirs]  # bad runs fail before anything is written
-    from sdpo_kit.train import check_out_dir
+    from sdpo_kit.train.run import check_out_dir
 
     check_out_dir(final.parent, flag=f"--out {final}: its folder")
     with atomic_dir(final, overwrite=True) as tmp:

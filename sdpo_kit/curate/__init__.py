@@ -1,0 +1,1 @@
+"""Curate: load preference data, score pairs with a reference model, split them easy-to-hard."""

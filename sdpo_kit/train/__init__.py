@@ -1,0 +1,1 @@
+"""Train: stepwise DPO from partitions, one trl.DPOTrainer per step."""
