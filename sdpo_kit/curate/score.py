@@ -29,7 +29,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -56,7 +56,7 @@ class ScoreConfig:
     """How pairs are tokenised and scored; the fields that change the numbers go into provenance."""
 
     max_length: int | None = field(default=1024, metadata={
-        "help": "Max tokens of prompt+completion per sequence (TRL's `max_length`); None = no truncation."})
+        "help": "Max tokens of prompt+completion per sequence (TRL's `max_length`); none (or 0) = no truncation."})
     truncation_mode: str = field(default="keep_start", metadata={
         "help": "TRL's `truncation_mode`: 'keep_start' cuts the end (pairs whose prompt alone fills max_length "
                 "become `prompt_too_long` rejects), 'keep_end' cuts the beginning."})
@@ -75,6 +75,8 @@ class ScoreConfig:
         "help": "Positions projected through the LM head at once (bounds the chunk x vocab logits memory)."})
 
     def __post_init__(self):
+        if self.max_length == 0:  # `--max_length 0`: the command line's "no truncation"
+            self.max_length = None
         if self.max_length is not None and self.max_length < 2:
             raise UsageError(f"max_length must be >= 2 or None, got {self.max_length}")
         if self.truncation_mode not in ("keep_start", "keep_end"):
@@ -91,6 +93,57 @@ class ScoreConfig:
     def settings(self) -> dict:
         """The fields that change the numbers (the cache key and the provenance)."""
         return {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
+
+
+@dataclass
+class ScoreFileConfig:
+    """Score every pair with a reference model: log-probs, margins, token counts, truncation flags.
+
+    The scorer's settings (max_length, truncation_mode, dtype, ...: `ScoreConfig`) come after these.
+    """
+
+    # The command batches more tokens per forward than the library default: faster on a CPU, and the
+    # batching changes no number beyond float noise (token_budget is not in the provenance).
+    cli_defaults: ClassVar[dict] = {"token_budget": 4096}
+
+    data: str = field(metadata={"help": "Preference data: any file or folder `sdpo data inspect` reads.",
+                                "positional": True})
+    out: str = field(metadata={"help": "Scored parquet to write (rejects go beside it)."})
+    model: str = field(default="default", metadata={"help": "Reference model: `default` or a local folder."})
+    reference: str | None = field(default=None, metadata={"help": "Same as --model (reads better beside --policy)."})
+    policy: str | None = field(default=None, metadata={
+        "help": "Also score this model and add its implicit reward margin."})
+    limit: int | None = field(default=None, metadata={"help": "Read only the first N input rows."})
+    format: str | None = field(default=None, metadata={"help": "Force the input format (default: detected)."})
+    shard_rows: int = field(default=512, metadata={"help": "Input rows per shard (the unit of resume)."})
+    resume: bool = field(default=True, metadata={
+        "help": "Keep finished shards of an interrupted run with the same input, --limit, --shard-rows, model "
+                "and settings (else start afresh, saying why)."})
+    cache: bool = field(default=True, metadata={"help": "Reuse pairs already scored with the same model and settings."})
+
+    def __post_init__(self):
+        if self.reference is not None and self.model not in ("default", self.reference):
+            raise UsageError(f"--model {self.model!r} and --reference {self.reference!r} disagree; pass one of them")
+
+
+def run(cfg: ScoreFileConfig, scorer: ScoreConfig) -> Path:
+    """`sdpo curate score`: score the file, print where it went and how much of the margin is length."""
+    from sdpo_kit.console import main_process
+
+    path = score_file(cfg.data, cfg.out, model=cfg.reference or cfg.model, config=scorer, policy=cfg.policy,
+                      resume=cfg.resume, limit=cfg.limit, format=cfg.format, shard_rows=cfg.shard_rows,
+                      cache=cfg.cache)  # errors (bad input, an --out over the input) are answered by the CLI
+    if main_process():  # by RANK: under a launcher every process returns here, one prints
+        print(summary(path))
+        from sdpo_kit.curate.length import judge_columns, score_diagnosis
+
+        names = pl.read_parquet_schema(path)
+        cols = [c for c in ("margin", "margin_per_token", "margin_shared", "chosen_tokens", "rejected_tokens")
+                if c in names]
+        frame = pl.read_parquet(path, columns=cols + judge_columns(pl.DataFrame(schema=names)))
+        for line in score_diagnosis(frame):  # how much of the margin is answer length (issue 12)
+            print(line)
+    return path
 
 
 def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, row_offset: int):

@@ -109,6 +109,38 @@ class SplitConfig:
         return [x.strip() for x in self.stratify.split(",") if x.strip()] if self.stratify else []
 
 
+@dataclass
+class SplitFileConfig:
+    """Order or bucket scored pairs into easy-to-hard partitions, with a manifest and a data card.
+
+    How to split (strategy, steps, by, ...: `SplitConfig`, recorded in manifest.json) comes after these.
+    """
+
+    scored: str = field(metadata={"help": "Scored parquet (output of `sdpo curate score`).", "positional": True})
+    out: str = field(metadata={"help": "Partitions directory to write."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --out directory."})
+
+
+def run(cfg: SplitFileConfig, split: SplitConfig) -> dict:
+    """`sdpo curate split`: write the partitions; print one line per step, the drops and the length check."""
+    from sdpo_kit.escape import term
+
+    manifest = split_file(cfg.scored, cfg.out, split, overwrite=cfg.overwrite)  # errors: the CLI answers them
+    num = lambda v: "n/a (not finite)" if v is None else f"{v:.3f}"  # noqa: E731  (strict JSON: inf -> null)
+    for s in manifest["steps"]:
+        mix = ", ".join(f"{term(k)} {v}" for k, v in s["sources"].items())  # source names are data
+        print(f"step {s['step']}: {s['pairs']} pairs, mean margin {num(s['mean_margin'])}, "
+              f"reward accuracy {num(s['reward_accuracy'])} ({mix})")
+    print(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
+    if manifest.get("length"):
+        from sdpo_kit.curate.length import split_lines
+
+        for line in split_lines(manifest["length"]):
+            print(line)
+    print(f"wrote {cfg.out}/ (step_*.parquet, dropped.parquet, manifest.json, README.md, plots/)")
+    return manifest
+
+
 def order_column(cfg: SplitConfig) -> str:
     """The column pairs are ordered by: `by`, or its length-controlled residual `<by>_lc`."""
     return f"{cfg.by}_lc" if cfg.control_length else cfg.by

@@ -357,3 +357,30 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
         ]
         write_text(tmp / "README.md", render_card(front, front["pretty_name"], intro, sections))
     return Path(out) / "README.md"
+
+
+# --- `sdpo data card` (config + run): a shim by helper "cli" until helper "report"'s version merges ---
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass
+class CardConfig:
+    """Write a Hugging Face data card (README.md + plots) for a whole dataset."""
+
+    data: str = field(metadata={"help": "Preference data in any supported format, or a scored parquet.",
+                                "positional": True})
+    out: str = field(metadata={"help": "Directory for README.md and plots/."})
+    scored: bool = field(default=False, metadata={"help": "Score the pairs with --model first (margins in the card)."})
+    model: str = field(default="default", metadata={"help": "Reference model for --scored."})
+    sample: int | None = field(default=None, metadata={"help": "With --scored: score only this many pairs (seeded)."})
+    max_length: int | None = field(default=None, metadata={"help": "With --scored: the scorer's max_length."})
+    seed: int = field(default=0, metadata={"help": "Seed for --sample."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --out directory."})
+
+
+def run(cfg: CardConfig) -> Path:
+    """`sdpo data card`: write the card; print where it went."""
+    path = write_dataset_card(cfg.data, cfg.out, scored=cfg.scored, model=cfg.model, sample=cfg.sample,
+                              max_length=cfg.max_length, seed=cfg.seed, overwrite=cfg.overwrite)
+    print(f"wrote {path}")
+    return path

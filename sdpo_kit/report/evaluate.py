@@ -36,6 +36,8 @@ MESSAGE_COLUMNS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class EvalConfig:
+    """Score S and every M_t on held-out pairs: accuracy, mean γ, reward margins vs S and vs M_{t-1}."""
+
     run: str = field(metadata={"help": "Run directory written by `sdpo train` (holds run.json)."})
     data: str = field(metadata={"help": "Held-out preference pairs, any format the data layer reads."})
     models: str = field(default="all", metadata={
@@ -317,6 +319,23 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     write_parquet(out / "scores.parquet", table)
     write_jsonl(out / "rejects.jsonl", rejects)
     write_json(out / "eval.json", result)
+    return result
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    """`sdpo eval`: evaluate, then print one line per model, per comparison and per model's answers."""
+    result = evaluate(cfg)  # bad input raises InputError/UsageError: the CLI boundary answers in one line
+    print(f"held-out pairs: {result['data']['pairs']} (rejected {result['data']['rejected']})")
+    for m in result["models"]:
+        print(f"  {m['name']:>4}: preference accuracy {m['accuracy']:.3f}  mean γ {m['mean_margin']:+.3f}")
+    for c in result["comparisons"]:
+        print(f"  {c['policy']:>4} vs {c['reference']:<4}: reward margin {c['reward_margin_mean']:+.4f}"
+              f"  reward accuracy {c['reward_accuracy']:.3f}")
+    for name, b in result.get("behaviour", {}).get("models", {}).items():
+        kl = "" if b.get("kl_vs_S") is None else f"  KL vs S {b['kl_vs_S']:+.4f}/token"
+        print(f"  {name:>4}: answers {b['mean_tokens']:.1f} tokens, cut {b['cut_share']:.2f}, "
+              f"distinct-2 {b['distinct_2'] if b['distinct_2'] is None else round(b['distinct_2'], 3)}{kl}")
+    print(f"wrote {cfg.out}/eval.json")
     return result
 
 

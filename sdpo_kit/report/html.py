@@ -446,3 +446,30 @@ def length_markdown(r: dict) -> list[str]:
                    for q in m["quintiles"]] for m in held["models"]]
         out += _table(head, rows) + [""]
     return out
+
+
+# --- `sdpo report` (config + run): a shim by helper "cli" until helper "report"'s version merges ---
+from dataclasses import dataclass, field  # noqa: E402
+
+
+@dataclass
+class ReportConfig:
+    """Write one self-contained HTML report (images inline) plus PNGs, figures.json and summary.md."""
+
+    runs: list[str] = field(default_factory=list, metadata={
+        "help": "Run directories written by `sdpo train` (several runs are compared).", "positional": True})
+    out: str = field(default="report", metadata={"help": "Output folder for report.html, PNGs, summary.md."})
+    signal: str = field(default="judge_confidence", metadata={
+        "help": "Held-out column used as an external difficulty signal when present."})
+
+    def __post_init__(self):
+        if not self.runs:
+            raise UsageError("sdpo report", "RUNS is required: one or more run directories written by `sdpo train`")
+
+
+def run(cfg: ReportConfig) -> dict[str, Path]:
+    """`sdpo report`: write the report; print where it and the summary went."""
+    paths = write_report(cfg.runs, cfg.out, signal=cfg.signal)  # bad input: one line from the CLI boundary
+    print(f"report: {paths['html']}")
+    print(f"summary: {paths['summary']}")
+    return paths

@@ -1,7 +1,9 @@
-"""`sdpo train`'s settings: `StepwiseConfig`, the flag/YAML parser over it and `trl.DPOConfig`, and
-the settings a run records and `--resume` restores.
+"""`sdpo train`'s settings: `StepwiseConfig`, the flag/YAML parser over it and `trl.DPOConfig`
+(`sdpo_kit.config`'s steps over TRL's parser), a `trl dpo` YAML read as is, the scorer settings read
+from the partitions, and the settings a run records and `--resume` restores.
 
-    sdpo train --fields        # every flag this parser knows
+    sdpo train --help        # every flag this parser knows (--fields: the same)
+    sdpo train --config configs/sdpo_demo.yaml --partitions parts/ --out runs/x
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ RUN_KEYS = ("partitions", "out", "resume", "config")
 
 @dataclass
 class StepwiseConfig:
-    """Stepwise settings; the `trl.DPOConfig` fields travel beside it (see `parse_train_args`)."""
+    """Stepwise DPO from partitions: step t trains on partition t with M_{t-1} as reference and start.
+
+    Options: the fields below, then every trl.DPOConfig field (--beta, --learning_rate, ...). max_length and
+    truncation_mode default to the settings the partitions were scored with. A `trl dpo --config` YAML is read
+    as is (model_name_or_path, use_peft, lora_*). --resume restores the run's own settings; a changed
+    --partitions, --model or training setting is refused. Data-parallel on CPU (gloo):
+    `accelerate launch --multi_gpu --num_processes 2 $(which sdpo) train ...`.
+    """
 
     partitions: str | None = field(
         default=None, metadata={"help": "Partitions folder from `sdpo curate split` (manifest.json, step_*.parquet)."}
@@ -87,15 +96,21 @@ def _check_schedule(cfg) -> None:
         raise UsageError(f"--ref-mix-alpha must be in [0, 1], got {cfg.ref_mix_alpha}.")
 
 def train_parser():
-    """StepwiseConfig + trl.DPOConfig flags; a bad flag raises `UsageError` (one line), never argparse's exit."""
+    """StepwiseConfig + trl.DPOConfig flags (TRL's parser); a bad flag raises `UsageError` (one line)."""
     import torch
     from trl import TrlParser
 
+    from sdpo_kit.config import add_common
+
     class Parser(TrlParser):
         def error(self, message):  # argparse would print the whole usage and exit
-            raise UsageError(f"sdpo train: {message} (`sdpo train --fields` lists every flag)")
+            raise UsageError(f"sdpo train: {message} (`sdpo train --help` lists every flag)")
 
-    parser = Parser((StepwiseConfig, _dpo_config()), allow_abbrev=False)  # --learning_rat is a typo, not a prefix
+    # allow_abbrev=False: --learning_rat is a typo, not a prefix
+    parser = Parser((StepwiseConfig, _dpo_config()), prog="sdpo train", allow_abbrev=False, add_help=False,
+                    description=StepwiseConfig.__doc__)
+    parser.classes = [StepwiseConfig, _dpo_config()]
+    add_common(parser)
     defaults = {"output_dir": "unused", "logging_first_step": True, "save_total_limit": 1}
     if not torch.cuda.is_available():  # TRL's GPU defaults fail or crawl on CPU; flags/YAML still win
         # use_cpu also makes transformers pick accelerate's MULTI_CPU (gloo) state under a launcher.
@@ -113,25 +128,77 @@ def _dpo_config():
     return DPOConfig
 
 
+def parse(argv: list[str]):
+    """`([cfg, args], given)` from flags over an optional `--config` YAML (ours or a `trl dpo` file);
+    None after printing --help. The CLI calls this instead of the generic parser (TRL's fields beside ours)."""
+    from sdpo_kit.config import parse as parse_config
+
+    argv = ["--help" if a == "--fields" else a for a in argv]  # `--fields`: the old spelling of --help
+    return parse_config(train_parser(), argv, map_yaml=from_trl)
+
+
 def parse_train_args(argv: list[str]):
     """`(StepwiseConfig, DPOConfig, overrides)` from flags and an optional `--config` YAML.
 
     `overrides` holds the DPOConfig values that differ from our defaults (for config.yaml).
     Every problem with the flags or the YAML raises `UsageError` in one line.
     """
-    parser = train_parser()
-    _check_flags(parser, argv)
-    _read_yaml_config(argv)
-    try:
-        cfg, args = parser.parse_args_and_config(argv)
-    except (ValueError, TypeError) as err:
-        if isinstance(err, UsageError):
-            raise
-        raise UsageError("sdpo train", " ".join(str(err).split())) from None
+    (cfg, args), given = parse(argv)
+    return cfg, args, prepare(cfg, args, given)
+
+
+def prepare(cfg, args, given: set[str]) -> dict:
+    """Scorer settings from the partitions, value checks, TRL settings we fix; returns the overrides."""
+    _from_partitions(cfg, args, given)
     _check_values(args)
     overrides = _overrides(args)
     _finish(cfg, args)
-    return cfg, args, overrides
+    return overrides
+
+
+def run(cfg, args, given: set[str] | None = None) -> Path:
+    """`sdpo train`: every step into `cfg.out`; `given` (the settings this command set) guards --resume."""
+    import os
+
+    from sdpo_kit.train.run import train_stepwise
+
+    given = set(given or ())
+    overrides = prepare(cfg, args, given)
+    run_dir = train_stepwise(cfg, args, overrides, given=given)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
+    return run_dir
+
+
+SCORER_KEYS = ("max_length", "truncation_mode")  # set once, at curation: train reads them from the partitions
+
+
+def _from_partitions(cfg, args, given: set[str]) -> None:
+    """max_length / truncation_mode as the partitions were scored (manifest.json `scorer`), unless given.
+
+    Step 1 reuses the curation scores only when these match, and a resumed run keeps its own.
+    """
+    import json
+
+    if cfg.resume and (Path(cfg.out) / "run.json").exists():
+        return
+    try:
+        scorer = json.loads((Path(cfg.partitions) / "manifest.json").read_text(encoding="utf-8")).get("scorer")
+    except (OSError, ValueError, AttributeError):
+        return  # no or no readable manifest: train says so when it reads the partitions
+    if not isinstance(scorer, dict):
+        return
+    taken = {k: scorer[k] for k in SCORER_KEYS if k in scorer and k not in given and getattr(args, k) != scorer[k]}
+    if not taken:
+        return
+    for key, value in taken.items():
+        setattr(args, key, value)
+    from sdpo_kit.console import main_process
+
+    if main_process():
+        said = " and ".join(f"{k} {v}" for k, v in taken.items())
+        print(f"[sdpo train] {said} as the partitions were scored ({Path(cfg.partitions) / 'manifest.json'}); "
+              f"pass {' / '.join('--' + k for k in taken)} to override", flush=True)
 
 
 def _overrides(args) -> dict:
@@ -149,106 +216,66 @@ def _finish(cfg, args) -> None:
         args.train_sampling_strategy = "sequential"  # transformers' public, order-preserving sampler
 
 
-def _check_flags(parser, argv: list[str]) -> None:
-    """Unknown `--flags` in one line, with the closest known names ("did you mean ...")."""
-    import difflib
+# --- a `trl dpo --config` file, read as is ---------------------------------------------------------
 
-    known = [o for o in parser._option_string_actions if o.startswith("--") and "-" not in o[2:]]
-    for token in argv:
-        flag = token.split("=", 1)[0]
-        if token.startswith("--") and flag not in parser._option_string_actions and flag != "--config":
-            close = difflib.get_close_matches(flag, known, n=3, cutoff=0.75)
-            hint = f"; did you mean {' or '.join(close)}?" if close else "; `sdpo train --fields` lists every flag"
-            raise UsageError("sdpo train", f"unknown flag {flag}{hint}")
+TRL_LORA_DEFAULTS = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05}  # trl.ModelConfig 1.16's defaults
+TRL_REFUSED = ("use_dora", "use_rslora", "load_in_8bit", "load_in_4bit")  # would change what is trained
+TRL_DATA = ("datasets", "streaming", "test_split_size")  # trl's dataset mixture (besides dataset_*)
 
 
-def _read_yaml_config(argv: list[str]) -> dict:
-    """The `--config` YAML as a mapping ({} without one); malformed YAML is a UsageError."""
-    import yaml
+def from_trl(config: dict, path) -> dict:
+    """A `trl dpo` YAML in our keys: model_name_or_path -> model, use_peft/lora_* -> LoRA, output_dir -> out;
+    dataset keys and the other `trl.ModelConfig`/`ScriptArguments` keys get a one-line notice. `env:` sets
+    environment variables (as TrlParser does)."""
+    import os
 
-    if "--config" not in argv:
-        return {}
-    i = argv.index("--config")
-    if i + 1 >= len(argv):
-        raise UsageError("sdpo train", "--config needs a YAML file")
-    path = Path(argv[i + 1])
-    if not path.is_file():
-        raise UsageError(f"--config {path}", "no such file")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UsageError(path, f"{where}not valid YAML ({getattr(err, 'problem', None) or err})") from None
-    except UnicodeDecodeError:
-        raise UsageError(path, "not a UTF-8 text file") from None
-    if not isinstance(config, dict):
-        raise UsageError(path, f"must hold a YAML mapping of flag: value, got {type(config).__name__}")
-    fields = {f.name for dc in (StepwiseConfig, _dpo_config()) for f in dataclasses.fields(dc) if f.init}
-    unknown = sorted(k for k in config if k not in fields and k != "env")
-    if unknown:
-        import difflib
+    import trl
 
-        hints = [f"{k} (did you mean {difflib.get_close_matches(str(k), fields, n=1)[0]}?)"
-                 if difflib.get_close_matches(str(k), fields, n=1) else str(k) for k in unknown]
-        raise UsageError(path, f"unknown key(s) {', '.join(hints)}; `sdpo train --fields` lists them")
-    _check_types(config, path)
+    config = dict(config)
+    env = config.pop("env", None)
+    if env is not None:
+        if not isinstance(env, dict):
+            raise UsageError(path, f"env: expected a mapping of VARIABLE: value, got {env!r}")
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+    ours = {f.name for dc in (StepwiseConfig, _dpo_config()) for f in dataclasses.fields(dc)}
+    theirs = {f.name for dc in (trl.ModelConfig, trl.ScriptArguments, trl.DatasetMixtureConfig)
+              for f in dataclasses.fields(dc)} - ours
+    mapped = []
+    for trl_key, key in (("model_name_or_path", "model"), ("output_dir", "out")):
+        if trl_key in config and config[trl_key] is not None:
+            if key in config:
+                raise UsageError(path, f"{trl_key} and {key} name the same setting; keep one")
+            config[key] = config.pop(trl_key)
+            mapped.append(f"{trl_key} -> {key}")
+    if "use_peft" in config:
+        if config.pop("use_peft"):
+            unset = [k for k in TRL_LORA_DEFAULTS if k not in config]
+            config.update({k: TRL_LORA_DEFAULTS[k] for k in unset})
+            mapped.append(f"use_peft -> lora_r {config['lora_r']}" + (f" (TRL's default {', '.join(unset)})" if unset else ""))
+        else:
+            config["lora_r"] = 0
+            mapped.append("use_peft false -> lora_r 0 (full fine-tuning)")
+    if isinstance(config.get("lora_target_modules"), list):
+        config["lora_target_modules"] = ",".join(map(str, config["lora_target_modules"]))
+    refused = [k for k in TRL_REFUSED if config.get(k)]
+    if refused:
+        raise UsageError(path, f"{', '.join(refused)}: not supported by sdpo train (plain LoRA or full fine-tuning "
+                         "of a full-precision model); remove them")
+    data = [k for k in config if k in theirs and (k.startswith("dataset") or k in TRL_DATA)]
+    other = [k for k in config if k in theirs and k not in data]
+    for key in data + other:
+        config.pop(key)
+    from sdpo_kit.console import main_process
+
+    if main_process():
+        lines = [f"read trl dpo keys as sdpo settings: {', '.join(mapped)}" if mapped else "",
+                 f"ignored {', '.join(data)}: the pairs come from --partitions (written by `sdpo curate split`)"
+                 if data else "",
+                 f"ignored trl dpo model-loading key(s) {', '.join(other)}: sdpo train loads --model in float32 "
+                 "(use --bf16 for mixed precision)" if other else ""]
+        for line in filter(None, lines):
+            print(f"[sdpo train] {path}: {line}", flush=True)
     return config
-
-
-def _check_types(config: dict, path: Path) -> None:
-    """A YAML value of the wrong kind (`beta: [1, 2]`) is a UsageError naming the key."""
-    import typing
-
-    hints = {}
-    for dc in (StepwiseConfig, _dpo_config()):
-        try:
-            hints.update(typing.get_type_hints(dc))
-        except Exception:  # an unresolvable annotation: that class is not checked
-            continue
-    for key, value in config.items():
-        if key in hints and _fits(value, hints[key]) is False:
-            raise UsageError(path, f"{key}: expected {_type_name(hints[key])}, got {value!r}")
-
-
-def _fits(value, tp) -> bool | None:
-    """Whether a YAML value suits the annotation `tp`; None when the annotation is not understood."""
-    import enum
-    import types
-    import typing
-
-    origin, targs = typing.get_origin(tp), typing.get_args(tp)
-    if tp is typing.Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        verdicts = [_fits(value, a) for a in targs]
-        return True if any(verdicts) else (None if None in verdicts else False)
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp in (int, float):  # argparse converts a string default ("1e-3": YAML 1.1 reads it as a string)
-        if isinstance(value, str):
-            try:
-                return bool(tp(value)) or True
-            except ValueError:
-                return False
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or value == int(value))
-    if tp is str:
-        return isinstance(value, str)
-    if origin is list or tp is list:
-        return isinstance(value, list)
-    if origin is dict or tp is dict:
-        return isinstance(value, (dict, str))  # transformers also takes a JSON string
-    if origin is typing.Literal:
-        return value in targs
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return isinstance(value, (str, tp))
-    return None
-
-
-def _type_name(tp) -> str:
-    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def _check_values(args) -> None:
@@ -257,14 +284,6 @@ def _check_values(args) -> None:
                          f"got {args.max_length}")
     if args.truncation_mode not in ("keep_start", "keep_end"):
         raise UsageError("--truncation_mode", f"must be keep_start or keep_end, got {args.truncation_mode!r}")
-
-
-def given_keys(argv: list[str]) -> set[str]:
-    """Field names the user set on the command line or in the `--config` YAML (defaults excluded)."""
-    parser = train_parser()
-    given = {parser._option_string_actions[t.split("=", 1)[0]].dest for t in argv
-             if t.startswith("--") and t.split("=", 1)[0] in parser._option_string_actions}
-    return (given | set(_read_yaml_config(argv))) - {"env"}
 
 
 def resolved_settings(cfg, args) -> dict:

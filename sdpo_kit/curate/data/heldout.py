@@ -28,7 +28,10 @@ SIDES = ("train", "validation", "heldout")
 
 @dataclass
 class HeldoutConfig:
-    data: str = field(metadata={"help": "Preference data: any file or folder `sdpo data inspect` reads."})
+    """Train / held-out (/ validation) files with no prompt on two sides, checked and recorded in manifest.json."""
+
+    data: str = field(metadata={"help": "Preference data: any file or folder `sdpo data inspect` reads.",
+                                "positional": True})
     out: str = field(metadata={"help": "Folder for train.parquet, heldout.parquet, manifest.json."})
     heldout: float = field(default=0.2, metadata={"help": "Share of distinct keys (prompts) held out, in (0, 1)."})
     validation: float = field(default=0.0, metadata={
@@ -105,7 +108,7 @@ def _sha256(path: Path) -> str | None:
 
 
 def run(cfg: HeldoutConfig) -> dict:
-    """Write the sides and manifest.json into `cfg.out`; returns the manifest."""
+    """`sdpo data split`: write the sides and manifest.json into `cfg.out`, print the summary; returns the manifest."""
     import polars as pl
 
     from sdpo_kit.curate.data import load_pairs, write_rejects
@@ -138,6 +141,8 @@ def run(cfg: HeldoutConfig) -> dict:
         "overlap": {**leaks, "checked": "pair_id and prompt text (last turn) across every pair of sides"},
     }
     write_json(out / "manifest.json", manifest)
+    print(summary(manifest))
+    print(f"wrote {out}/ (" + ", ".join(v["file"] for v in manifest["sides"].values()) + ", manifest.json)")
     return manifest
 
 

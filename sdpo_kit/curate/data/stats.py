@@ -10,6 +10,7 @@ tokens; these are for a first look at how much truncation to expect).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,94 @@ import polars as pl
 from sdpo_kit.curate.data.load import load_pairs
 
 SIDES = ("prompt", "chosen", "rejected")
+
+
+@dataclass
+class InspectConfig:
+    """Detected format, rows, valid pairs, rejects per reason, source mix and lengths."""
+
+    path: str = field(metadata={"help": "Preference data: file (.jsonl/.json/.parquet/.csv[.gz]) or directory.",
+                                "positional": True})
+    model: str | None = field(default=None, metadata={
+        "help": "Also count tokens with this model's tokenizer ('default' or a local dir)."})
+    json: bool = field(default=False, metadata={"help": "Print one JSON object instead of tables."})
+    format: str | None = field(default=None, metadata={
+        "help": "Force the format: trl-standard, trl-conversational, sharegpt or hh (default: auto-detect)."})
+    prompt_col: str | None = field(default=None, metadata={"help": "Column holding the prompt."})
+    chosen_col: str | None = field(default=None, metadata={"help": "Column holding the chosen answer."})
+    rejected_col: str | None = field(default=None, metadata={"help": "Column holding the rejected answer."})
+    source_col: str | None = field(default=None, metadata={"help": "Column naming each pair's source."})
+    conversations_col: str | None = field(default=None, metadata={"help": "ShareGPT conversations column."})
+    keep_duplicates: bool = field(default=False, metadata={"help": "Count duplicate pairs as valid."})
+    strict: bool = field(default=False, metadata={"help": "Stop at the first bad row with file:row: problem."})
+    limit: int | None = field(default=None, metadata={"help": "Read only the first N rows."})
+    rejects: str | None = field(default=None, metadata={"help": "Write the rejects (JSONL) to this file."})
+
+    def columns(self) -> dict[str, str]:
+        """The *_col fields as `load_pairs(columns=...)` (canonical name -> the file's column)."""
+        cols = {"prompt": self.prompt_col, "chosen": self.chosen_col, "rejected": self.rejected_col,
+                "source": self.source_col, "conversations": self.conversations_col}
+        return {k: v for k, v in cols.items() if v}
+
+
+def run(cfg: InspectConfig) -> dict:
+    """`sdpo data inspect`: print the summary (tables, or one JSON object with --json); returns it."""
+    import json
+
+    from rich.console import Console
+
+    from sdpo_kit.curate.data import write_rejects
+    from sdpo_kit.curate.data.containers import list_files
+    from sdpo_kit.io import refuse_overwriting_input
+
+    tokenizer = None
+    if cfg.model:
+        from sdpo_kit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    # A spinner on stderr: a large file with --model takes a while, and stdout stays one JSON object.
+    status = Console(stderr=True).status(f"reading {cfg.path}" + (" and counting tokens" if cfg.model else ""))
+    with status:  # errors: the CLI boundary answers them in one line
+        summary, bad = inspect_data(cfg.path, format=cfg.format, columns=cfg.columns(),
+                                    keep_duplicates=cfg.keep_duplicates, strict=cfg.strict, limit=cfg.limit,
+                                    tokenizer=tokenizer)
+    if cfg.rejects:
+        refuse_overwriting_input(list_files(cfg.path), cfg.rejects, "--rejects")
+        summary["rejects_file"] = str(write_rejects(bad, cfg.rejects))
+    if cfg.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        print_summary(summary)
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    # Paths, source names and reject examples are data: escaped, so `[red]` or `[/]` in them is text, not markup.
+    console.print(f"[bold]{escape(s['path'])}[/]  format [cyan]{s['format']}[/]")
+    console.print(f"rows {s['rows']:,}  valid [green]{s['valid']:,}[/]  rejected [red]{s['rejected']:,}[/]")
+    if s["reasons"]:
+        table = Table("reason", "rows", "first example", title="Rejects")
+        for reason, n in s["reasons"].items():
+            table.add_row(reason, f"{n:,}", escape(s["examples"][reason][:100]))
+        console.print(table)
+    if s["sources"]:
+        table = Table("source", "pairs", "share", title="Sources")
+        for name, n in s["sources"].items():
+            table.add_row(escape(name), f"{n:,}", f"{n / s['valid']:.1%}")
+        console.print(table)
+    for unit in ("chars", "tokens"):
+        if s.get(unit):
+            table = Table("", "mean", "p50", "p95", "min", "max", title=f"Lengths ({unit})")
+            for side, st in s[unit].items():
+                table.add_row(side, *(f"{st[k]:,.0f}" for k in ("mean", "p50", "p95", "min", "max")))
+            console.print(table)
+    if s.get("rejects_file"):
+        console.print(f"rejects written to {escape(s['rejects_file'])}")
 
 
 def inspect_data(path: str | Path, *, format: str | None = None, columns: dict[str, str] | None = None,

@@ -1,0 +1,110 @@
+"""The `sdpo` command line: a registry of commands, each config dataclass(es) + `run` in one module.
+
+    sdpo --help;  sdpo curate split -h;  sdpo curate split --config configs/curate_split.yaml --steps 2
+
+Flags, `--config` YAML and help come from the config fields (`sdpo_kit.config`); a command's module
+loads only when it runs or shows its help. `SdpoGroup.main` is the one error boundary: a user-caused
+error (`sdpo_kit.errors.SdpoError`, a missing/unwritable file, bad YAML) becomes `error: <one line>`
+on stderr, exit 1 (failure) or 2 (usage); SDPO_DEBUG=1 keeps the traceback; a bug keeps its own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+# command -> "module:Config[,Config]", whose run(*configs) does the work (`sdpo_kit.config.run_command`).
+COMMANDS = {
+    ("data", "inspect"): "sdpo_kit.curate.data.stats:InspectConfig",
+    ("data", "split"): "sdpo_kit.curate.data.heldout:HeldoutConfig",
+    ("data", "card"): "sdpo_kit.report.card:CardConfig",
+    ("curate", "score"): "sdpo_kit.curate.score:ScoreFileConfig,ScoreConfig",
+    ("curate", "split"): "sdpo_kit.curate.split:SplitFileConfig,SplitConfig",
+    ("train",): "sdpo_kit.train.config:StepwiseConfig",
+    ("eval",): "sdpo_kit.report.evaluate:EvalConfig",
+    ("report",): "sdpo_kit.report.html:ReportConfig",
+}
+GROUPS = {"data": "Inspect and split preference data; write data cards.",
+          "curate": "Score pairs with a reference model; split them into partitions."}
+USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
+USER_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}  # the user's, never bugs
+
+
+def user_error(err: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error the user can fix; None for a bug."""
+    from sdpo_kit.errors import SdpoError
+
+    if isinstance(err, SdpoError):
+        return err.exit_code, str(err)
+    if isinstance(err, USER_OS_ERRORS) or (isinstance(err, OSError) and err.errno in USER_ERRNOS):
+        # OSError("x: no such file") keeps its own words; OSError(2, "No such ...", "x") becomes "x: no such ...".
+        if err.filename is None or err.strerror is None:
+            return 1, str(err)
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+        return 1, f"{where}: {err.strerror}"
+    if "yaml" in sys.modules and isinstance(err, sys.modules["yaml"].YAMLError):
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        return 2, f"{getattr(mark, 'name', 'config') if mark else 'config'}: {at}not valid YAML ({getattr(err, 'problem', None) or err})"
+    return None
+
+
+def one_line(text: str) -> str:
+    """Messages are one line: a multi-line library message is folded onto it."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or "failed (no message)"
+
+
+class SdpoGroup(TyperGroup):
+    """The one error boundary of every `sdpo` command (the console script, `app([...])` and CliRunner)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=standalone_mode, **kwargs)
+        except Exception as err:
+            answer = user_error(err)
+            if answer is None or os.environ.get("SDPO_DEBUG") == "1":
+                raise
+            code, message = answer
+            typer.echo(f"error: {one_line(message)}", err=True)
+            # The console script and in-process callers (CliRunner, scripts/demo.py) all see SystemExit(code).
+            raise SystemExit(code) from None
+
+
+def _command(group: typer.Typer, words: tuple[str, ...], spec: str) -> None:
+    from sdpo_kit import config  # stdlib only: the command's own module loads when it runs or shows help
+
+    class Command(TyperCommand):  # the help is the config's docstring, read only when a help is shown
+        help = property(lambda self: config.load(spec)[1][0].__doc__, lambda self, value: None)
+
+    def command(ctx: typer.Context) -> None:
+        config.run_command("sdpo " + " ".join(words), spec, list(ctx.args))
+
+    group.command(words[-1], cls=Command, add_help_option=False,
+                  context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
+
+
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(cls=SdpoGroup, name="sdpo", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, context_settings=HELP,
+                  help="Stepwise DPO: curate preference data easy-to-hard, train step by step, report.")
+
+
+@app.callback(invoke_without_command=True)
+def _top(version: bool = typer.Option(False, "--version", help="Print the sdpo_kit version and exit.")) -> None:
+    if version:
+        from sdpo_kit import __version__
+
+        typer.echo(f"sdpo_kit {__version__}")
+
+
+groups = {name: typer.Typer(help=text, no_args_is_help=True, context_settings=HELP) for name, text in GROUPS.items()}
+for name, sub in groups.items():
+    app.add_typer(sub, name=name)
+for words, spec in COMMANDS.items():
+    _command(groups[words[0]] if len(words) > 1 else app, words, spec)
+
+main = app  # the console script `sdpo` (pyproject.toml)
