@@ -109,6 +109,7 @@ class Parser(argparse.ArgumentParser):
         for cls in classes:
             for f in _fields(cls):
                 self._add(f, self.types.get(f.name, str))
+        for cls in classes:  # a command's own default for another class's field (curate score's token_budget)
             self.set_defaults(**getattr(cls, "cli_defaults", {}))
 
     def _add(self, f, tp) -> None:
@@ -186,7 +187,7 @@ def _bool_words(parser, argv: list[str]) -> list[str]:
 
 def check_flags(parser, argv: list[str]) -> None:
     """Unknown `--flags` in one line, with the closest known spellings ("did you mean ...")."""
-    known = [o for o in parser._option_string_actions if o.startswith("--")]
+    known = [o for o, a in parser._option_string_actions.items() if o.startswith("--") and a.help != argparse.SUPPRESS]
     for token in argv:
         flag = token.split("=", 1)[0]
         if token == "--":
