@@ -193,8 +193,11 @@ def test_logit_scale_and_softcapping_match_the_models_own_forward(kind):
                                 "granite_logits_scaling": (4.0, None)}[kind]
     g = torch.Generator().manual_seed(1)
     prefix = torch.randint(1, 101, (9,), generator=g).tolist()
-    pairs = [(Sequence(prefix + torch.randint(1, 101, (n,), generator=g).tolist(), 3, False),
-              Sequence(prefix + torch.randint(1, 101, (m,), generator=g).tolist(), 3, False)) for n, m in ((7, 4), (2, 11))]
+
+    def seq(n: int) -> Sequence:  # the shared prefix + n random tokens; scored from position 3 on
+        return Sequence(prefix + torch.randint(1, 101, (n,), generator=g).tolist(), 3, False)
+
+    pairs = [(seq(7), seq(4)), (seq(2), seq(11))]
     for share_min in (None, 5):  # batched and padded / prefix once + tails on its KV cache
         scorer = Scorer(model, 2 * len(pairs), head_chunk=5)
         items = plan(pairs, budget=64, share_min=share_min)

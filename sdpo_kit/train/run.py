@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import check_out_dir, read_json, write_json, write_text
+from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
 from sdpo_kit.train.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, resolved_settings,
                                    train_parser)
 from sdpo_kit.train.step import run_step
@@ -164,20 +165,10 @@ def _run_differences(run: dict, cfg, given: set[str]) -> list[str]:
         if now != run["partitions_sha256"]:
             diffs.append(f"partitions {run['partitions']}: manifest.json or step files changed since the run started")
     if "model" in given:
-        from sdpo_kit.models import resolve_model_path
-
         model = str(resolve_model_path(cfg.model).resolve())
         if model != str(run["base_model"]):
             diffs.append(f"model {run['base_model']} -> {model}")
     return diffs
-
-
-def _base_model(name: str) -> dict:
-    """S as the run records it: absolute folder and weights fingerprint (loading it also checks it)."""
-    from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
-
-    model, _ = load_checked_model(name)
-    return {"path": str(resolve_model_path(name).resolve()), "fingerprint": model_fingerprint(model)}
 
 
 def _start_run(cfg, args, overrides, plan, state, files) -> dict:
@@ -191,10 +182,10 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         if not cfg.resume:
             raise UsageError(f"--out {run_dir}", "already holds a run: pass --resume to continue it, or another --out")
         return read_run(run_dir)
-    base = _base_model(cfg.model)
+    base_fingerprint = model_fingerprint(load_checked_model(cfg.model)[0])  # S (loading it also checks it)
     run = {
-        "mode": cfg.mode, "base_model": base["path"], "base_model_given": cfg.model,
-        "base_fingerprint": base["fingerprint"], "partitions": str(Path(cfg.partitions).resolve()),
+        "mode": cfg.mode, "base_model": str(resolve_model_path(cfg.model).resolve()), "base_model_given": cfg.model,
+        "base_fingerprint": base_fingerprint, "partitions": str(Path(cfg.partitions).resolve()),
         "partitions_sha256": partitions_digest(cfg.partitions, files),
         "beta": args.beta, "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
         "reference_schedule": cfg.reference_schedule if cfg.mode == "stepwise" else None,

@@ -6,9 +6,8 @@
 the steps (partitions, run.json, resume, the loop, the progress bar) is `sdpo_kit/train/run.py`.
 
 The reference log-probs come from the curation scorer (`score_frame_cached`: step 1 reads what
-`sdpo curate score` already computed with S), cached in
-`step_t/reference.parquet`, and reach TRL through its own `precompute_ref_log_probs=True` path,
-so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
+`sdpo curate score` already computed with S), cached in `step_t/reference.parquet`, and reach TRL
+through its own `precompute_ref_log_probs=True` path, so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
 (and fails on a dataset that already has `ref_*` columns: duplicate columns on concatenation), so
 the scorer's values travel in `sdpo_ref_*` columns and the one public hook TRL calls per batch
 in that pass, `compute_ref_log_probs`, returns them instead of running a forward pass. No
