@@ -135,12 +135,14 @@ def pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False, first_wins: bool = False) -> Iterator[Path]:
     """Yield a sibling temp folder; swap it onto `out` only if the block succeeds.
 
     A non-empty `out` is refused unless `overwrite`; a crash leaves `out` as it was. The folder
-    gets the usual umask permissions (not mkdtemp's 0700), and temp folders that a killed run
-    left beside `out` are removed on the next write to it (a SIGKILL cannot clean up after itself).
+    and its files get the usual umask permissions (not mkdtemp's 0700 nor safetensors' 0600), and
+    temp folders that a killed run left beside `out` are removed on the next write to it (a SIGKILL
+    cannot clean up after itself). `first_wins` (several processes filling one shared cache folder):
+    an `out` that exists when the block ends is kept and this block's folder dropped.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -153,8 +155,13 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
-        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-            os.chmod(folder, 0o777 & ~_UMASK)
+        for path in [tmp, *tmp.rglob("*")]:
+            if path.is_dir():
+                os.chmod(path, 0o777 & ~_UMASK)
+            elif path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o666 & ~_UMASK)
+        if out.exists() and first_wins:
+            return  # the finally below drops ours
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARK}{os.getpid()}-old-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -165,6 +172,27 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def check_out_dir(folder: str | os.PathLike, flag: str = "--out", keep: bool = False) -> None:
+    """`folder` must be (or become) a folder we can write: checked before any model is loaded.
+
+    A folder created for the check is removed again unless `keep` (several processes of one
+    training run check the same folder at once: none may remove it under the others)."""
+    from sdpo_kit.errors import InputError
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{flag} {folder}", "is a file, not a folder; pass a new folder")
+    existed = folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sdpo-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(f"{flag} {folder}", f"cannot write there ({err.strerror or err})") from None
+    if not existed and not keep:
+        folder.rmdir()  # a refused run leaves nothing behind; the writers create it again
 
 
 def same_or_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:

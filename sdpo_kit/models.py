@@ -42,9 +42,6 @@ def default_gguf_path() -> Path:
 
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF checkpoint to an fp32 safetensors model directory at `out` (atomic)."""
-    import shutil
-    import tempfile
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"[sdpo_kit] converting {gguf.name} to a safetensors cache at {out} (once) ...", file=sys.stderr)
@@ -57,20 +54,19 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_NAME
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if out.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, out, first_wins=True)  # another process converting at once: its copy is kept
     print(f"[sdpo_kit] default model cached at {out}", file=sys.stderr)
     return out
+
+
+def save_model(model, tokenizer, out: Path, first_wins: bool = False) -> None:
+    """Write a model folder (safetensors, tokenizer, chat template) to `out` atomically, replacing it
+    (`first_wins`: keep an `out` that another process finished first; see `io.atomic_dir`)."""
+    from sdpo_kit.io import atomic_dir
+
+    with atomic_dir(out, overwrite=True, first_wins=first_wins) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:
@@ -131,6 +127,24 @@ def _user_model(path: Path, what: str):
     except (OSError, ValueError, KeyError, TypeError) as err:
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise InputError(path, f"cannot load the {what}: {first[:300]}") from err
+
+
+def load_checked_model(path: str | os.PathLike, dtype: str = "float32"):
+    """`load_model`, with a model folder that cannot be loaded (broken config.json, no weights)
+    reported in one line instead of transformers' traceback."""
+    from sdpo_kit.errors import InputError
+
+    try:
+        path = resolve_model_path(path)
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from None
+    try:
+        return load_model(path, dtype=dtype)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        if isinstance(err, InputError):
+            raise
+        reason = " ".join(str(err).split())[:300]
+        raise InputError(path, f"not a loadable transformers model ({type(err).__name__}: {reason})") from None
 
 
 def model_fingerprint(model) -> str:

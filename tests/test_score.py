@@ -162,3 +162,56 @@ def test_helpers_and_config_validation():
         with pytest.raises(ValueError, match=next(iter(bad))):
             ScoreConfig(**bad)
     assert not math.isnan(ScoreConfig().token_budget)
+
+
+def _scaled_lm(kind: str):
+    """A tiny random causal LM (vocab 101, hidden 16) whose forward scales or softcaps its logits itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config, GraniteConfig
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=101, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=64, initializer_range=0.5, pad_token_id=0)
+    config = {"cohere_logit_scale": lambda: CohereConfig(logit_scale=3.0, **common),
+              "gemma2_softcapping": lambda: Gemma2Config(final_logit_softcapping=2.0, head_dim=8, **common),
+              "granite_logits_scaling": lambda: GraniteConfig(logits_scaling=0.25, **common)}[kind]()
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("kind", ["cohere_logit_scale", "gemma2_softcapping", "granite_logits_scaling"])
+def test_logit_scale_and_softcapping_match_the_models_own_forward(kind):
+    """`backbone_and_head`'s copy of TRL's `add_fused_lm_head` scale/softcap, per token, against a plain
+    forward (`model(...).logits` -> log_softmax -> gather), through both scorer paths (batch, shared prefix)."""
+    import torch
+
+    from sdpo_kit.curate.logps import Scorer, backbone_and_head
+    from sdpo_kit.curate.tokens import Sequence
+
+    model = _scaled_lm(kind)
+    _, _, scale, softcap = backbone_and_head(model)
+    assert (scale, softcap) == {"cohere_logit_scale": (3.0, None), "gemma2_softcapping": (1.0, 2.0),
+                                "granite_logits_scaling": (4.0, None)}[kind]
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(1, 101, (9,), generator=g).tolist()
+
+    def seq(n: int) -> Sequence:  # the shared prefix + n random tokens; scored from position 3 on
+        return Sequence(prefix + torch.randint(1, 101, (n,), generator=g).tolist(), 3, False)
+
+    pairs = [(seq(7), seq(4)), (seq(2), seq(11))]
+    for share_min in (None, 5):  # batched and padded / prefix once + tails on its KV cache
+        scorer = Scorer(model, 2 * len(pairs), head_chunk=5)
+        items = plan(pairs, budget=64, share_min=share_min)
+        assert {kind for kind, *_ in items} == ({"batch"} if share_min is None else {"prefix"})
+        with torch.inference_mode():
+            for item in items:
+                scorer.run(item, pairs)
+            for seg, seq in enumerate(s for pair in pairs for s in pair):
+                ours = torch.diff(scorer.prefix[seg], prepend=torch.zeros(1, dtype=torch.float64))
+                logps = model(input_ids=torch.tensor([seq.ids])).logits[0].float().log_softmax(-1)
+                naive = torch.tensor([logps[t - 1, seq.ids[t]].item() for t in seq.scored], dtype=torch.float64)
+                assert len(ours) == len(naive) and (ours - naive).abs().max() <= 1e-5, (kind, seg, ours - naive)
+    plain = Scorer(model, 2 * len(pairs))  # the check can fail: without the scale/softcap the numbers move
+    plain.scale, plain.softcap = 1.0, None
+    with torch.inference_mode():
+        plain.run(("batch", [(0, pairs[0][0])]), pairs)
+    assert (plain.sums[0] - scorer.sums[0]).abs() > 1e-2

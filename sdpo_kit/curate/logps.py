@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-from sdpo_kit.curate.tokens import Sequence, common_prefix_length
+from sdpo_kit.curate.tokens import Sequence
 
 
 def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | None):
@@ -30,6 +30,8 @@ def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | N
     Segment 2i is pair i's chosen sequence, 2i+1 its rejected one. A batch's sequences are sorted
     longest first; (count x longest) <= budget unless the batch holds one sequence.
     """
+    from trl.data_utils import common_prefix_length
+
     items, singles = [], []
     for i, (chosen, rejected) in enumerate(pairs):
         s = common_prefix_length(chosen.ids, rejected.ids)
@@ -52,7 +54,16 @@ def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | N
 
 
 def backbone_and_head(model):
-    """The transformer body (hidden states out), the LM head and TRL's logit scale / softcap."""
+    """The transformer body (hidden states out), the LM head and TRL's logit scale / softcap.
+
+    The scale and softcap are read as TRL 1.16.0 reads them in `trl/trainer/utils.py`,
+    `add_fused_lm_head` (the fused LM head of TRL's DPO/SFT/GRPO passes; TRL exports no function for
+    just this part): `logit_scale`, else `output_multiplier`, else `lm_head_multiplier`, else
+    `logits_scaling` (a multiplier for hyperclovax, a divisor otherwise), else 1.0; then
+    `final_logit_softcapping`, applied in `_logps` as cap·tanh(logits·scale / cap), the order of
+    `trl/kernels/chunked_logprob.py`'s `_torch_transform`. Checked against the model's own forward
+    (which applies both itself) in tests/test_score.py.
+    """
     if hasattr(model, "get_base_model"):  # PEFT: the adapters live inside the wrapped model's modules
         model = model.get_base_model()
     text = model.config.get_text_config()
@@ -108,7 +119,7 @@ class Scorer:
                 cache = copy.deepcopy(out.past_key_values) if k == 0 else out.past_key_values
                 tail = self.body(input_ids=self._tensor(seq.ids[s:]), past_key_values=cache, use_cache=True)
                 hidden = torch.cat([hidden, tail.last_hidden_state[0]])
-            self._add(seg + k, hidden, seq, 0)
+            self._add(seg + k, hidden, seq)
 
     def _batch(self, batch: list[tuple[int, Sequence]]) -> None:
         """Sequences (longest first) padded on the right to one (B, L) tensor, run without a mask."""
@@ -120,13 +131,13 @@ class Scorer:
             ids[b, :len(seq.ids)] = torch.tensor(seq.ids)
         hidden = self.body(input_ids=ids.to(self.device), use_cache=False).last_hidden_state
         for b, (seg, seq) in enumerate(batch):
-            self._add(seg, hidden[b], seq, 0)
+            self._add(seg, hidden[b], seq)
 
-    def _add(self, seg: int, hidden, seq: Sequence, offset: int) -> None:
-        """Sum log p of seq's scored tokens; hidden[offset + t - 1] predicts seq.ids[t]."""
+    def _add(self, seg: int, hidden, seq: Sequence) -> None:
+        """Sum log p of seq's scored tokens; hidden[t - 1] predicts seq.ids[t]."""
         import torch
 
-        rows = torch.tensor([offset + t - 1 for t in seq.scored], dtype=torch.long, device=self.device)
+        rows = torch.tensor([t - 1 for t in seq.scored], dtype=torch.long, device=self.device)
         targets = torch.tensor([seq.ids[t] for t in seq.scored], dtype=torch.long, device=self.device)
         total, chunks = 0.0, []
         for i in range(0, len(rows), self.head_chunk):
@@ -140,8 +151,9 @@ class Scorer:
     def _logps(self, h, targets):
         """(n, d) hidden states -> (n,) fp32 log-probs of `targets`, projecting only these rows."""
         import torch
+        from trl.trainer.utils import selective_log_softmax
 
         logits = self.head(h).float() * self.scale
         if self.softcap is not None:
             logits = self.softcap * torch.tanh(logits / self.softcap)
-        return logits.gather(-1, targets[:, None])[:, 0] - logits.logsumexp(-1)
+        return selective_log_softmax(logits, targets)  # logit[target] - logsumexp(logits), fp32

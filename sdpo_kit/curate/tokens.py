@@ -22,15 +22,6 @@ def _chat_ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
     return list(out["input_ids"])
 
 
-def common_prefix_length(ids: list[int], other: list[int]) -> int:
-    n = 0
-    for a, b in zip(ids, other):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
 def tokenize_pair(tokenizer, prompt, chosen, rejected, *, tools=None, chat_template_kwargs=None):
     """`(prompt_ids, chosen_ids, rejected_ids)` exactly as TRL 1.16's `DPOTrainer` tokenises a pair.
 
@@ -39,6 +30,8 @@ def tokenize_pair(tokenizer, prompt, chosen, rejected, *, tools=None, chat_templ
     Standard (strings): the EOS token is appended to each completion unless already there, and
     the text is tokenised without a template.
     """
+    from trl.data_utils import common_prefix_length  # TRL's own (DPOTrainer's tokenize_fn calls it); lazy: heavy import
+
     if isinstance(prompt, list):
         tools = json.loads(tools) if isinstance(tools, str) else tools
         kwargs = {"tools": tools, **(chat_template_kwargs or {})}

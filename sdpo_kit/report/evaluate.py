@@ -169,8 +169,7 @@ def verify_model(model: dict) -> str:
     retrained model (or an old run.json's relative path resolved from another folder) must
     stop the eval, not be scored under the run's name. Loaded in float32, as training did.
     """
-    from sdpo_kit.models import model_fingerprint
-    from sdpo_kit.train.run import load_checked_model
+    from sdpo_kit.models import load_checked_model, model_fingerprint
 
     found = model_fingerprint(load_checked_model(model["path"])[0])
     if model.get("fingerprint") and found != model["fingerprint"]:
@@ -283,7 +282,7 @@ def overlap_warning(counts: dict[str, int]) -> str | None:
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
     from sdpo_kit.curate.data import load_pairs
-    from sdpo_kit.train.run import check_out_dir
+    from sdpo_kit.io import check_out_dir
 
     out = Path(cfg.out)
     check_out_dir(out)  # before any model is loaded or scored

@@ -354,7 +354,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
         raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
                          "pass a new or empty folder")
     runs = [load_run(d) for d in run_dirs]  # bad runs fail before anything is written
-    from sdpo_kit.train.run import check_out_dir
+    from sdpo_kit.io import check_out_dir
 
     check_out_dir(final.parent, flag=f"--out {final}: its folder")
     with atomic_dir(final, overwrite=True) as tmp:

@@ -46,9 +46,7 @@ def mix_models(policy: str | Path, reference: str | Path, alpha: float, out: Pat
     """Write α·policy + (1−α)·reference (every floating tensor; others from `policy`) to `out`; its fingerprint."""
     import torch
 
-    from sdpo_kit.models import model_fingerprint
-    from sdpo_kit.train.run import load_checked_model
-    from sdpo_kit.train.step import save_model
+    from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 
     model, tokenizer = load_checked_model(policy)
     ref = load_checked_model(reference)[0].state_dict()
@@ -59,7 +57,6 @@ def mix_models(policy: str | Path, reference: str | Path, alpha: float, out: Pat
         mixed[name] = alpha * a + (1 - alpha) * ref[name] if a.is_floating_point() else a
     with torch.no_grad():
         model.load_state_dict(mixed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, tokenizer, out)
     return model_fingerprint(model)
 

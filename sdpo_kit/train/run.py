@@ -1,11 +1,13 @@
-"""Stepwise DPO (sDPO): step t trains on partition t; M_{t-1} is both its reference and its start.
+"""Stepwise DPO (sDPO) run: step t trains on partition t; M_{t-1} is both its reference and its start.
 
     sdpo train --partitions parts/ --model default --out runs/demo --max_length 256 --num_train_epochs 1
 
-Flags are the `StepwiseConfig` fields below plus every `trl.DPOConfig` field (beta, learning_rate,
-loss_type, max_length, report_to, ...); `--config run.yaml` supplies the same keys and flags
-override it. Each step composes a fresh `trl.DPOTrainer` (see `sdpo_kit/train/step.py`) fed
-with the reference log-probs that the curation scorer computed with M_{t-1}, so no reference
+Flags are the `StepwiseConfig` fields (`sdpo_kit/train/config.py`) plus every `trl.DPOConfig` field
+(beta, learning_rate, loss_type, max_length, report_to, ...); `--config run.yaml` supplies the same
+keys and flags override it. This module is the run: the partitions, the run.json record, resuming,
+the loop over the steps and the run's progress bar. Each step is `sdpo_kit/train/step.py`'s
+`run_step` (score the reference -> build the trainer -> train -> save): a fresh `trl.DPOTrainer`
+fed with the reference log-probs that the curation scorer computed with M_{t-1}, so no reference
 model is ever held in memory. The run directory layout is in docs/ARCHITECTURE.md ("Runs").
 `--reference-schedule fixed|mix` keeps the start M_{t-1} but scores another reference (S, or a
 weight average): `sdpo_kit/train/reference.py`.
@@ -15,17 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import read_json, write_json, write_text
+from sdpo_kit.io import check_out_dir, read_json, write_json, write_text
+from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
 from sdpo_kit.train.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, resolved_settings,
                                    train_parser)
-
-
-class TrainInputError(InputError):
-    """Bad user input found while training (as opposed to a bug): the CLI prints it without a traceback."""
+from sdpo_kit.train.step import run_step
 
 
 def partition_files(folder: str | Path) -> list[Path]:
@@ -166,71 +165,10 @@ def _run_differences(run: dict, cfg, given: set[str]) -> list[str]:
         if now != run["partitions_sha256"]:
             diffs.append(f"partitions {run['partitions']}: manifest.json or step files changed since the run started")
     if "model" in given:
-        from sdpo_kit.models import resolve_model_path
-
         model = str(resolve_model_path(cfg.model).resolve())
         if model != str(run["base_model"]):
             diffs.append(f"model {run['base_model']} -> {model}")
     return diffs
-
-
-def _lora_config(cfg: StepwiseConfig):
-    if cfg.lora_r == 0:
-        return None
-    from peft import LoraConfig
-
-    targets = cfg.lora_target_modules
-    return LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-    )
-
-
-def load_checked_model(path: str | Path, dtype: str = "float32"):
-    """`load_model`, with a model folder that cannot be loaded (broken config.json, no weights)
-    reported in one line instead of transformers' traceback."""
-    from sdpo_kit.models import load_model, resolve_model_path
-
-    try:
-        path = resolve_model_path(path)
-    except FileNotFoundError as err:
-        raise InputError(str(err)) from None
-    try:
-        return load_model(path, dtype=dtype)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        if isinstance(err, InputError):
-            raise
-        reason = " ".join(str(err).split())[:300]
-        raise InputError(path, f"not a loadable transformers model ({type(err).__name__}: {reason})") from None
-
-
-def _base_model(name: str) -> dict:
-    """S as the run records it: absolute folder and weights fingerprint (loading it also checks it)."""
-    from sdpo_kit.models import model_fingerprint, resolve_model_path
-
-    model, _ = load_checked_model(name)
-    return {"path": str(resolve_model_path(name).resolve()), "fingerprint": model_fingerprint(model)}
-
-
-def check_out_dir(folder: str | Path, flag: str = "--out", keep: bool = False) -> None:
-    """`folder` must be (or become) a folder we can write: checked before any model is loaded.
-
-    A folder created for the check is removed again unless `keep` (several processes of one
-    training run check the same folder at once: none may remove it under the others)."""
-    import tempfile
-
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{flag} {folder}", "is a file, not a folder; pass a new folder")
-    existed = folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sdpo-probe-"):
-            pass
-    except OSError as err:
-        raise InputError(f"{flag} {folder}", f"cannot write there ({err.strerror or err})") from None
-    if not existed and not keep:
-        folder.rmdir()  # a refused run leaves nothing behind; the writers create it again
 
 
 def _start_run(cfg, args, overrides, plan, state, files) -> dict:
@@ -244,10 +182,10 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         if not cfg.resume:
             raise UsageError(f"--out {run_dir}", "already holds a run: pass --resume to continue it, or another --out")
         return read_run(run_dir)
-    base = _base_model(cfg.model)
+    base_fingerprint = model_fingerprint(load_checked_model(cfg.model)[0])  # S (loading it also checks it)
     run = {
-        "mode": cfg.mode, "base_model": base["path"], "base_model_given": cfg.model,
-        "base_fingerprint": base["fingerprint"], "partitions": str(Path(cfg.partitions).resolve()),
+        "mode": cfg.mode, "base_model": str(resolve_model_path(cfg.model).resolve()), "base_model_given": cfg.model,
+        "base_fingerprint": base_fingerprint, "partitions": str(Path(cfg.partitions).resolve()),
         "partitions_sha256": partitions_digest(cfg.partitions, files),
         "beta": args.beta, "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
         "reference_schedule": cfg.reference_schedule if cfg.mode == "stepwise" else None,
@@ -265,113 +203,6 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         write_json(run_dir / "run.json", run)
     state.wait_for_everyone()
     return run
-
-
-def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
-    """Step t must start from exactly the weights the run recorded (S, or M_{t-1})."""
-    want = run.get("base_fingerprint") if t == 1 else run["steps"][t - 2].get("model_fingerprint")
-    if want and fingerprint != want:
-        raise TrainInputError(start, f"weights changed since the run recorded them (fingerprint {fingerprint}, "
-                              f"run.json has {want}); train into a new --out")
-
-
-def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args, run, state):
-    """Step t's reference log-probs under the schedule: `(scored, reference fingerprint, check)`.
-
-    When the reference is the start (`stepwise`, and step 1 of every schedule) the start model
-    scores and `check` is None (the first loss ln 2 checks it). Otherwise the reference model is
-    loaded only to be scored, checked against run.json, re-scored on a few pairs without cache
-    (`check`), and freed before training.
-    """
-    from sdpo_kit.train import step as ts
-    from sdpo_kit.models import model_fingerprint
-    from sdpo_kit.train.reference import check_reference_logps, reference_for_step
-
-    step_dir, rec = Path(cfg.out) / f"step_{t}", run["steps"][t - 1]
-    reference = reference_for_step(t, start, cfg, run, state)
-    rec["reference_model"] = str(reference)
-    if reference == Path(start):
-        return ts.score_reference(files, model, tokenizer, args, start_fp, step_dir, state), start_fp, None
-    ref_model = load_checked_model(reference)[0]
-    ref_fp = model_fingerprint(ref_model)
-    want = run.get("base_fingerprint") if cfg.reference_schedule == "fixed" else rec.get("reference_fingerprint")
-    if want and ref_fp != want:
-        raise TrainInputError(reference, f"reference weights have fingerprint {ref_fp}, but run.json records {want}; "
-                              "train into a new --out")
-    ref_model.to(state.device)
-    scored = ts.score_reference(files, ref_model, tokenizer, args, ref_fp, step_dir, state)
-    check = check_reference_logps(scored, ref_model, tokenizer, args)
-    if not check["exact"] and state.is_main_process:
-        print(f"[sdpo train] WARNING step {t}: reference log-probs differ from a fresh pass of {reference} by "
-              f"{check['max_abs_diff']:.3g}", flush=True)
-    del ref_model  # no reference model in memory while training
-    return scored, ref_fp, check
-
-
-def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
-    """Step t: M_{t-1} = `start` scores `files`, then trains on them; returns M_t's folder."""
-    from sdpo_kit.train import step as ts
-    from sdpo_kit.models import model_fingerprint
-
-    run_dir, began = Path(cfg.out), time.time()
-    step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
-    from transformers import set_seed
-
-    model, tokenizer = load_checked_model(start)
-    begin_fp = model_fingerprint(model)
-    _check_start(t, begin_fp, start, run)
-    model.to(state.device)  # the scorer runs where the model is; the trainer would move it anyway
-    set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
-    scored, ref_fp, ref_check = score_step_reference(t, files, start, model, begin_fp, tokenizer, cfg, args, run, state)
-    if scored.height == 0:
-        raise TrainInputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
-                              "(see reference.rejects.jsonl).")
-    lora = _lora_config(cfg)
-    start_fp = begin_fp if lora else None  # peft wraps the model in place: fingerprint it before
-    args.output_dir = str(step_dir / "checkpoints")
-    from sdpo_kit.console import library_bars_off
-
-    with library_bars_off():  # TRL's pass over our precomputed reference draws its own bar in __init__
-        trainer = ts.build_trainer(model, tokenizer, ts.to_dataset(scored, step_dir / "dataset", state), args, lora)
-    if progress is not None:  # the run's one bar replaces the trainer's own bar and log printer
-        from sdpo_kit.console import use_run_progress
-
-        use_run_progress(trainer, progress)
-        progress.start_step(t)
-    start_fp = start_fp or model_fingerprint(trainer.model)
-    rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
-    if t == 1 and not run.get("base_fingerprint"):
-        run["base_fingerprint"] = begin_fp
-    if state.is_main_process:
-        write_json(run_dir / "run.json", run)
-    checkpoint = ts.latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
-    if checkpoint:
-        rec["resumed_from"] = Path(checkpoint).name
-        if state.is_main_process:
-            print(f"[sdpo train] step {t}: resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    final = ts.final_model(trainer)
-    model_fp = model_fingerprint(final)
-    end = ts.end_of_step(scored, final, tokenizer, args, state)  # every process: the scorer gathers
-    if state.is_main_process:
-        ts.save_model(final, tokenizer, step_dir / "model")
-        ts.save_state(trainer, step_dir / "trainer_state.json")
-        rejects = step_dir / "reference.rejects.jsonl"
-        n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
-        summary = ts.summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
-                               reference_check=ref_check)
-        summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
-        write_json(step_dir / "summary.json", summary)
-        rec.update(status="done", model_fingerprint=model_fp)
-        write_json(run_dir / "run.json", run)  # the step counts as done only once its files exist
-    state.wait_for_everyone()
-    if state.is_main_process:
-        import shutil
-
-        shutil.rmtree(step_dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per step
-        shutil.rmtree(step_dir / "dataset", ignore_errors=True)
-    rec.update(status="done", model_fingerprint=model_fp)
-    return step_dir / "model"
 
 
 def _run_progress(plan: list[list[Path]], args, world: int):

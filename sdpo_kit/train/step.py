@@ -1,11 +1,13 @@
-"""One sDPO step: score partition t with M_{t-1}, train a fresh `trl.DPOTrainer` on it, save M_t.
+"""One sDPO step, top to bottom: score the reference -> build the trainer -> train -> save M_t.
 
     python -m pytest -q tests/test_train.py -k exact_reference
 
+`run_step` is the recipe; the helpers below it are in the order it calls them. The run around
+the steps (partitions, run.json, resume, the loop, the progress bar) is `sdpo_kit/train/run.py`.
+
 The reference log-probs come from the curation scorer (`score_frame_cached`: step 1 reads what
-`sdpo curate score` already computed with S), cached in
-`step_t/reference.parquet`, and reach TRL through its own `precompute_ref_log_probs=True` path,
-so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
+`sdpo curate score` already computed with S), cached in `step_t/reference.parquet`, and reach TRL
+through its own `precompute_ref_log_probs=True` path, so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
 (and fails on a dataset that already has `ref_*` columns: duplicate columns on concatenation), so
 the scorer's values travel in `sdpo_ref_*` columns and the one public hook TRL calls per batch
 in that pass, `compute_ref_log_probs`, returns them instead of running a forward pass. No
@@ -16,19 +18,132 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_jsonl, write_parquet
+from sdpo_kit.errors import InputError
+from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
+from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
+from sdpo_kit.train.reference import check_reference_logps, reference_for_step
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
 REFERENCE_META_KEY = "sdpo_kit.reference"
 
 
+def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
+    """Step t: M_{t-1} = `start` trains on `files` against its schedule's reference; returns M_t's folder.
+
+    `cfg` is the run's `StepwiseConfig`, `args` its `trl.DPOConfig`; `run` is run.json's dict
+    (this step's record is updated and written as the step goes); `progress` the run's one bar.
+    """
+    from transformers import set_seed
+
+    from sdpo_kit.console import library_bars_off, use_run_progress
+
+    run_dir, began = Path(cfg.out), time.time()
+    step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
+    model, tokenizer = load_checked_model(start)
+    begin_fp = model_fingerprint(model)
+    _check_start(t, begin_fp, start, run)
+    model.to(state.device)  # the scorer runs where the model is; the trainer would move it anyway
+    set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
+
+    # 1. Score the reference: the schedule's reference model on this step's pairs.
+    scored, ref_fp, ref_check = score_step_reference(t, files, start, model, begin_fp, tokenizer, cfg, args, run, state)
+    if scored.height == 0:
+        raise InputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
+                         "(see reference.rejects.jsonl).")
+
+    # 2. Build the trainer: a fresh DPOTrainer reading those log-probs, on M_{t-1} (+ a fresh LoRA).
+    lora = lora_config(cfg)
+    start_fp = begin_fp if lora else None  # peft wraps the model in place: fingerprint it before
+    args.output_dir = str(step_dir / "checkpoints")
+    with library_bars_off():  # TRL's pass over our precomputed reference draws its own bar in __init__
+        trainer = build_trainer(model, tokenizer, to_dataset(scored, step_dir / "dataset", state), args, lora)
+    if progress is not None:  # the run's one bar replaces the trainer's own bar and log printer
+        use_run_progress(trainer, progress)
+        progress.start_step(t)
+    start_fp = start_fp or model_fingerprint(trainer.model)
+    rec.update(status="training", reference_fingerprint=ref_fp, start_fingerprint=start_fp)
+    if t == 1 and not run.get("base_fingerprint"):
+        run["base_fingerprint"] = begin_fp
+    if state.is_main_process:
+        write_json(run_dir / "run.json", run)
+
+    # 3. Train (from the step's newest checkpoint when resuming).
+    checkpoint = latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
+    if checkpoint:
+        rec["resumed_from"] = Path(checkpoint).name
+        if state.is_main_process:
+            print(f"[sdpo train] step {t}: resuming from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    # 4. Save M_t, the trainer state and summary.json; run.json marks the step done once they exist.
+    final = final_model(trainer)
+    model_fp = model_fingerprint(final)
+    end = end_of_step(scored, final, tokenizer, args, state)  # every process: the scorer gathers
+    if state.is_main_process:
+        save_model(final, tokenizer, step_dir / "model")
+        with atomic_path(step_dir / "trainer_state.json") as tmp:
+            trainer.state.save_to_json(str(tmp))
+        rejects = step_dir / "reference.rejects.jsonl"
+        n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
+        summary = summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
+                            reference_check=ref_check)
+        summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
+        write_json(step_dir / "summary.json", summary)
+        rec.update(status="done", model_fingerprint=model_fp)
+        write_json(run_dir / "run.json", run)  # the step counts as done only once its files exist
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shutil.rmtree(step_dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per step
+        shutil.rmtree(step_dir / "dataset", ignore_errors=True)
+    rec.update(status="done", model_fingerprint=model_fp)
+    return step_dir / "model"
+
+
+def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
+    """Step t must start from exactly the weights the run recorded (S, or M_{t-1})."""
+    want = run.get("base_fingerprint") if t == 1 else run["steps"][t - 2].get("model_fingerprint")
+    if want and fingerprint != want:
+        raise InputError(start, f"weights changed since the run recorded them (fingerprint {fingerprint}, "
+                         f"run.json has {want}); train into a new --out")
+
+
+def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args, run, state):
+    """Step t's reference log-probs under the schedule: `(scored, reference fingerprint, check)`.
+
+    When the reference is the start (`stepwise`, and step 1 of every schedule) the start model
+    scores and `check` is None (the first loss ln 2 checks it). Otherwise the reference model is
+    loaded only to be scored, checked against run.json, re-scored on a few pairs without cache
+    (`check`), and freed before training.
+    """
+    step_dir, rec = Path(cfg.out) / f"step_{t}", run["steps"][t - 1]
+    reference = reference_for_step(t, start, cfg, run, state)
+    rec["reference_model"] = str(reference)
+    if reference == Path(start):
+        return score_reference(files, model, tokenizer, args, start_fp, step_dir, state), start_fp, None
+    ref_model = load_checked_model(reference)[0]
+    ref_fp = model_fingerprint(ref_model)
+    want = run.get("base_fingerprint") if cfg.reference_schedule == "fixed" else rec.get("reference_fingerprint")
+    if want and ref_fp != want:
+        raise InputError(reference, f"reference weights have fingerprint {ref_fp}, but run.json records {want}; "
+                         "train into a new --out")
+    ref_model.to(state.device)
+    scored = score_reference(files, ref_model, tokenizer, args, ref_fp, step_dir, state)
+    check = check_reference_logps(scored, ref_model, tokenizer, args)
+    if not check["exact"] and state.is_main_process:
+        print(f"[sdpo train] WARNING step {t}: reference log-probs differ from a fresh pass of {reference} by "
+              f"{check['max_abs_diff']:.3g}", flush=True)
+    del ref_model  # no reference model in memory while training
+    return scored, ref_fp, check
+
+
 def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str, step_dir: Path, state):
-    """The partition files scored by `model` (= M_{t-1}), cached in `step_dir/reference.parquet`.
+    """The partition files scored by `model` (the step's reference), cached in `step_dir/reference.parquet`.
 
     The cache is reused only if it was written for the same weights and tokenisation settings.
     Under several processes each scores a contiguous share (the scorer gathers the whole on
@@ -36,8 +151,7 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
     """
     import polars as pl
 
-    from sdpo_kit.curate.score import ScoreConfig
-    from sdpo_kit.curate.score import score_frame_cached
+    from sdpo_kit.curate.score import ScoreConfig, score_frame_cached
 
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
@@ -48,7 +162,7 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
             scored, dropped = score_frame_cached(read_parquet_checked(file), model, tokenizer, config, file=str(file),
                                                  accelerator=state, progress=state.is_main_process)
             parts.append(scored)
-            rejects += [_as_dict(r) for r in dropped]
+            rejects += [asdict(r) if is_dataclass(r) else dict(r) for r in dropped]
         if state.is_main_process:
             write_jsonl(step_dir / "reference.rejects.jsonl", rejects)
             write_parquet(path, pl.concat(parts, how="diagonal_relaxed"),
@@ -64,8 +178,17 @@ def _cache_matches(path: Path, settings: dict) -> bool:
     return stored is not None and json.loads(stored) == settings
 
 
-def _as_dict(obj: Any) -> dict:
-    return asdict(obj) if is_dataclass(obj) else dict(obj)
+def lora_config(cfg):
+    """A fresh LoRA adapter's `peft.LoraConfig` for the step (None: full fine-tuning, `lora_r` 0)."""
+    if cfg.lora_r == 0:
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+    )
 
 
 def to_dataset(scored, folder: Path, state):
@@ -160,33 +283,6 @@ def final_model(trainer):
     return model
 
 
-def save_model(model, tokenizer, out: Path) -> None:
-    """Write M_t (safetensors, tokenizer, chat template) to `out` atomically (folder rename)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    _usual_permissions(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-
-
-def _usual_permissions(folder: Path) -> None:
-    """Files as the umask allows, like every other output: safetensors writes its file 0600."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    for f in folder.iterdir():
-        if f.is_file():
-            os.chmod(f, 0o666 & ~mask)
-
-
-def save_state(trainer, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        trainer.state.save_to_json(str(tmp))
-
-
 def end_of_step(scored, model, tokenizer, args, state) -> dict:
     """DPO loss, reward margin and reward accuracy of M_t over its WHOLE partition, after the step.
 
@@ -199,8 +295,7 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
     import polars as pl
     import torch
 
-    from sdpo_kit.curate.score import ScoreConfig
-    from sdpo_kit.curate.score import score_frame_cached
+    from sdpo_kit.curate.score import ScoreConfig, score_frame_cached
 
     model.eval()  # no dropout in a measurement
     config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
