@@ -416,12 +416,8 @@ def side_by_side(path: Path, names: list[str]) -> list[tuple]:
         prompt = by[("S", pid)]["prompt"]
         text = " / ".join(str(m.get("content", "")) for m in prompt) if isinstance(prompt, list) else str(prompt)
         answers = [by.get((n, pid), {}).get("answer", "") for n in ("S", final)]
-        cells.append([_cut(t) for t in [text, *answers]])
+        cells.append([t if len(t) <= ANSWER_CHARS else t[:ANSWER_CHARS] + " …" for t in [text, *answers]])
     return [("table", ["prompt", "S", final], cells)]
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= ANSWER_CHARS else text[:ANSWER_CHARS] + " …"
 
 
 def _num(v, fmt: str = ".1f") -> str:
