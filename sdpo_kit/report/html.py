@@ -304,6 +304,9 @@ def to_html(blocks: list[tuple]) -> list[str]:
     return [one(b) for b in blocks]
 
 
+STEP_KEYS = ("pairs", "ref_margin_mean", "loss_first", "loss_end", "reward_margin_end", "reward_accuracy_end")
+
+
 def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
     """One run's text: settings, per-step training numbers, reference schedule, held-out numbers,
     behaviour, difficulty and length."""
@@ -315,9 +318,7 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
                  "(M_t against M_{t-1})."),
            ("table", ["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
                       "reward accuracy end"],
-            [[_text(s["step"])] + [_text(s["summary"].get(k)) for k in ("pairs", "ref_margin_mean", "loss_first",
-                                                                         "loss_end", "reward_margin_end",
-                                                                         "reward_accuracy_end")] for s in r["steps"]])]
+            [[_text(v) for v in (s["step"], *map(s["summary"].get, STEP_KEYS))] for s in r["steps"]])]
     out += reference_blocks(r)
     ev = r["eval"]
     if ev:

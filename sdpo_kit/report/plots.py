@@ -52,7 +52,7 @@ CARD = {"panel": (7, 4), "dpi": 100, "crop": False}
 
 
 def save_figure(draw: Callable[[list], Any], path: str | Path | None = None, ncols: int = 1,
-                panel: tuple[float, float] = REPORT["panel"], dpi: int = REPORT["dpi"], crop: bool = True) -> dict:
+                panel: tuple[float, float] = REPORT["panel"], dpi: int = REPORT["dpi"], crop: bool = REPORT["crop"]) -> dict:
     """Make a 1 x ncols figure in the house style, let `draw(axes)` fill it, write it as a PNG.
 
     Returns {"png": the PNG bytes, "series": `axes_series` of every panel}; with `path` the PNG is
