@@ -32,9 +32,9 @@ class CardConfig:
 
     data: str = field(metadata={"help": "Preference data in any supported format, or a scored parquet.",
                                 "positional": True})
-    out: str = field(metadata={"help": "Directory for README.md and plots/.", "aliases": ["-o"]})
+    out: str = field(metadata={"help": "Directory for README.md and plots/."})
     scored: bool = field(default=False, metadata={"help": "Score the pairs with --model first (margins in the card)."})
-    model: str = field(default="default", metadata={"help": "Reference model for --scored.", "aliases": ["-m"]})
+    model: str = field(default="default", metadata={"help": "Reference model for --scored."})
     sample: int | None = field(default=None, metadata={"help": "With --scored: score only this many pairs (seeded)."})
     max_length: int | None = field(default=None, metadata={"help": "With --scored: the scorer's max_length."})
     seed: int = field(default=0, metadata={"help": "Seed for --sample."})
