@@ -4,8 +4,9 @@
 
 A source name, a run folder or a file name is data: it must never become markup. `html` for
 HTML text and attribute values, `md_cell` for one cell of a markdown table (also safe inline in
-markdown prose), `mpl_label` for matplotlib titles, tick labels and legend entries (no mathtext,
-and a leading underscore does not hide the legend entry), `term` for one line on a terminal.
+markdown prose), `md_table`/`html_table` for whole tables (the only table writers), `mpl_label`
+for matplotlib titles, tick labels and legend entries (no mathtext, and a leading underscore does
+not hide the legend entry), `term` for one line on a terminal.
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ def md_cell(s: object) -> str:
     markdown renderers (the Hugging Face hub included)."""
     text = html(s).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
     return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+
+
+def md_table(header: list, rows: list[list], cell=md_cell) -> str:
+    """The one markdown table writer (cards, summary.md): a header, a `---` rule and one line per row,
+    each ending in a newline. Header cells go through `md_cell`, row cells through `cell` (a function
+    from a value to its cell text; `md_cell` unless the caller formats numbers or escapes otherwise)."""
+    def line(cells) -> str:
+        return "| " + " | ".join(cells) + " |\n"
+
+    return line(md_cell(h) for h in header) + "|" + "---|" * len(header) + "\n" + "".join(
+        line(cell(v) for v in row) for row in rows)
+
+
+def html_table(header: list, rows: list[list]) -> str:
+    """An HTML table: every header and row cell through `html`."""
+    head = "".join(f"<th>{html(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def mpl_label(s: object) -> str:

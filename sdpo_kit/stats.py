@@ -1,8 +1,11 @@
-"""Paired bootstrap intervals for "did configuration A beat B on the same held-out pairs?".
+"""Statistics shared by curate and report: per-group margin statistics and paired bootstrap intervals.
 
     python -c "import numpy as np; from sdpo_kit.stats import paired_bootstrap; print(paired_bootstrap(np.array([[1., 2, 3]]), np.zeros((1, 3)))['lo'])"
 
-One function serves `sdpo report`'s verdict and `analysis/compare.py`. Both arms are scored on
+`margin_stats` is the one definition of "pairs, mean margin, share > 0 (reward accuracy)": the
+split manifest's steps and source order, the data cards and eval.json all aggregate with it.
+
+`paired_bootstrap` serves `sdpo report`'s verdict and `analysis/compare.py`. Both arms are scored on
 the same held-out pairs, so the difference is taken pair by pair (paired), and each bootstrap
 draw resamples
 - each arm's seeds (training runs) with replacement, when there are several, and
@@ -14,6 +17,20 @@ The interval is the 2.5 and 97.5 percentiles of the draws' mean difference.
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
+
+
+def margin_stats(col: str | None = "margin", median: bool = False) -> list[pl.Expr]:
+    """Polars aggregations `pairs`, `mean_margin`, (`median_margin`), `reward_accuracy` (share of
+    `col` > 0) of one frame or one group, in float64 whatever the column's dtype; `col=None`:
+    `pairs` only (unscored data).
+
+    `df.select(margin_stats())` for a whole frame, `df.group_by(g).agg(margin_stats())` per group."""
+    if col is None:
+        return [pl.len().alias("pairs")]
+    m = pl.col(col).cast(pl.Float64)
+    return [pl.len().alias("pairs"), m.mean().alias("mean_margin"), *([m.median().alias("median_margin")] if median else []),
+            (m > 0).mean().alias("reward_accuracy")]
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None, draws: int = 10_000,

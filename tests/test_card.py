@@ -10,16 +10,18 @@ import json
 from collections import Counter
 
 import matplotlib
+import matplotlib.image
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 from huggingface_hub import DatasetCard  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from conftest import shared  # noqa: E402
-from sdpo_kit.report.card import plot_lengths, plot_margin_hist, plot_source_mix, save_plot, write_dataset_card  # noqa: E402
+from sdpo_kit.report import plots  # noqa: E402
+from sdpo_kit.report.card import CardConfig, draw_plots, run, write_dataset_card  # noqa: E402
+from sdpo_kit.errors import UsageError  # noqa: E402
 from sdpo_kit.cli import app  # noqa: E402
 from test_split import alpaca_pairs, length_proxy  # noqa: E402,F401  (session fixtures reused)
 
@@ -77,22 +79,40 @@ def test_scored_card_with_the_tiny_model_on_a_subset(tiny_model_dir, tmp_path):
     assert (out / "plots" / "margin_hist.png").read_bytes()[:8] == PNG
 
 
-def test_plot_functions_draw_on_the_given_axes(length_proxy):
+def test_card_plots_draw_every_group_with_the_report_functions(length_proxy, tmp_path):
+    """A partition card's plots: γ_ref per step (every pair counted once, shared bins), pairs per source
+    per step, lengths per step; 700 x 400 px PNGs."""
     data = pl.read_parquet(length_proxy).with_columns((pl.int_range(pl.len()) % 3 + 1).alias("step"))
-    fig, axes = plt.subplots(1, 3)
-    assert plot_margin_hist(data, axes[0]) is axes[0]
-    assert len(axes[0].patches) == 3  # one step-histogram per step
-    assert plot_source_mix(data, axes[1]) is axes[1]
-    assert len(axes[1].patches) == 3 * data["source"].n_unique()  # a bar segment per (step, source)
-    widths = [p.get_width() for p in axes[1].patches]
-    assert sum(widths) == pytest.approx(3.0)  # each step's shares add up to 1
-    assert plot_lengths(data, axes[2], group="source") is axes[2]
-    assert axes[2].get_ylabel() == "length (tokens)"
-    plt.close(fig)
+    drawn = draw_plots(tmp_path, data, "step", data, data, "step", "the curation reference")
+    sizes = [data.filter(pl.col("step") == t).height for t in (1, 2, 3)]
+    hists = drawn["margin_hist"][0]["hists"]
+    assert [h["label"].split(" (")[0] for h in hists] == ["step 1", "step 2", "step 3"]  # one histogram per step
+    assert [sum(h["counts"]) for h in hists] == sizes and hists[0]["edges"] == hists[2]["edges"]
+    mix = drawn["source_mix"][0]
+    assert mix["ticks"] == ["step 1", "step 2", "step 3"]
+    assert len(mix["bars"]) == data["source"].n_unique()  # a bar segment per (step, source)
+    assert [sum(v) for v in zip(*(b["values"] for b in mix["bars"]))] == sizes  # each step's pairs add up
+    vicuna = next(b for b in mix["bars"] if b["label"] == "vicuna")["values"]
+    assert vicuna == [data.filter((pl.col("step") == t) & (pl.col("source") == "vicuna")).height for t in (1, 2, 3)]
+    assert drawn["lengths"][0]["ylabel"] == "length (tokens)"
+    for name in drawn:
+        assert matplotlib.image.imread(tmp_path / "plots" / f"{name}.png").shape[:2] == (400, 700)
 
 
 def test_pngs_are_deterministic(length_proxy, tmp_path):
-    data = pl.read_parquet(length_proxy).with_columns(pl.lit(1).alias("step"))
-    a = save_plot(plot_margin_hist, data, tmp_path / "a.png").read_bytes()
-    b = save_plot(plot_margin_hist, data, tmp_path / "b.png").read_bytes()
-    assert a == b and a[:8] == PNG
+    data = pl.read_parquet(length_proxy)
+    hists = [{"step": 1, "margin": data["margin"].to_list()}]
+    draw = lambda a: plots.plot_partition_margins(hists, a[0])  # noqa: E731
+    a = plots.save_figure(draw, tmp_path / "a.png", **plots.CARD)["png"]
+    b = plots.save_figure(draw, tmp_path / "b.png", **plots.CARD)["png"]
+    assert a == b == (tmp_path / "a.png").read_bytes() and a[:8] == PNG
+    assert b"Software" not in a and b"Software" not in plots.save_figure(draw)["png"]  # report figures too
+
+
+def test_card_config_runs_the_command(tmp_path, capsys):
+    out = tmp_path / "card"
+    path = run(CardConfig(data=str(shared("dpo_en_demo.json")), out=str(out)))
+    assert path == out / "README.md" and capsys.readouterr().out == f"wrote {path}\n"
+    assert DatasetCard.load(path).data.pretty_name == "Preference pairs: dpo_en_demo.json"
+    with pytest.raises(UsageError, match="--sample"):
+        CardConfig(data="x", out="y", scored=True, sample=0)

@@ -276,3 +276,23 @@ def test_screenshot_of_contract_report(tmp_path):
     runs = [write_contract_run(tmp_path, "easy-seed1", seed=1), write_contract_run(tmp_path, "easy-seed2", seed=2)]
     html = write_report(runs, tmp_path / "report")["html"]
     assert_not_blank(screenshot_or_skip(html, tmp_path / "report" / "screenshot.png"))
+
+
+def test_report_config_runs_the_command_and_the_page_is_html_not_markdown(tmp_path, capsys):
+    """`ReportConfig` + `run` (the `sdpo report` command); the page is written as HTML directly: data
+    escaped once (a backtick inside a code span stays text), no markdown syntax left over."""
+    from sdpo_kit.errors import UsageError
+    from sdpo_kit.report.html import ReportConfig, run
+
+    with pytest.raises(UsageError, match="RUNS is required"):
+        ReportConfig(runs=[])
+    name = "a`b<i>|x"
+    r = write_contract_run(tmp_path, name)
+    paths = run(ReportConfig(runs=[str(r)], out=str(tmp_path / "rep")))
+    assert capsys.readouterr().out == f"report: {paths['html']}\nsummary: {paths['summary']}\n"
+    page = paths["html"].read_text()
+    assert "<h2>a`b&lt;i&gt;|x</h2>" in page and "label <code>a`b&lt;i&gt;|x</code>, seed 0" in page
+    assert "<th>γ_ref mean (under M_{t-1})</th>" in page and "<td>first-step rewards 0 (reference = start)</td>" in page
+    assert "**" not in page and "|---" not in page and "\\|" not in page and "\\`" not in page
+    md = paths["summary"].read_text()
+    assert "## a\\`b&lt;i&gt;\\|x" in md and "label `a\\`b&lt;i&gt;\\|x`, seed 0" in md

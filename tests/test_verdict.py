@@ -120,3 +120,18 @@ def test_one_source_drops_the_per_source_panel_and_one_run_has_no_verdict(tmp_pa
     assert len(figs["solo_reference_margins"]["axes"]) == 1
     assert "Preference accuracy per source left out: the held-out pairs have one source" in paths["html"].read_text()
     assert "One configuration only: nothing to compare" in paths["summary"].read_text()
+
+
+def test_margin_stats_are_float64_whatever_the_column_dtype():
+    """The one group-statistics helper (split manifest, cards, eval.json): pairs, mean, median and the
+    share > 0, computed in float64 like `Series.mean()` even for a float32 column."""
+    import polars as pl
+
+    from sdpo_kit.stats import margin_stats
+
+    x = pl.Series("m", [0.1, 0.2, 0.7, 1e-3, -0.5], dtype=pl.Float32)
+    got = x.to_frame().select(margin_stats("m", median=True)).row(0, named=True)
+    assert got == {"pairs": 5, "mean_margin": x.mean(), "median_margin": x.median(), "reward_accuracy": 0.8}
+    assert got["mean_margin"] != x.to_frame().select(pl.col("m").mean()).item()  # float32 arithmetic would differ
+    per = pl.DataFrame({"g": ["a", "b", "a"], "margin": [1.0, -1.0, -2.0]}).group_by("g").agg(margin_stats()).sort("g")
+    assert per.rows() == [("a", 2, -0.5, 0.5), ("b", 1, -1.0, 0.0)] and margin_stats(None)[0].meta.output_name() == "pairs"

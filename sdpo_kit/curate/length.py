@@ -18,17 +18,17 @@ counted them):
 - `length_key`: that residual's percentile rank within 20 equal-count bins of the log length
   ratio, so heavy tails cannot let the key's *ranks* lean on length (the ordering key);
 - `length_buckets`: quantile buckets of the log length ratio for `--stratify length`.
+
+The partition card's "Length" section and its plot are drawn by `sdpo_kit.report` (card.py, plots.py)
+from the `split_record` this module writes into the manifest.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import polars as pl
 
 from sdpo_kit.errors import InputError
-from sdpo_kit.escape import md_cell, mpl_label
 
 RATIO = "log_length_ratio"
 FEATURES = ("log_length_ratio", "log_chosen_tokens", "log_rejected_tokens")
@@ -213,7 +213,7 @@ def length_buckets(df: pl.DataFrame, buckets: int) -> np.ndarray:
     return np.minimum(rank * buckets // max(len(ratio), 1), buckets - 1).astype(np.int64)
 
 
-# ---------------------------------------------------------------- partitions: record and card
+# ---------------------------------------------------------------- partitions: the manifest record
 
 def per_step(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
     """Per group: mean chosen/rejected tokens (and characters when scored with them), their ratio,
@@ -266,55 +266,6 @@ def split_lines(record: dict) -> list[str]:
         lines.append(f"length: Spearman ρ of the step index with ln(chosen/rejected tokens) "
                      f"{_fmt(record['rho_step_length'])}")
     return lines + ([record["warning"]] if record["warning"] else [])
-
-
-def plot_key_vs_length(data: pl.DataFrame, ax, key: str, group: str = "step"):
-    """Scatter of the ordering key against the log length ratio, one colour per group."""
-    ratio = log_length_ratio(data)
-    y = data[key].cast(pl.Float64).to_numpy()
-    groups = data[group].to_numpy()
-    for g in sorted(set(groups.tolist())):
-        m = groups == g
-        ax.scatter(ratio[m], y[m], s=6, alpha=0.5, label=mpl_label(f"{group} {g}"))
-    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("ln(chosen tokens / rejected tokens)")
-    ax.set_ylabel(mpl_label(key))
-    rho = spearman(y, ratio)
-    ax.set_title(mpl_label(f"{key} against the log length ratio (Spearman ρ {_fmt(rho)})"))
-    ax.legend(fontsize=7, markerscale=2)
-    return ax
-
-
-def card_section(data: pl.DataFrame, record: dict, out) -> str:
-    """The partition card's "Length" section: ρ lines, the warning, the per-step table, the plot."""
-    from pathlib import Path
-
-    from sdpo_kit.report.card import save_plot
-
-    text = ("Log length ratio = " + record["log_length_ratio"] + ". Summed log-probs favour the shorter "
-            "answer, so an order by summed margin can be an order by length.\n\n")
-    # Data strings (column names) escaped; our own backticks kept as code spans.
-    text += "\n".join(f"- {md_cell(line).replace(chr(92) + '`', '`')}" for line in split_lines(record)) + "\n\n"
-    c = record["control_length"]
-    if c:
-        text += (f"`--control-length`: {md_cell(c['method'])}. Features {', '.join(c['features'])}; "
-                 f"n_knots {c['n_knots']}, degree {c['degree']}; fitted on {c['fitted_pairs']} pairs (R² {c['r2']}); "
-                 f"bins {c.get('bins', 1)}; Spearman ρ with the log length ratio {_fmt(c['rho_length_before'])} before, "
-                 f"{_fmt(c.get('rho_length_residual'))} for the residual, {_fmt(c['rho_length_after'])} for the key.\n\n")
-    rows = record["per_step"]
-    cols = list(rows[0]) if rows else []
-    text += "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    text += "".join("| " + " | ".join(_cell(r[c]) for c in cols) + " |\n" for r in rows)
-    if record["key"] is not None:
-        save_plot(plot_key_vs_length, data, Path(out) / "plots" / "key_vs_length.png", key=record["key"])
-        text += "\n![ordering key against the log length ratio](plots/key_vs_length.png)\n"
-    return text
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "n/a" if math.isnan(v) else f"{v:.3f}"
-    return md_cell(v)
 
 
 # ---------------------------------------------------------------- held-out evaluation (sdpo eval)

@@ -721,3 +721,22 @@ def summary(out: Path) -> str:
     why = ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"
     return (f"scored {pq.read_metadata(out).num_rows} pairs -> {out}\n"
             f"rejected {sum(reasons.values())} ({why}) -> {rejects}")
+
+
+def score_sample(pairs: pl.DataFrame, model: str, sample: int | None = None, max_length: int | None = None,
+                 seed: int = 0) -> tuple[pl.DataFrame, list, dict]:
+    """`sdpo data card --scored`: (scored frame, rejects, provenance) of the pairs under `model`.
+
+    With `sample` < pairs, a seeded random subset kept in input order, so the card is reproducible;
+    the provenance records the model argument and how many of how many pairs were scored."""
+    from sdpo_kit.models import load_model
+
+    total = pairs.height
+    if sample is not None and sample < total:
+        pairs = pairs.with_row_index("__i").sample(sample, seed=seed).sort("__i").drop("__i")
+    cfg = ScoreConfig(**({"max_length": max_length} if max_length else {}))
+    m, tok = load_model(model)
+    scored, rejects = score_frame(pairs, m, tok, cfg)
+    scorer = {**provenance(m, tok, cfg), "model_arg": str(model), "scored_pairs": pairs.height, "of_pairs": total,
+              "sample_seed": seed if pairs.height < total else None}
+    return scored, list(rejects), scorer

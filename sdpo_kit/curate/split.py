@@ -174,13 +174,11 @@ def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.D
 
 def source_order(df: pl.DataFrame) -> pl.DataFrame:
     """Per source: pairs, reward accuracy (share with γ_ref > 0) and mean margin, highest accuracy first."""
+    from sdpo_kit.stats import margin_stats
+
     return (
-        df.group_by("source")
-        .agg(
-            pl.len().alias("pairs"),
-            (pl.col("margin") > 0).mean().alias("reward_accuracy"),
-            pl.col("margin").mean().alias("mean_margin"),
-        )
+        df.group_by("source").agg(margin_stats())
+        .select("source", "pairs", "reward_accuracy", "mean_margin")  # the manifest's key order
         .sort(["reward_accuracy", "mean_margin", "source"], descending=[True, True, False])
     )
 
@@ -305,17 +303,13 @@ def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
 
 
 def _step_entry(part: pl.DataFrame, step: int) -> dict:
-    margin = part["margin"]
+    from sdpo_kit.stats import margin_stats
+
+    stats = part.select(margin_stats(median=True)).row(0, named=True)
     sources = part["source"].value_counts().sort(["count", "source"], descending=[True, False])
-    return {
-        "step": step,
-        "file": f"step_{step}.parquet",
-        "pairs": part.height,
-        "mean_margin": round(float(margin.mean()), 6),
-        "median_margin": round(float(margin.median()), 6),
-        "reward_accuracy": round(float((margin > 0).mean()), 6),
-        "sources": dict(zip(sources["source"].to_list(), sources["count"].to_list())),
-    }
+    return {"step": step, "file": f"step_{step}.parquet", "pairs": part.height,
+            **{k: round(float(v), 6) for k, v in stats.items() if k != "pairs"},
+            "sources": dict(zip(sources["source"].to_list(), sources["count"].to_list()))}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -445,7 +439,8 @@ def _length_record(parts: list[pl.DataFrame], cfg: SplitConfig, control: dict | 
 
 def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict, overwrite: bool) -> None:
     """Write everything into a sibling temp dir, then swap it in: a crash leaves `out` untouched."""
-    from sdpo_kit.report.card import atomic_dir, write_partition_card
+    from sdpo_kit.io import atomic_dir
+    from sdpo_kit.report.card import write_partition_card
 
     with atomic_dir(out, overwrite) as tmp:
         for t, part in enumerate(parts, start=1):

@@ -3,54 +3,61 @@
     sdpo data card data/dpo_en_demo.json --out data_cards/dpo_en_demo
 
 A card is YAML front matter (parsed by `huggingface_hub.DatasetCard.load`), a table of
-statistics per group (a step, or a source for a whole dataset) and PNG plots under `plots/`.
-Each plot function has the signature `plot_x(data, ax, group=...) -> Axes` over a polars
-frame with a `group` column, so the report can reuse them for partition statistics.
-PNGs are written without a Software/date stamp, so the same data gives the same bytes.
+statistics per group (a step, or a source for a whole dataset; `sdpo_kit.stats.margin_stats`)
+and PNG plots under `plots/`, drawn by the report's figure functions (`sdpo_kit.report.plots`,
+`save_figure(**CARD)`: 700 x 400 px, the same data gives the same bytes). A card only describes:
+`sdpo data card --scored` gets its margins from `sdpo_kit.curate.score.score_sample`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import yaml
 
-from sdpo_kit.escape import md_cell, mpl_label
-from sdpo_kit.errors import InputError
-from sdpo_kit.io import atomic_dir, atomic_path, read_parquet_checked, refuse_overwriting_input, write_text  # noqa: F401
-
-LENGTH_COLS = ("prompt", "chosen", "rejected")
-
-
-def _text_len(df: pl.DataFrame, col: str) -> pl.Expr:
-    """Characters of a column that is either a string or a list of {role, content} messages."""
-    if df.schema[col] == pl.String:
-        return pl.col(col).str.len_chars()
-    return pl.col(col).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
+from sdpo_kit.errors import InputError, UsageError
+from sdpo_kit.escape import md_cell, md_table
+from sdpo_kit.io import atomic_dir, read_parquet_checked, refuse_overwriting_input, write_text
+from sdpo_kit.report import plots
+from sdpo_kit.stats import margin_stats
 
 
-def with_lengths(df: pl.DataFrame) -> tuple[pl.DataFrame, str]:
-    """`df` plus `{prompt,chosen,rejected}_len`: token counts when scored, else characters."""
-    if all(f"{c}_tokens" in df.columns for c in LENGTH_COLS):
-        return df.with_columns(pl.col(f"{c}_tokens").alias(f"{c}_len") for c in LENGTH_COLS), "tokens"
-    return df.with_columns(_text_len(df, c).cast(pl.Int64).alias(f"{c}_len") for c in LENGTH_COLS), "chars"
+@dataclass
+class CardConfig:
+    """Write a Hugging Face data card (README.md + plots) for a whole dataset."""
+
+    data: str = field(metadata={"help": "Preference data in any supported format, or a scored parquet.",
+                                "positional": True})
+    out: str = field(metadata={"help": "Directory for README.md and plots/."})
+    scored: bool = field(default=False, metadata={"help": "Score the pairs with --model first (margins in the card)."})
+    model: str = field(default="default", metadata={"help": "Reference model for --scored."})
+    sample: int | None = field(default=None, metadata={"help": "With --scored: score only this many pairs (seeded)."})
+    max_length: int | None = field(default=None, metadata={"help": "With --scored: the scorer's max_length."})
+    seed: int = field(default=0, metadata={"help": "Seed for --sample."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --out directory."})
+
+    def __post_init__(self):
+        if self.sample is not None and self.sample < 1:
+            raise UsageError(f"--sample must be >= 1 pair, got {self.sample}.")
+
+
+def run(cfg: CardConfig) -> Path:
+    """`sdpo data card`: write the card, print where."""
+    path = write_dataset_card(cfg.data, cfg.out, scored=cfg.scored, model=cfg.model, sample=cfg.sample,
+                              max_length=cfg.max_length, seed=cfg.seed, overwrite=cfg.overwrite)
+    print(f"wrote {path}")
+    return path
 
 
 def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
     """One row per group: pairs, margins (when scored), mean lengths and the source mix."""
-    data, unit = with_lengths(data)
-    aggs = [pl.len().alias("pairs")]
-    if "margin" in data.columns:
-        aggs += [
-            pl.col("margin").mean().alias("mean_margin"),
-            pl.col("margin").median().alias("median_margin"),
-            (pl.col("margin") > 0).mean().alias("reward_accuracy"),
-        ]
-    aggs += [pl.col(f"{c}_len").mean().alias(f"mean_{c}_{unit}") for c in LENGTH_COLS]
+    data, unit = plots.with_lengths(data)
+    aggs = margin_stats("margin" if "margin" in data.columns else None, median=True)
+    aggs += [pl.col(f"{c}_len").mean().alias(f"mean_{c}_{unit}") for c in plots.LENGTH_COLS]
     stats = data.group_by(group).agg(aggs).sort(group)
     if group == "source":
         return stats
@@ -64,83 +71,21 @@ def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
     return stats.join(mix, on=group, how="left")
 
 
-def plot_margin_hist(data: pl.DataFrame, ax, group: str = "step", column: str = "margin"):
-    """Density of `column` per group on shared bins (1st-99th percentile, so outliers do not squash it)."""
-    values = data[column].drop_nulls().drop_nans().to_numpy()
-    values = values[np.isfinite(values)]  # an inf margin has no place on an axis (manifests count it)
-    lo, hi = np.percentile(values, [1, 99]) if len(values) else (0.0, 1.0)
-    bins = np.linspace(lo, hi if hi > lo else lo + 1, 41)
-    for name in sorted(data[group].unique().to_list()):
-        x = data.filter(pl.col(group) == name)[column].drop_nulls().drop_nans().to_numpy()
-        x = x[np.isfinite(x)]
-        ax.hist(np.clip(x, lo, hi), bins=bins, density=True, histtype="step", linewidth=1.5,
-                label=mpl_label(f"{group} {name}"))
-    ax.axvline(0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel(f"{column} (γ_ref, clipped to 1st-99th pct)" if column == "margin" else column)
-    ax.set_ylabel("density")
-    ax.set_title(mpl_label(f"{column} per {group}"))
-    ax.legend(fontsize=8)
-    return ax
+def _cell(v) -> str:
+    """A card table cell: numbers to 3 decimals (NaN as n/a), data strings escaped (a `|`, newline or
+    `<script>` stays text)."""
+    if isinstance(v, float):
+        return "n/a" if v != v else f"{v:.3f}"
+    return md_cell(v)
 
 
-def plot_source_mix(data: pl.DataFrame, ax, group: str = "step"):
-    """Stacked horizontal bars: each group's share of pairs from each source."""
-    counts = data.group_by(group, "source").len().sort(group, "source")
-    groups = sorted(counts[group].unique().to_list())
-    left = np.zeros(len(groups))
-    sources = sorted(counts["source"].unique().to_list())
-    totals = [counts.filter(pl.col(group) == g)["len"].sum() for g in groups]
-    for source in sources:
-        sub = counts.filter(pl.col("source") == source)
-        n = dict(zip(sub[group].to_list(), sub["len"].to_list()))
-        share = np.array([n.get(g, 0) / t for g, t in zip(groups, totals)])
-        bars = ax.barh([mpl_label(g) for g in groups], share, left=left, label=mpl_label(source))
-        ax.bar_label(bars, labels=[f"{x:.0%}" if x >= 0.06 else "" for x in share], label_type="center", fontsize=7)
-        left += share
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of pairs")
-    ax.set_ylabel(group)
-    ax.invert_yaxis()
-    ax.set_title(f"source mix per {group}")
-    # Below the axes, so the legend never hides a bar.
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(sources), 5), frameon=False)
-    return ax
+def _stats_table(stats: pl.DataFrame) -> str:
+    return md_table(stats.columns, stats.iter_rows(), cell=_cell)
 
 
-def plot_lengths(data: pl.DataFrame, ax, group: str = "step"):
-    """Box plots of chosen and rejected lengths per group (tokens when scored, else characters)."""
-    data, unit = with_lengths(data)
-    groups = sorted(data[group].unique().to_list())
-    for i, (col, color) in enumerate((("chosen_len", "tab:green"), ("rejected_len", "tab:red"))):
-        xs = [data.filter(pl.col(group) == g)[col].to_numpy() for g in groups]
-        pos = np.arange(len(groups)) * 3 + i
-        box = ax.boxplot(xs, positions=pos, widths=0.8, showfliers=False, patch_artist=True)
-        for patch in box["boxes"]:
-            patch.set_facecolor(color)
-            patch.set_alpha(0.5)
-        ax.plot([], [], color=color, linewidth=6, alpha=0.5, label=col.removesuffix("_len"))
-    ax.set_xticks(np.arange(len(groups)) * 3 + 0.5, [mpl_label(g) for g in groups])
-    ax.set_xlabel(group)
-    ax.set_ylabel(f"length ({unit})")
-    ax.set_title(f"chosen / rejected length per {group}")
-    ax.legend(fontsize=8)
-    return ax
-
-
-def save_plot(plot, data: pl.DataFrame, path: Path, **kw) -> Path:
-    """Draw one plot function into a fresh figure and write a deterministic PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    plot(data, ax, **kw)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return path
+def _bullet(line: str) -> str:
+    """A printed line (`curate score`/`split`) as a markdown bullet: data escaped, our own backticks kept as code."""
+    return "- " + md_cell(line).replace("\\`", "`")
 
 
 def _size_category(n: int) -> str:
@@ -150,30 +95,35 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def _markdown_table(stats: pl.DataFrame) -> str:
-    def fmt(v):  # source names and other data strings are escaped: a `|`, newline or `<script>` stays text
-        return f"{v:.3f}" if isinstance(v, float) else md_cell(v)
-
-    head = "| " + " | ".join(md_cell(c) for c in stats.columns) + " |\n|" + "---|" * len(stats.columns) + "\n"
-    return head + "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in stats.iter_rows())
-
-
 def render_card(front: dict, title: str, intro: str, sections: list[tuple[str, str]]) -> str:
     body = "".join(f"\n## {name}\n\n{text.rstrip()}\n" for name, text in sections)
     return ("---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True)
             + f"---\n\n# {md_cell(title)}\n\n{intro}\n{body}")
 
 
-def _plots_section(data: pl.DataFrame, out: Path, group: str, mix_group: str) -> str:
-    plots = out / "plots"
-    lines = []
-    if "margin" in data.columns:
-        save_plot(plot_margin_hist, data, plots / "margin_hist.png", group=group)
-        lines.append(f"![margin histogram per {group}](plots/margin_hist.png)")
-    save_plot(plot_source_mix, data, plots / "source_mix.png", group=mix_group)
-    save_plot(plot_lengths, data, plots / "lengths.png", group=group)
-    lines += [f"![source mix per {mix_group}](plots/source_mix.png)", f"![lengths per {group}](plots/lengths.png)"]
-    return "\n\n".join(lines)
+def draw_plots(out: Path, pairs: pl.DataFrame, group: str, scored: pl.DataFrame | None, mix: pl.DataFrame,
+               mix_group: str, reference: str) -> dict[str, list]:
+    """plots/margin_hist.png (γ_ref per group, when scored), source_mix.png (pairs per source in each
+    `mix_group`) and lengths.png (chosen/rejected lengths per group) of a card; returns what each shows
+    (`plots.axes_series` per PNG name)."""
+    folder, drawn = out / "plots", {}
+
+    def per(df: pl.DataFrame, col: str) -> list:
+        return sorted(df[col].unique().to_list())
+
+    if scored is not None:
+        hists = [{group: g, "margin": scored.filter(pl.col(group) == g)["margin"].drop_nulls().to_list()}
+                 for g in per(scored, group)]
+        drawn["margin_hist"] = plots.save_figure(
+            lambda a: plots.plot_partition_margins(hists, a[0], reference=reference, group=group),
+            folder / "margin_hist.png", **plots.CARD)["series"]
+    bars = [{mix_group: g, "sources": dict(mix.filter(pl.col(mix_group) == g)["source"].value_counts().iter_rows())}
+            for g in per(mix, mix_group)]
+    drawn["source_mix"] = plots.save_figure(lambda a: plots.plot_partition_sources(bars, a[0], group=mix_group),
+                                            folder / "source_mix.png", **plots.CARD)["series"]
+    drawn["lengths"] = plots.save_figure(lambda a: plots.plot_lengths(pairs, a[0], group=group),
+                                         folder / "lengths.png", **plots.CARD)["series"]
+    return drawn
 
 
 def _json_block(obj, sort_keys: bool = False) -> str:
@@ -191,6 +141,8 @@ def _provenance(scorer: dict | None, scored: bool) -> str:
                 else "Not scored: no reference model margins.")
     return "Scored by `sdpo curate score`:\n\n" + _json_block(scorer, sort_keys=True)
 
+
+# ---------------------------------------------------------------- partitions (written by `curate split`)
 
 def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], manifest: dict) -> Path:
     """README.md + plots for a partitions dir (parts[t-1] = step t)."""
@@ -214,11 +166,15 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
     )
     reasons = manifest["dropped"]["reasons"]
     dropped = "\n".join(f"- `{r}`: {n}" for r, n in reasons.items()) or "None."
+    scored = "margin" in data.columns
+    draw_plots(out, data, "step", data if scored else None, data, "step", "the curation reference")
+    figures = ["![margin histogram per step](plots/margin_hist.png)"] if scored else []
+    figures += ["![source mix per step](plots/source_mix.png)", "![lengths per step](plots/lengths.png)"]
     sections = [
         ("Steps", "Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt); reward accuracy = share "
-                  "of pairs with γ_ref > 0.\n\n" + _markdown_table(group_stats(data, "step"))),
-        ("Plots", _plots_section(data, out, "step", "step")),
-        *_length_section(data, manifest, out),
+                  "of pairs with γ_ref > 0.\n\n" + _stats_table(group_stats(data, "step"))),
+        ("Plots", "\n\n".join(figures)),
+        *([("Length", _length_section(data, manifest["length"], out))] if manifest.get("length") else []),
         ("Dropped pairs", dropped),
         ("Parameters", _json_block(p)),
         ("Reference model", _provenance(manifest.get("scorer"), True)),
@@ -228,14 +184,31 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
     return write_text(out / "README.md", render_card(front, front["pretty_name"], intro, sections))
 
 
-def _length_section(data: pl.DataFrame, manifest: dict, out: Path) -> list[tuple[str, str]]:
-    """The "Length" section (issue 12: how much of the order is answer length), when lengths are known."""
-    if not manifest.get("length"):
-        return []
-    from sdpo_kit.curate.length import card_section
+def _length_section(data: pl.DataFrame, record: dict, out: Path) -> str:
+    """The "Length" section (issue 12: how much of the order is answer length; manifest["length"], written
+    by `sdpo_kit.curate.length.split_record`): ρ lines, the warning, the per-step table, the plot."""
+    from sdpo_kit.curate.length import _fmt, split_lines
 
-    return [("Length", card_section(data, manifest["length"], out))]
+    text = ("Log length ratio = " + record["log_length_ratio"] + ". Summed log-probs favour the shorter "
+            "answer, so an order by summed margin can be an order by length.\n\n")
+    text += "\n".join(_bullet(line) for line in split_lines(record)) + "\n\n"
+    c = record["control_length"]
+    if c:
+        text += (f"`--control-length`: {md_cell(c['method'])}. Features {', '.join(c['features'])}; "
+                 f"n_knots {c['n_knots']}, degree {c['degree']}; fitted on {c['fitted_pairs']} pairs (R² {c['r2']}); "
+                 f"bins {c.get('bins', 1)}; Spearman ρ with the log length ratio {_fmt(c['rho_length_before'])} before, "
+                 f"{_fmt(c.get('rho_length_residual'))} for the residual, {_fmt(c['rho_length_after'])} for the key.\n\n")
+    rows = record["per_step"]
+    cols = list(rows[0]) if rows else []
+    text += md_table(cols, [[r[c] for c in cols] for r in rows], cell=_cell)
+    if record["key"] is not None:
+        plots.save_figure(lambda a: plots.plot_key_vs_length(data, a[0], record["key"]),
+                          out / "plots" / "key_vs_length.png", **plots.CARD)
+        text += "\n![ordering key against the log length ratio](plots/key_vs_length.png)\n"
+    return text
 
+
+# ---------------------------------------------------------------- a whole dataset (`sdpo data card`)
 
 def _parquet_schema(path: Path) -> dict:
     from sdpo_kit.io import check_parquet, reading
@@ -273,25 +246,11 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
     card = {"pairs": loaded.pairs, "scored": None, "rows": loaded.rows, "rejects": _reject_counts(loaded.rejects),
             "score_rejects": {}, "scorer": None}
     if scored:
-        card["scored"], more, card["scorer"] = _score(loaded.pairs, model, sample, max_length, seed)
+        from sdpo_kit.curate.score import score_sample
+
+        card["scored"], more, card["scorer"] = score_sample(loaded.pairs, model, sample, max_length, seed)
         card["score_rejects"] = _reject_counts(more)
     return card
-
-
-def _score(pairs: pl.DataFrame, model: str, sample: int | None, max_length: int | None, seed: int):
-    from sdpo_kit.models import load_model
-    from sdpo_kit.curate.score import ScoreConfig, provenance, score_frame
-
-    total = pairs.height
-    if sample is not None and sample < total:
-        # A seeded sample, kept in input order so the card is reproducible.
-        pairs = pairs.with_row_index("__i").sample(sample, seed=seed).sort("__i").drop("__i")
-    cfg = ScoreConfig(**({"max_length": max_length} if max_length else {}))
-    m, tok = load_model(model)
-    scored, rejects = score_frame(pairs, m, tok, cfg)
-    scorer = {**provenance(m, tok, cfg), "model_arg": str(model), "scored_pairs": pairs.height, "of_pairs": total,
-              "sample_seed": seed if pairs.height < total else None}
-    return scored, list(rejects), scorer
 
 
 def _margins_section(card: dict) -> str:
@@ -303,18 +262,14 @@ def _margins_section(card: dict) -> str:
     if n < of:
         head += (f" **Scored on a seeded random subset: {n} of the {of} valid pairs (seed {scorer['sample_seed']})**; "
                  f"{scored.height} of them were kept by the scorer, and this section describes those only.")
-    per_all = scored.with_columns(pl.lit("all").alias("dataset"))
-    return (head + "\n\n" + _markdown_table(group_stats(scored, "source")) + "\n"
-            + _markdown_table(group_stats(per_all, "dataset")) + _length_lines(scored))
-
-
-def _length_lines(scored: pl.DataFrame) -> str:
-    """Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets."""
-    from sdpo_kit.escape import md_cell
     from sdpo_kit.curate.length import score_diagnosis
 
+    # Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets.
     lines = score_diagnosis(scored)
-    return "".join(f"\n- {md_cell(line).replace(chr(92) + '`', '`')}" for line in lines) + ("\n" if lines else "")
+    per_all = scored.with_columns(pl.lit("all").alias("dataset"))
+    return (head + "\n\n" + _stats_table(group_stats(scored, "source")) + "\n"
+            + _stats_table(group_stats(per_all, "dataset")) + "".join(f"\n{_bullet(line)}" for line in lines)
+            + ("\n" if lines else ""))
 
 
 def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",
@@ -339,48 +294,20 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
     everything = pairs.with_columns(pl.lit("all").alias("dataset"))
     with atomic_dir(out, overwrite) as tmp:
         sections = [
-            ("Per source", _markdown_table(group_stats(pairs, "source"))),
-            ("Whole dataset", _markdown_table(group_stats(everything, "dataset"))),
+            ("Per source", _stats_table(group_stats(pairs, "source"))),
+            ("Whole dataset", _stats_table(group_stats(everything, "dataset"))),
         ]
-        plots = []
+        figures = []
         if card["scored"] is not None:
             sections.append(("Reference margins", _margins_section(card)))
-            save_plot(plot_margin_hist, card["scored"], tmp / "plots" / "margin_hist.png", group="source")
-            plots.append("![margin histogram per source (scored pairs)](plots/margin_hist.png)")
-        save_plot(plot_source_mix, everything, tmp / "plots" / "source_mix.png", group="dataset")
-        save_plot(plot_lengths, pairs, tmp / "plots" / "lengths.png", group="source")
-        plots += ["![source mix](plots/source_mix.png)", "![lengths per source](plots/lengths.png)"]
+            figures.append("![margin histogram per source (scored pairs)](plots/margin_hist.png)")
+        draw_plots(tmp, pairs, "source", card["scored"], everything, "dataset", "the reference model")
+        figures += ["![source mix](plots/source_mix.png)", "![lengths per source](plots/lengths.png)"]
         sections += [
-            ("Plots", "\n\n".join(plots)),
+            ("Plots", "\n\n".join(figures)),
             ("Rejected rows", rejected),
             ("Reference model", _provenance(card["scorer"], card["scored"] is not None)),
         ]
         write_text(tmp / "README.md", render_card(front, front["pretty_name"], intro, sections))
     return Path(out) / "README.md"
 
-
-# --- `sdpo data card` (config + run): a shim by helper "cli" until helper "report"'s version merges ---
-from dataclasses import dataclass, field  # noqa: E402
-
-
-@dataclass
-class CardConfig:
-    """Write a Hugging Face data card (README.md + plots) for a whole dataset."""
-
-    data: str = field(metadata={"help": "Preference data in any supported format, or a scored parquet.",
-                                "positional": True})
-    out: str = field(metadata={"help": "Directory for README.md and plots/."})
-    scored: bool = field(default=False, metadata={"help": "Score the pairs with --model first (margins in the card)."})
-    model: str = field(default="default", metadata={"help": "Reference model for --scored."})
-    sample: int | None = field(default=None, metadata={"help": "With --scored: score only this many pairs (seeded)."})
-    max_length: int | None = field(default=None, metadata={"help": "With --scored: the scorer's max_length."})
-    seed: int = field(default=0, metadata={"help": "Seed for --sample."})
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --out directory."})
-
-
-def run(cfg: CardConfig) -> Path:
-    """`sdpo data card`: write the card; print where it went."""
-    path = write_dataset_card(cfg.data, cfg.out, scored=cfg.scored, model=cfg.model, sample=cfg.sample,
-                              max_length=cfg.max_length, seed=cfg.seed, overwrite=cfg.overwrite)
-    print(f"wrote {path}")
-    return path

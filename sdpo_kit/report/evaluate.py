@@ -191,10 +191,13 @@ def gamma_table(pairs, scored: dict[str, Any]):
 
 
 def _stats(x) -> dict[str, float]:
-    """pairs, share > 0, mean and standard error of the mean of a float Series."""
-    n = x.len()
-    return {"pairs": n, "accuracy": float((x > 0).mean()) if n else float("nan"),
-            "mean_margin": float(x.mean()) if n else float("nan"),
+    """pairs, share > 0 and mean (`sdpo_kit.stats.margin_stats`), and the standard error of the mean of a float Series."""
+    from sdpo_kit.stats import margin_stats
+
+    s = x.to_frame("x").select(margin_stats("x")).row(0, named=True)
+    n = s["pairs"]
+    return {"pairs": n, "accuracy": float(s["reward_accuracy"]) if n else float("nan"),
+            "mean_margin": float(s["mean_margin"]) if n else float("nan"),
             "sem": float(x.std() / n**0.5) if n > 1 else 0.0}
 
 

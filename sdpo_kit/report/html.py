@@ -4,27 +4,59 @@
 
 Reads only files on disk: `run.json`, every `step_t/{summary.json,trainer_state.json}`, the
 partitions `manifest.json` and `step_t.parquet` named by run.json (else each step's
-`reference.parquet`), and `eval/eval.json` + `eval/scores.parquet` written by `sdpo eval`.
-A figure whose inputs are missing is left out with a note saying which command writes them.
+`reference.parquet`), and `eval/eval.json` + `eval/scores.parquet` (+ `eval/generations.jsonl`
+with `--generate`) written by `sdpo eval`. A figure whose inputs are missing is left out with a
+note saying which command writes them.
 
 Several runs are compared by *label*: run.json `"label"` when present, else the run folder's
 name without a trailing `-seedN`/`_seedN`/`-sN`. Runs sharing a label are seeds of one
 configuration (seed: run.json `"seed"`, else config.yaml's `seed`, else that suffix): bars show their mean, error bars
 one standard deviation, dots each seed.
+
+The text of each section (settings, step table, reference schedule, held-out numbers, behaviour,
+difficulty and length) is written once as a list of blocks and rendered twice: markdown for
+summary.md and HTML for report.html, every string from data escaped for its format
+(`sdpo_kit.escape`). Figures are drawn by `sdpo_kit.report.plots`; the verdict by `verdict.py`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdpo_kit import escape
-from sdpo_kit.report import plots, report_behaviour, verdict
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import atomic_path, read_json, write_json, write_text
+from sdpo_kit.io import read_json, write_json, write_text
+from sdpo_kit.report import plots, verdict
+
+
+@dataclass
+class ReportConfig:
+    """Write one self-contained HTML report (images inline) plus PNGs, figures.json and summary.md."""
+
+    runs: list[str] = field(default_factory=list, metadata={
+        "help": "Run directories written by `sdpo train` (several runs are compared).", "positional": True})
+    out: str = field(default="report", metadata={"help": "Output folder for report.html, PNGs, summary.md."})
+    signal: str = field(default="judge_confidence", metadata={
+        "help": "Held-out column used as an external difficulty signal when present."})
+
+    def __post_init__(self):
+        self.runs = [self.runs] if isinstance(self.runs, str) else [str(r) for r in self.runs]
+        if not self.runs:
+            raise UsageError("sdpo report", "RUNS is required: one or more run directories written by `sdpo train`")
+
+
+def run(cfg: ReportConfig) -> dict[str, Path]:
+    """`sdpo report`: write the report folder, print where the page and the summary went."""
+    paths = write_report(cfg.runs, cfg.out, signal=cfg.signal)  # bad input: one line from the CLI boundary
+    print(f"report: {paths['html']}")
+    print(f"summary: {paths['summary']}")
+    return paths
+
 
 SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")
 
@@ -112,24 +144,11 @@ def check_eval_models(meta: dict, ev: dict, path: Path) -> None:
         raise InputError(path, f"scored other weights than run.json records: {'; '.join(wrong)}; rerun `sdpo eval`")
 
 
+# ---------------------------------------------------------------- figures
+
 def _figure(name: str, caption: str, ncols: int, draw) -> dict:
-    """Make a 1×ncols figure, let `draw(axes)` fill it; keep its PNG bytes and plotted series."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with plt.style.context(plots.STYLE):
-        fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.2), squeeze=False)
-        draw(list(axes[0]))
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    series = [plots.axes_series(a) for a in axes[0]]
-    plt.close(fig)  # many runs make many figures: never keep them open
-    return {"name": name, "caption": caption, "png": buf.getvalue(), "series": series}
+    """A 1×ncols report figure: `draw(axes)` fills it when the report is written (`plots.save_figure`)."""
+    return {"name": name, "caption": caption, "ncols": ncols, "draw": draw}
 
 
 def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict], list[str]]:
@@ -184,7 +203,17 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
                             lambda a: [plots.plot_margin_vs_signal(d, ax) for d, ax in zip(data, a)]))
     else:
         notes.append(f"Held-out data has no `{signal}` column: difficulty-signal figure left out.")
-    figs += length_figures(run)
+    length = ev.get("length")
+    if length and scores is not None and "log_length_ratio" in scores.columns:  # issue 12
+        names = [m["name"] for m in length["models"]]
+        series = [{"model": n, "ratio": scores["log_length_ratio"].to_list(), "gamma": scores[f"gamma_{n}"].to_list()}
+                  for n in dict.fromkeys([names[0], names[-1]])]
+        figs.append(_figure("length", "Difficulty and length on held-out pairs: accuracy under summed γ (RewardBench "
+                            "`sum`) and per-token γ (`avg`); accuracy per quintile of ln(chosen/rejected tokens); γ of "
+                            "S and the final model against that ratio, with least-squares lines.", 3,
+                            lambda a: (plots.plot_accuracy_sum_avg(length["models"], a[0]),
+                                       plots.plot_accuracy_by_length(length["models"], length["bucket_edges"], a[1]),
+                                       plots.plot_gamma_vs_length(series, a[2]))))
     return figs, notes
 
 
@@ -218,123 +247,230 @@ def comparison_figures(runs: list[dict]) -> list[dict]:
                                                          "β·(γ_final − γ_S) [nats]")))]
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else escape.md_cell(v))
+# ---------------------------------------------------------------- text: blocks, rendered as markdown and as HTML
+#
+# A block is ("h2" | "h3", text), ("p" | "warn", template, *data) or ("table", header, rows).
+# In a template each `{}` takes the next data value (escaped for the format) and backticks mark
+# code; table cells are display text (numbers already formatted) and are escaped for the format.
+
+def _text(v: Any) -> str:
+    """A number or value as the report shows it: floats to 4 significant digits, None as a dash."""
+    return f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else str(v))
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+def _md_fill(template: str, data: tuple) -> str:
+    pieces = template.split("{}")
+    return pieces[0] + "".join(escape.md_cell(d) + p for d, p in zip(data, pieces[1:]))
 
 
-def run_markdown(r: dict, signal: str = "judge_confidence") -> str:
-    """One run's text: settings, per-step training numbers, held-out numbers."""
+def _html_fill(template: str, data: tuple) -> str:
+    out, code = [], False
+    for i, piece in enumerate(template.split("{}")):
+        for j, chunk in enumerate(piece.split("`")):
+            if j:  # a backtick of the template: opens or closes a code span
+                out.append("</code>" if code else "<code>")
+                code = not code
+            out.append(escape.html(chunk))
+        if i < len(data):
+            out.append(escape.html(data[i]))
+    return "".join(out)
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    """summary.md's text of a section: blocks separated by a blank line."""
+    def one(b: tuple) -> str:
+        kind = b[0]
+        if kind in ("h2", "h3"):
+            return "#" * int(kind[1]) + " " + escape.md_cell(b[1])
+        if kind == "table":
+            return escape.md_table(b[1], b[2]).rstrip("\n")
+        text = _md_fill(b[1], b[2:])
+        return f"**{text}**" if kind == "warn" else text
+
+    return "\n\n".join(one(b) for b in blocks) + "\n" if blocks else ""
+
+
+def to_html(blocks: list[tuple]) -> list[str]:
+    """report.html's elements of a section."""
+    def one(b: tuple) -> str:
+        kind = b[0]
+        if kind in ("h2", "h3"):
+            return f"<{kind}>{escape.html(b[1])}</{kind}>"
+        if kind == "table":
+            return escape.html_table(b[1], b[2])
+        text = _html_fill(b[1], b[2:])
+        return f"<p class='note'><strong>{text}</strong></p>" if kind == "warn" else f"<p>{text}</p>"
+
+    return [one(b) for b in blocks]
+
+
+STEP_KEYS = ("pairs", "ref_margin_mean", "loss_first", "loss_end", "reward_margin_end", "reward_accuracy_end")
+
+
+def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
+    """One run's text: settings, per-step training numbers, reference schedule, held-out numbers,
+    behaviour, difficulty and length."""
     meta = r["meta"]
-    md = escape.md_cell  # run names, paths and labels are data: never markup
-    out = [f"## {md(r['name'])}", "", f"mode `{md(meta.get('mode'))}`, base model `{md(meta.get('base_model'))}`, "
-           f"β = {md(meta.get('beta'))}, status `{md(meta.get('status'))}`, label `{md(r['label'])}`, "
-           f"seed {_fmt(r['seed'])}", ""]
-    out += ["End-of-step loss, reward margin and accuracy are over the whole partition after the step "
-            "(M_t against M_{t-1}).", ""]
-    out += _table(["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
-                   "reward accuracy end"],
-                  [[s["step"]] + [s["summary"].get(k) for k in ("pairs", "ref_margin_mean", "loss_first", "loss_end",
-                                                             "reward_margin_end", "reward_accuracy_end")]
-                   for s in r["steps"]]) + [""]
-    out += report_behaviour.reference_markdown(r)
+    out = [("h2", r["name"]),
+           ("p", "mode `{}`, base model `{}`, β = {}, status `{}`, label `{}`, seed {}", meta.get("mode"),
+            meta.get("base_model"), meta.get("beta"), meta.get("status"), r["label"], _text(r["seed"])),
+           ("p", "End-of-step loss, reward margin and accuracy are over the whole partition after the step "
+                 "(M_t against M_{t-1})."),
+           ("table", ["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
+                      "reward accuracy end"],
+            [[_text(v) for v in (s["step"], *map(s["summary"].get, STEP_KEYS))] for s in r["steps"]])]
+    out += reference_blocks(r)
     ev = r["eval"]
     if ev:
         d = ev["data"]
-        out += [f"Held-out: `{md(d['path'])}`, {d['pairs']} pairs scored by every model"
-                f" ({d.get('rejected', 0)} dropped, see eval/rejects.jsonl).", ""]
-        out += _table(["model", "n pairs", "preference accuracy", "mean γ", "s.e."],
-                      [[m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem")] for m in ev["models"]]) + [""]
-        out += _table(["policy", "reference", "n pairs", "reward margin mean", "s.e.", "reward accuracy"],
-                      [[c["policy"], c["reference"], c["pairs"], c["reward_margin_mean"], c.get("sem"),
-                        c["reward_accuracy"]] for c in ev["comparisons"]]) + [""]
+        out += [("p", "Held-out: `{}`, {} pairs scored by every model ({} dropped, see eval/rejects.jsonl).",
+                 d["path"], d["pairs"], d.get("rejected", 0)),
+                ("table", ["model", "n pairs", "preference accuracy", "mean γ", "s.e."],
+                 [[_text(v) for v in (m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem"))]
+                  for m in ev["models"]]),
+                ("table", ["policy", "reference", "n pairs", "reward margin mean", "s.e.", "reward accuracy"],
+                 [[_text(v) for v in (c["policy"], c["reference"], c["pairs"], c["reward_margin_mean"], c.get("sem"),
+                                      c["reward_accuracy"])] for c in ev["comparisons"]])]
         if r["scores"] is not None and signal in r["scores"].columns:
             for m in ev["models"]:
                 rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
-                out += [f"Spearman ρ(γ of {md(m['name'])}, `{md(signal)}`) = {rho:.3f}", ""]
-        out += report_behaviour.behaviour_markdown(r)
-    out += length_markdown(r)
-    return "\n".join(out)
+                out.append(("p", "Spearman ρ(γ of {}, `{}`) = {}", m["name"], signal, f"{rho:.3f}"))
+        out += behaviour_blocks(r)
+    return out + length_blocks(r)
 
 
-def comparison_markdown(runs: list[dict]) -> str:
+def comparison_blocks(runs: list[dict]) -> list[tuple]:
     """Final model of every run on its held-out data, one row per run."""
-    rows = [[r["name"], r["label"], report_behaviour.schedule_label(r["meta"]), r["seed"], r["eval"]["data"]["pairs"],
-             *(_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
+    rows = [[_text(v) for v in (r["name"], r["label"], schedule_label(r["meta"]), r["seed"], r["eval"]["data"]["pairs"],
+                                *_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
-        return ""
+        return []
     keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}
-    warn = ["**Warning: these runs were evaluated on different held-out pairs; compare with care.**", ""]
-    return "\n".join(["## Runs compared", ""] + (warn if len(keys) > 1 else []) + _table(
-        ["run", "label", "reference", "seed", "n pairs", "final model", "preference accuracy", "mean γ", "reward margin vs S",
-         "reward accuracy vs S"], rows) + [""])
+    warn = [("warn", "Warning: these runs were evaluated on different held-out pairs; compare with care.")]
+    return [("h2", "Runs compared"), *(warn if len(keys) > 1 else []), ("table", [
+        "run", "label", "reference", "seed", "n pairs", "final model", "preference accuracy", "mean γ",
+        "reward margin vs S", "reward accuracy vs S"], rows)]
 
 
 def summary_markdown(runs: list[dict], signal: str = "judge_confidence", verdict_md: str = "") -> str:
     """The report's short text: the verdict, run comparison, then per run its training and held-out numbers."""
-    return "\n".join(["# sDPO report", "", verdict_md, comparison_markdown(runs)] + [run_markdown(r, signal) for r in runs])
+    return "\n".join(["# sDPO report", "", verdict_md, to_markdown(comparison_blocks(runs))]
+                     + [to_markdown(run_blocks(r, signal)) for r in runs])
 
+
+# ---------------------------------------------------------------- reference schedule and behaviour (`eval --generate`)
+
+ANSWER_CHARS = 400  # side-by-side cells are cut here (the full answers are in eval/generations.jsonl)
+SIDE_BY_SIDE = 3
+
+
+def schedule_label(meta: dict) -> str:
+    """The run's reference schedule in words: `stepwise`, `fixed`, `mix α=0.5`, or `S (dpo)`."""
+    if meta.get("mode") == "dpo":
+        return "S (dpo)"
+    schedule = meta.get("reference_schedule") or "stepwise"  # runs before the schedule flag were stepwise
+    return f"mix α={meta.get('ref_mix_alpha')}" if schedule == "mix" else schedule
+
+
+def reference_blocks(r: dict) -> list[tuple]:
+    """Per step: the reference's schedule, fingerprint and how its exactness was checked."""
+    rows = []
+    for s in r["steps"]:
+        summary = s["summary"]
+        check = summary.get("reference_check") or {}
+        how = (f"re-scored {check.get('pairs')} pairs, max |Δ| {check.get('max_abs_diff', 0):.2g}"
+               if check.get("kind") == "rescored" else "first-step rewards 0 (reference = start)")
+        rows.append([str(v) for v in (s["step"], schedule_label(r["meta"]), summary.get("reference_fingerprint"),
+                                      summary.get("reference_exact"), how)])
+    return [("table", ["step", "reference schedule", "reference fingerprint", "exact", "check"], rows)] if rows else []
+
+
+def behaviour_blocks(r: dict) -> list[tuple]:
+    """Length drift per model (S, M1, ...) and three prompts side by side (S vs the final model)."""
+    b = (r.get("eval") or {}).get("behaviour")
+    if not b:
+        return []
+    models = b["models"]
+    base = models.get("S", {}).get("mean_tokens")
+    rows = []
+    for name, m in models.items():
+        drift = None if base is None or m.get("mean_tokens") is None else m["mean_tokens"] - base
+        rows.append([name, _num(m.get("mean_tokens")), _num(drift, "+.1f"), _num(m.get("cut_share"), ".2f"),
+                     _num(m.get("distinct_2"), ".3f"), _num(m.get("kl_vs_S"), "+.4f")])
+    out = [("p", "Behaviour on {} held-out prompts ({}, at most {} new tokens; answers in eval/generations.jsonl).",
+            b["prompts"], b["decoding"], b["max_new_tokens"]),
+           ("table", ["model", "mean answer tokens", "length drift vs S", "cut at limit", "distinct-2",
+                      "KL vs S (nats/token)"], rows)]
+    return out + side_by_side(Path(r["dir"]) / "eval" / b.get("generations", "generations.jsonl"), list(models))
+
+
+def side_by_side(path: Path, names: list[str]) -> list[tuple]:
+    """The first three prompts with S's and the final model's answers."""
+    if not path.is_file() or len(names) < 2:
+        return []
+    rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    final = names[-1]
+    by = {(x["model"], x["prompt_id"]): x for x in rows}
+    ids = list(dict.fromkeys(x["prompt_id"] for x in rows if x["model"] == "S"))[:SIDE_BY_SIDE]
+    cells = []
+    for pid in ids:
+        prompt = by[("S", pid)]["prompt"]
+        text = " / ".join(str(m.get("content", "")) for m in prompt) if isinstance(prompt, list) else str(prompt)
+        answers = [by.get((n, pid), {}).get("answer", "") for n in ("S", final)]
+        cells.append([t if len(t) <= ANSWER_CHARS else t[:ANSWER_CHARS] + " …" for t in [text, *answers]])
+    return [("table", ["prompt", "S", final], cells)]
+
+
+def _num(v, fmt: str = ".1f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+# ---------------------------------------------------------------- difficulty and length (issue 12)
+
+def length_sentence(r: dict) -> tuple:
+    """("p", template, *data): how much of the run's easy-to-hard order is answer length; () when unknown."""
+    rec = (r.get("manifest") or {}).get("length") or {}
+    held = ((r.get("eval") or {}).get("length") or {}).get("models") or []
+    parts, data = [], []
+    if rec.get("key") and rec.get("rho_key_length") is not None:
+        rho = rec["rho_key_length"]
+        parts.append(f"the partitions' ordering key `{{}}` has Spearman ρ {rho:+.2f} with ln(chosen/rejected "
+                     f"tokens), so about {rho * rho:.0%} of its rank variance is the length ratio"
+                     + (f", and the step index has ρ {rec['rho_step_length']:+.2f}" if rec.get("rho_step_length") is not None else ""))
+        data.append(rec["key"])
+    if held and held[0].get("rho_length") is not None:
+        parts.append(f"on held-out pairs γ of {{}} has ρ {held[0]['rho_length']:+.2f} with it")
+        data.append(held[0]["name"])
+    if not parts:
+        return ()
+    return ("p", "How much of the order is length: " + "; ".join(parts) + ".", *data)
+
+
+def length_blocks(r: dict) -> list[tuple]:
+    """The run's "Difficulty and length" section: the sentence, then accuracies under sum / avg γ per quintile."""
+    sentence = length_sentence(r)
+    held = ((r.get("eval") or {}).get("length") or {})
+    if not sentence and not held:
+        return []
+    out = [("h3", "Difficulty and length")] + ([sentence] if sentence else [])
+    if held:
+        edges = held["bucket_edges"]
+        head = ["model", "accuracy (sum γ)", "accuracy (per-token γ)", "ρ(γ, ln len ratio)", "slope [nats/unit]"]
+        head += [f"Q{i + 1} {lo:+.2f}…{hi:+.2f} (sum/avg)" for i, (lo, hi) in enumerate(edges)]
+        rows = [[_text(v) for v in (m["name"], m["accuracy_sum"], m["accuracy_avg"], m["rho_length"], m["slope"])]
+                + [f"{q['accuracy_sum']:.2f}/{'–' if q['accuracy_avg'] is None else format(q['accuracy_avg'], '.2f')}"
+                   for q in m["quintiles"]] for m in held["models"]]
+        out.append(("table", head, rows))
+    return out
+
+
+# ---------------------------------------------------------------- the report folder
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1300px;margin:2em auto;
 padding:0 1em;color:#222}h1{border-bottom:2px solid #4C72B0}h2{margin-top:2em;color:#2d4a7a}
 figure{margin:1.5em 0;padding:.5em;border:1px solid #ddd;border-radius:6px}img{max-width:100%}
 figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.note{color:#a05a00}"""
-
-
-def _md_html(text: str) -> str:
-    """HTML for markdown text whose data parts went through `escape.md_cell`: undo the markdown
-    escapes and the HTML escaping, then escape once for HTML."""
-    return escape.html(html.unescape(re.sub(r"\\([\\|`])", r"\1", text)))
-
-
-def _md_cells(line: str) -> list[str]:
-    """The cells of one markdown table row, split on unescaped `|` (data `|` arrive as `\\|`)."""
-    cells, cur, i, text = [], "", 0, line.strip()
-    while i < len(text):
-        if text[i] == "\\" and i + 1 < len(text):
-            cur, i = cur + text[i:i + 2], i + 2
-            continue
-        if text[i] == "|":
-            cells.append(cur)
-            cur = ""
-        else:
-            cur += text[i]
-        i += 1
-    cells.append(cur)
-    return cells[1:-1] if len(cells) > 2 else cells  # the outer pipes frame the row
-
-
-def _md_table_html(lines: list[str]) -> str:
-    rows = [_md_cells(ln) for ln in lines if not ln.startswith("|---")]
-    head = "".join(f"<th>{_md_html(c.strip())}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{_md_html(c.strip())}</td>" for c in r) + "</tr>" for r in rows[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _markdown_html(md: str) -> str:
-    """The tiny subset of markdown that `summary_markdown` writes: headings, tables, paragraphs."""
-    parts, table = [], []
-    for ln in md.splitlines() + [""]:
-        if ln.startswith("|"):
-            table.append(ln)
-            continue
-        if table:
-            parts.append(_md_table_html(table))
-            table = []
-        if ln.startswith("#"):
-            level = len(ln) - len(ln.lstrip("#"))
-            parts.append(f"<h{level}>{_md_html(ln[level:].strip())}</h{level}>")
-        elif ln.strip():
-            text = _md_html(re.sub(r"(?<!\\)`", "", ln))
-            parts.append(f"<p class='note'><strong>{text.strip('*')}</strong></p>" if text.startswith("**") else f"<p>{text}</p>")
-    return "\n".join(parts)
-
-
 REPORT_FILES = (".png", ".html", ".md", ".json")
 
 
@@ -345,26 +481,21 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
     the end, so a kill leaves the old report (or none) and no PNG of an older report survives. An
     existing `out` must be a report folder (only report files) or empty: other files are never deleted.
     """
-    from sdpo_kit.io import atomic_dir
+    from sdpo_kit.io import atomic_dir, check_out_dir
 
     final = Path(out)
     if final.exists() and not final.is_dir():
         raise InputError(f"--out {final}", "is a file, not a folder: pass a folder for the report")
-    if final.is_dir() and any(final.iterdir()) and not _is_report_folder(final):
+    entries = list(final.iterdir()) if final.is_dir() else []
+    is_report = (final / "report.html").is_file() and all(p.is_file() and p.suffix in REPORT_FILES for p in entries)
+    if entries and not is_report:
         raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
                          "pass a new or empty folder")
     runs = [load_run(d) for d in run_dirs]  # bad runs fail before anything is written
-    from sdpo_kit.io import check_out_dir
-
     check_out_dir(final.parent, flag=f"--out {final}: its folder")
     with atomic_dir(final, overwrite=True) as tmp:
         paths = _write_report(runs, tmp, signal)
     return {k: final / Path(v).name for k, v in paths.items()}
-
-
-def _is_report_folder(folder: Path) -> bool:
-    entries = list(folder.iterdir())
-    return (folder / "report.html").is_file() and all(p.is_file() and p.suffix in REPORT_FILES for p in entries)
 
 
 def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence") -> dict[str, Path]:
@@ -373,19 +504,18 @@ def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence")
         raise UsageError(f"two run directories share a name ({names}): figure files would collide.")
     answer = verdict.summary(runs)  # the verdict opens the page and summary.md
     sections, index = [verdict.to_html(answer)], {}
-    blocks = [(comparison_markdown(runs), "", comparison_figures(runs), [])]
-    blocks += [(run_markdown(r, signal), r["name"] + "_", *run_figures(r, signal)) for r in runs]
-    for text, prefix, figs, notes in blocks:
-        body = [_markdown_html(text)] + [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
+    parts = [(comparison_blocks(runs), "", comparison_figures(runs), [])]
+    parts += [(run_blocks(r, signal), r["name"] + "_", *run_figures(r, signal)) for r in runs]
+    for blocks, prefix, figs, notes in parts:
+        body = to_html(blocks) + [f"<p class='note'>{escape.html(n)}</p>" for n in notes]
         for f in figs:
             png = out / f"{prefix}{f['name']}.png"
-            with atomic_path(png) as tmp:
-                tmp.write_bytes(f["png"])
-            index[png.stem] = {"png": png.name, "caption": f["caption"], "axes": f["series"]}
-            b64 = base64.b64encode(f["png"]).decode()
+            drawn = plots.save_figure(f["draw"], png, ncols=f["ncols"])
+            index[png.stem] = {"png": png.name, "caption": f["caption"], "axes": drawn["series"]}
+            b64 = base64.b64encode(drawn["png"]).decode()
             stem = escape.html(png.stem)  # the run folder's name is data: never markup in an attribute
             body.append(f"<figure id='{stem}'><img alt='{stem}' src='data:image/png;base64,{b64}'>"
-                        f"<figcaption>{html.escape(f['caption'])}</figcaption></figure>")
+                        f"<figcaption>{escape.html(f['caption'])}</figcaption></figure>")
         sections.append("<section>" + "\n".join(body) + "</section>")
     md = summary_markdown(runs, signal, verdict.markdown(answer))
     write_json(out / "verdict.json", answer)
@@ -393,83 +523,3 @@ def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence")
             f"</head><body><h1>sDPO report</h1>\n" + "\n".join(sections) + "</body></html>")
     return {"html": write_text(out / "report.html", page), "summary": write_text(out / "summary.md", md + "\n"),
             "figures": write_json(out / "figures.json", index)}
-
-
-def length_figures(run: dict) -> list[dict]:
-    """Issue 12: accuracy under summed vs per-token γ, accuracy per length-ratio quintile, and γ of S and
-    the final model against ln(chosen/rejected tokens) with the fitted line (eval.json "length")."""
-    ev, scores = run["eval"], run["scores"]
-    length = (ev or {}).get("length")
-    if not length or scores is None or "log_length_ratio" not in scores.columns:
-        return []
-    names = [m["name"] for m in length["models"]]
-    series = [{"model": n, "ratio": scores["log_length_ratio"].to_list(), "gamma": scores[f"gamma_{n}"].to_list()}
-              for n in dict.fromkeys([names[0], names[-1]])]
-    return [_figure("length", "Difficulty and length on held-out pairs: accuracy under summed γ (RewardBench `sum`) "
-                    "and per-token γ (`avg`); accuracy per quintile of ln(chosen/rejected tokens); γ of S and the "
-                    "final model against that ratio, with least-squares lines.", 3,
-                    lambda a: (plots.plot_accuracy_sum_avg(length["models"], a[0]),
-                               plots.plot_accuracy_by_length(length["models"], length["bucket_edges"], a[1]),
-                               plots.plot_gamma_vs_length(series, a[2])))]
-
-
-def length_sentence(r: dict) -> str:
-    """One sentence: how much of the run's easy-to-hard order is answer length."""
-    rec = (r.get("manifest") or {}).get("length") or {}
-    held = ((r.get("eval") or {}).get("length") or {}).get("models") or []
-    parts = []
-    if rec.get("key") and rec.get("rho_key_length") is not None:
-        rho = rec["rho_key_length"]
-        parts.append(f"the partitions' ordering key `{escape.md_cell(rec['key'])}` has Spearman ρ {rho:+.2f} with ln(chosen/rejected "
-                     f"tokens), so about {rho * rho:.0%} of its rank variance is the length ratio"
-                     + (f", and the step index has ρ {rec['rho_step_length']:+.2f}" if rec.get("rho_step_length") is not None else ""))
-    if held and held[0].get("rho_length") is not None:
-        parts.append(f"on held-out pairs γ of {held[0]['name']} has ρ {held[0]['rho_length']:+.2f} with it")
-    if not parts:
-        return ""
-    return "How much of the order is length: " + "; ".join(parts) + "."
-
-
-def length_markdown(r: dict) -> list[str]:
-    """The run's "Difficulty and length" section: the sentence, then accuracies under sum / avg γ per quintile."""
-    sentence = length_sentence(r)
-    held = ((r.get("eval") or {}).get("length") or {})
-    if not sentence and not held:
-        return []
-    out = ["### Difficulty and length", ""] + ([sentence, ""] if sentence else [])
-    if held:
-        edges = held["bucket_edges"]
-        head = ["model", "accuracy (sum γ)", "accuracy (per-token γ)", "ρ(γ, ln len ratio)", "slope [nats/unit]"]
-        head += [f"Q{i + 1} {lo:+.2f}…{hi:+.2f} (sum/avg)" for i, (lo, hi) in enumerate(edges)]
-        rows = [[m["name"], m["accuracy_sum"], m["accuracy_avg"], m["rho_length"], m["slope"]]
-                + [f"{q['accuracy_sum']:.2f}/{'–' if q['accuracy_avg'] is None else format(q['accuracy_avg'], '.2f')}"
-                   for q in m["quintiles"]] for m in held["models"]]
-        out += _table(head, rows) + [""]
-    return out
-
-
-# --- `sdpo report` (config + run): a shim by helper "cli" until helper "report"'s version merges ---
-from dataclasses import dataclass, field  # noqa: E402
-
-
-@dataclass
-class ReportConfig:
-    """Write one self-contained HTML report (images inline) plus PNGs, figures.json and summary.md."""
-
-    runs: list[str] = field(default_factory=list, metadata={
-        "help": "Run directories written by `sdpo train` (several runs are compared).", "positional": True})
-    out: str = field(default="report", metadata={"help": "Output folder for report.html, PNGs, summary.md."})
-    signal: str = field(default="judge_confidence", metadata={
-        "help": "Held-out column used as an external difficulty signal when present."})
-
-    def __post_init__(self):
-        if not self.runs:
-            raise UsageError("sdpo report", "RUNS is required: one or more run directories written by `sdpo train`")
-
-
-def run(cfg: ReportConfig) -> dict[str, Path]:
-    """`sdpo report`: write the report; print where it and the summary went."""
-    paths = write_report(cfg.runs, cfg.out, signal=cfg.signal)  # bad input: one line from the CLI boundary
-    print(f"report: {paths['html']}")
-    print(f"summary: {paths['summary']}")
-    return paths

@@ -13,10 +13,12 @@ held-out pair that was dropped. `runs` are `sdpo_kit.report.html.load_run` dicts
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
+
+from sdpo_kit import escape
+from sdpo_kit.escape import html_table, md_table
 
 MIN_PAIRS = 100
 DRAWS = 10_000
@@ -171,6 +173,7 @@ def models_rows(runs: list[dict]) -> list[list[Any]]:
 
 
 MODELS_HEADER = ["run", "model", "n pairs", "preference accuracy", "mean γ ± s.e.", "reward margin vs S ± s.e."]
+MODELS_INTRO = "Every model on the held-out pairs (S is the start; M_t after step t):"
 
 
 def summary(runs: list[dict], draws: int = DRAWS) -> dict[str, Any]:
@@ -189,11 +192,10 @@ def markdown(v: dict) -> str:
     out = ["## Verdict", ""]
     out += [f"**{line}**" for line in v["verdicts"]] + ([v["note"]] if v["note"] else []) + [""]
     out += [f"⚠ {w}" for w in v["warnings"] + v["dropped"]]
+    text = "\n".join(out) + "\n"
     if v["models"]:
-        out += ["", "Every model on the held-out pairs (S is the start; M_t after step t):", "",
-                "| " + " | ".join(MODELS_HEADER) + " |", "|" + "---|" * len(MODELS_HEADER)]
-        out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in v["models"]]
-    return "\n".join(out) + "\n"
+        text += f"\n{MODELS_INTRO}\n\n" + md_table(MODELS_HEADER, v["models"], cell=lambda c: str(c).replace("|", "\\|"))
+    return text
 
 
 CSS = """.verdict{border:2px solid #2d4a7a;border-radius:8px;padding:.6em 1.2em;margin:1em 0;background:#f4f7fc}
@@ -203,7 +205,7 @@ CSS = """.verdict{border:2px solid #2d4a7a;border-radius:8px;padding:.6em 1.2em;
 
 def to_html(v: dict) -> str:
     """The verdict box that opens report.html (every string escaped)."""
-    e = html.escape
+    e = escape.html
     body = []
     for line in v["verdicts"]:  # the call in bold, its n / seeds / reward-margin detail smaller
         call, _, detail = line.partition(" [")
@@ -212,8 +214,5 @@ def to_html(v: dict) -> str:
     body += [f"<p>{e(v['note'])}</p>"] if v["note"] else []
     body += [f"<p class='warn'>⚠ {e(w)}</p>" for w in v["warnings"] + v["dropped"]]
     if v["models"]:
-        head = "".join(f"<th>{e(h)}</th>" for h in MODELS_HEADER)
-        rows = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in v["models"])
-        body += ["<p>Every model on the held-out pairs (S is the start; M_t after step t):</p>",
-                 f"<table><tr>{head}</tr>{rows}</table>"]
+        body += [f"<p>{e(MODELS_INTRO)}</p>", html_table(MODELS_HEADER, v["models"])]
     return f"<style>{CSS}</style><section class='verdict' id='verdict'><h2>Verdict</h2>" + "\n".join(body) + "</section>"
