@@ -24,7 +24,7 @@ COMMANDS = {
     ("data", "card"): "sdpo_kit.report.card:CardConfig",
     ("curate", "score"): "sdpo_kit.curate.score:ScoreFileConfig,ScoreConfig",
     ("curate", "split"): "sdpo_kit.curate.split:SplitFileConfig,SplitConfig",
-    ("train",): "sdpo_kit.train.config:StepwiseConfig",
+    ("train",): "sdpo_kit.train.run:StepwiseConfig",
     ("eval",): "sdpo_kit.report.evaluate:EvalConfig",
     ("report",): "sdpo_kit.report.html:ReportConfig",
 }

@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from sdpo_kit.errors import InputError
+
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -120,7 +122,6 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
 def _user_model(path: Path, what: str):
     """A folder that transformers cannot load (broken config.json, no weights, no tokenizer) is the
     user's to fix: one line naming it (sdpo_kit.errors.InputError), not transformers' traceback."""
-    from sdpo_kit.errors import InputError
 
     try:
         yield
@@ -132,7 +133,6 @@ def _user_model(path: Path, what: str):
 def load_checked_model(path: str | os.PathLike, dtype: str = "float32"):
     """`load_model`, with a model folder that cannot be loaded (broken config.json, no weights)
     reported in one line instead of transformers' traceback."""
-    from sdpo_kit.errors import InputError
 
     try:
         path = resolve_model_path(path)
@@ -157,3 +157,18 @@ def model_fingerprint(model) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def verify_model(model: dict) -> str:
+    """The fingerprint of the weights at `model["path"]`; an InputError if run.json recorded others.
+
+    S is found by run.json's absolute path and M_t in the step folders; a moved, replaced or
+    retrained model (or an old run.json's relative path resolved from another folder) must
+    stop the eval, not be scored under the run's name. Loaded in float32, as training did.
+    """
+    found = model_fingerprint(load_checked_model(model["path"])[0])
+    if model.get("fingerprint") and found != model["fingerprint"]:
+        where = model["path"] if Path(model["path"]).is_absolute() else f"{model['path']} (from {Path.cwd()})"
+        raise InputError(where, f"weights of {model['name']} have fingerprint {found}, but run.json "
+                         f"records {model['fingerprint']}: not the model this run used (moved or replaced?)")
+    return found

@@ -105,21 +105,8 @@ def describe(found: list[list[str]]) -> str:
     return "; ".join(" -> ".join(c) for c in found)
 
 
-# Cycles in other helpers' areas (issue 14), still on this branch: the strict xfail below turns into a
-# failure once they are gone, so the marker and this list are removed then.
-KNOWN = [{"sdpo_kit.curate.length", "sdpo_kit.report.card"}, {"sdpo_kit.report.behaviour", "sdpo_kit.report.evaluate"}]
-
-
-@pytest.mark.xfail(strict=True, reason="known cycles curate.length <-> report.card and report.evaluate <-> "
-                   "report.behaviour (being removed by the report/curate helpers of issue 14)")
 def test_package_has_no_import_cycle():
     found = cycles(import_graph())
-    assert not found, f"import cycle(s): {describe(found)}"
-
-
-def test_no_import_cycle_beyond_the_known_ones():
-    graph = import_graph()
-    found = [cycle_in(graph, c) for c in components(graph) if c not in KNOWN]
     assert not found, f"import cycle(s): {describe(found)}"
 
 

@@ -118,7 +118,7 @@ def behaviour_stats(answers: list[dict], own: list[list[float]] | None = None,
 
 def model_generations(model: dict, prompts: list[dict], settings: dict, base: dict, out: Path) -> dict:
     """Answers of one model (cached by fingerprint + prompts + settings) and its stats vs S (`base`)."""
-    from sdpo_kit.report.evaluate import verify_model
+    from sdpo_kit.models import verify_model
     from sdpo_kit.models import load_checked_model
 
     folder = out / "generations"

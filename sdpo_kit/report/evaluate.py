@@ -150,6 +150,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
         print(f"[sdpo eval] {model['name']}: cached ({path})")
     else:
         from sdpo_kit.curate.score import score_file
+        from sdpo_kit.models import verify_model
 
         verify_model(model)  # never score other weights than the run recorded
         print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
@@ -160,23 +161,6 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
     lines = rejects_path(path).read_text(encoding="utf-8").splitlines() if rejects_path(path).is_file() else []
     return scored, [json.loads(ln) for ln in lines if ln]
-
-
-def verify_model(model: dict) -> str:
-    """The fingerprint of the weights at `model["path"]`; an InputError if run.json recorded others.
-
-    S is found by run.json's absolute path and M_t in the step folders; a moved, replaced or
-    retrained model (or an old run.json's relative path resolved from another folder) must
-    stop the eval, not be scored under the run's name. Loaded in float32, as training did.
-    """
-    from sdpo_kit.models import load_checked_model, model_fingerprint
-
-    found = model_fingerprint(load_checked_model(model["path"])[0])
-    if model.get("fingerprint") and found != model["fingerprint"]:
-        where = model["path"] if Path(model["path"]).is_absolute() else f"{model['path']} (from {Path.cwd()})"
-        raise InputError(where, f"weights of {model['name']} have fingerprint {found}, but run.json "
-                         f"records {model['fingerprint']}: not the model this run used (moved or replaced?)")
-    return found
 
 
 def gamma_table(pairs, scored: dict[str, Any]):

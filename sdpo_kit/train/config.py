@@ -156,20 +156,6 @@ def prepare(cfg, args, given: set[str]) -> dict:
     return overrides
 
 
-def run(cfg, args, given: set[str] | None = None) -> Path:
-    """`sdpo train`: every step into `cfg.out`; `given` (the settings this command set) guards --resume."""
-    import os
-
-    from sdpo_kit.train.run import train_stepwise
-
-    given = set(given or ())
-    overrides = prepare(cfg, args, given)
-    run_dir = train_stepwise(cfg, args, overrides, given=given)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
-    return run_dir
-
-
 SCORER_KEYS = ("max_length", "truncation_mode")  # set once, at curation: train reads them from the partitions
 
 

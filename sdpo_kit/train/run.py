@@ -22,8 +22,9 @@ from pathlib import Path
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import check_out_dir, read_json, write_json, write_text
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
-from sdpo_kit.train.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, resolved_settings,
+from sdpo_kit.train.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, prepare, resolved_settings,
                                    train_parser)
+from sdpo_kit.train.config import parse  # noqa: F401  (`sdpo train` parses TRL's fields beside ours: sdpo_kit.config)
 from sdpo_kit.train.step import run_step
 
 
@@ -266,4 +267,16 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
     run["status"] = "done"
     if state.is_main_process:
         write_json(run_dir / "run.json", run)
+    return run_dir
+
+
+def run(cfg, args, given: set[str] | None = None) -> Path:
+    """`sdpo train`: every step into `cfg.out`; `given` (the settings this command set) guards --resume."""
+    import os
+
+    given = set(given or ())
+    overrides = prepare(cfg, args, given)
+    run_dir = train_stepwise(cfg, args, overrides, given=given)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")
     return run_dir

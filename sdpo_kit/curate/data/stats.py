@@ -55,7 +55,7 @@ def run(cfg: InspectConfig) -> dict:
 
     from rich.console import Console
 
-    from sdpo_kit.curate.data import write_rejects
+    from sdpo_kit.curate.data.load import write_rejects
     from sdpo_kit.curate.data.containers import list_files
     from sdpo_kit.io import refuse_overwriting_input
 
