@@ -63,7 +63,7 @@ def main() -> None:
     scored, parts, run_dir, report = (OUT / "scored.parquet", OUT / "partitions",
                                       OUT / "runs" / "sdpo", OUT / "report")
     dpo_dir = OUT / "runs" / "dpo"
-    run("curate", "score", str(train), "--model", "default", "--out", str(scored), "--max-length", str(MAX_LENGTH))
+    run("curate", "score", str(train), "--model", "default", "--out", str(scored), "--max_length", str(MAX_LENGTH))
     run("curate", "split", str(scored), "--steps", "3", "--strategy", "easy-to-hard", "--out", str(parts),
         "--overwrite")
     for mode, out in [("stepwise", run_dir), ("dpo", dpo_dir)]:  # the same config; only --mode differs
@@ -71,7 +71,7 @@ def main() -> None:
         run("train", "--config", str(REPO / "configs" / "sdpo_demo.yaml"), "--partitions", str(parts),
             "--out", str(out), "--mode", mode, *resume)
     for out in (run_dir, dpo_dir):
-        run("eval", "--run", str(out), "--data", str(heldout), "--generate", "4", "--max-new-tokens", "48")
+        run("eval", "--run", str(out), "--data", str(heldout), "--generate", "4", "--max_new_tokens", "48")
     run("report", str(run_dir), str(dpo_dir), "--out", str(report))
     print(f"\nDemo finished in {time.time() - t0:.0f} s. Everything is under {OUT}:")
     for name, path in [("scored pairs", scored), ("partitions + data card", parts / "README.md"),
