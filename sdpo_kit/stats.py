@@ -2,6 +2,7 @@
 
     python -c "import numpy as np; from sdpo_kit.stats import paired_bootstrap; print(paired_bootstrap(np.array([[1., 2, 3]]), np.zeros((1, 3)))['lo'])"
 
+`spearman` is the one rank correlation (length diagnosis, the report's difficulty signal).
 `margin_stats` is the one definition of "pairs, mean margin, share > 0 (reward accuracy)": the
 split manifest's steps and source order, the data cards and eval.json all aggregate with it.
 
@@ -70,3 +71,16 @@ def call(result: dict) -> str:
     if result["hi"] < 0:
         return "behind"
     return "not distinguishable"
+
+
+def spearman(x, y) -> float | None:
+    """Spearman ρ over the rows where both are finite (average ranks for ties); None if undefined."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return None
+    rx = pl.Series(x[ok]).rank("average").to_numpy()
+    ry = pl.Series(y[ok]).rank("average").to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from sdpo_kit.errors import InputError
+from sdpo_kit.stats import spearman
 
 RATIO = "log_length_ratio"
 FEATURES = ("log_length_ratio", "log_chosen_tokens", "log_rejected_tokens")
@@ -50,19 +51,6 @@ def length_features(df: pl.DataFrame) -> pl.DataFrame:
 
 def log_length_ratio(df: pl.DataFrame) -> np.ndarray:
     return length_features(df)[RATIO].to_numpy()
-
-
-def spearman(x, y) -> float | None:
-    """Spearman ρ over the rows where both are finite (average ranks for ties); None if undefined."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3:
-        return None
-    rx = pl.Series(x[ok]).rank("average").to_numpy()
-    ry = pl.Series(y[ok]).rank("average").to_numpy()
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def judge_columns(df: pl.DataFrame) -> list[str]:
@@ -208,9 +196,7 @@ def length_bins(ratio: np.ndarray, bins: int) -> np.ndarray:
 
 def length_buckets(df: pl.DataFrame, buckets: int) -> np.ndarray:
     """Quantile bucket 0..buckets-1 of the log length ratio per row (equal counts; ties by row order)."""
-    ratio = pl.Series(log_length_ratio(df))
-    rank = ratio.rank("ordinal").to_numpy() - 1  # 0..n-1, ties in input order
-    return np.minimum(rank * buckets // max(len(ratio), 1), buckets - 1).astype(np.int64)
+    return length_bins(log_length_ratio(df), buckets)
 
 
 # ---------------------------------------------------------------- partitions: the manifest record

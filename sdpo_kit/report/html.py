@@ -333,7 +333,7 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
                                       c["reward_accuracy"])] for c in ev["comparisons"]])]
         if r["scores"] is not None and signal in r["scores"].columns:
             for m in ev["models"]:
-                rho = plots.spearman(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
+                rho = plots.rank_rho(r["scores"][signal].to_list(), r["scores"][f"gamma_{m['name']}"].to_list())
                 out.append(("p", "Spearman ρ(γ of {}, `{}`) = {}", m["name"], signal, f"{rho:.3f}"))
         out += behaviour_blocks(r)
     return out + length_blocks(r)

@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sdpo_kit.escape import mpl_label  # source names, run labels, column names are data: no mathtext
 from sdpo_kit.io import atomic_path
+from sdpo_kit.stats import spearman
 
 # One colour per training step (step 1 = first colour), the same in every figure.
 STEP_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C"]
@@ -327,14 +328,10 @@ def plot_run_comparison(groups: list[dict], ax, metric: str = "accuracy", ylabel
     return ax
 
 
-def spearman(x, y) -> float:
-    """Spearman rank correlation: Pearson correlation of average ranks (ties share a rank)."""
-    from scipy.stats import rankdata
-
-    rx, ry = rankdata(np.asarray(x, float)), rankdata(np.asarray(y, float))
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+def rank_rho(x, y) -> float:
+    """stats.spearman for a label: NaN when undefined (fewer than 3 finite points, a constant side)."""
+    rho = spearman(x, y)
+    return float("nan") if rho is None else rho
 
 
 def plot_margin_vs_signal(data: dict, ax):
@@ -344,7 +341,7 @@ def plot_margin_vs_signal(data: dict, ax):
     """
     x, y = np.asarray(data["signal"], float), np.asarray(data["margin"], float)
     keep = np.isfinite(x) & np.isfinite(y)
-    rho = spearman(x[keep], y[keep])
+    rho = rank_rho(x[keep], y[keep])
     ax.scatter(x[keep], y[keep], s=10, alpha=0.5, color=STEP_COLORS[0], label=f"pairs (n={int(keep.sum())})")
     ax.axhline(0, color="0.3", lw=0.8)
     signal, model = mpl_label(data["signal_name"]), mpl_label(data["model"])
@@ -433,7 +430,7 @@ def plot_gamma_vs_length(series: list[dict], ax):
         keep = np.isfinite(x) & np.isfinite(y)
         x, y = x[keep], y[keep]
         color = model_color(d["model"])
-        rho = spearman(x, y) if len(x) > 2 else float("nan")
+        rho = rank_rho(x, y)
         ax.scatter(x, y, s=8, alpha=0.4, color=color, label=f"{d['model']} (n={len(x)}, ρ={rho:.2f})")
         if len(x) > 1:
             slope, intercept = np.polyfit(x, y, 1)
