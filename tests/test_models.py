@@ -51,3 +51,23 @@ def test_tiny_model_fixture_loads(tiny_model_dir):
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     assert models.model_fingerprint(model) != fp
+
+
+def test_save_model_swaps_the_folder_whole_and_first_wins_keeps_a_finished_copy(tiny_model_dir, tmp_path):
+    import os
+    import stat
+
+    model, tok = models.load_model(tiny_model_dir)
+    out = tmp_path / "m"
+    models.save_model(model, tok, out)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~mask}  # safetensors writes 0600
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    (out / "marker").write_text("another process finished first")
+    models.save_model(model, tok, out, first_wins=True)  # the shared cache: the finished copy stays
+    assert (out / "marker").is_file()
+    models.save_model(model, tok, out)  # a step's M_t: replaced as a whole
+    assert not (out / "marker").exists() and models.model_fingerprint(models.load_model(out)[0]) == \
+        models.model_fingerprint(model)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp folder left beside it
