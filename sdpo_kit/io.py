@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import glob
 import os
 import shutil
 import tempfile
@@ -111,17 +112,11 @@ TMP_MARK = ".sdpo-tmp-"  # in every temp folder's name: `.{name}.sdpo-tmp-{pid}-
 def _stale_temps(out: Path) -> list[Path]:
     """Temp folders next to `out` left by a killed process (its pid no longer runs)."""
     stale = []
-    for p in out.parent.glob(f".{glob_escape(out.name)}{TMP_MARK}*"):
+    for p in out.parent.glob(f".{glob.escape(out.name)}{TMP_MARK}*"):
         pid = p.name[len(f".{out.name}{TMP_MARK}"):].split("-", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             stale.append(p)
     return stale
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def pid_alive(pid: int) -> bool:
