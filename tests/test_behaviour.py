@@ -98,4 +98,4 @@ def test_eval_generate_end_to_end_cached(tmp_path, tiny_model_dir):
     again = CliRunner().invoke(app, cmd)
     assert again.exit_code == 0 and "answers cached" in again.output
     bad = CliRunner().invoke(app, cmd[:-2] + ["--max-new-tokens", "0"])
-    assert bad.exit_code == 2 and "--max-new-tokens >= 1" in bad.output
+    assert bad.exit_code == 2 and "--max_new_tokens >= 1" in bad.output

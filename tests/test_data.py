@@ -106,7 +106,7 @@ def test_format_forced_and_columns_mapped(tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         load_pairs(f, format="alpaca")
     # Without the mapping the file has no chosen/rejected columns: a file-level error (issue 11), not N rejects.
-    with pytest.raises(ValueError, match=r"mapped.jsonl: not preference data: .*columns: bad, good, instruction.*--chosen-col"):
+    with pytest.raises(ValueError, match=r"mapped.jsonl: not preference data: .*columns: bad, good, instruction.*--chosen_col"):
         load_pairs(f)
 
 

@@ -136,7 +136,7 @@ def test_rerun_with_other_shard_rows_or_limit_never_mixes(tiny_model_dir, tmp_pa
     partial_score(monkeypatch, data, out, tiny_model_dir, 2, "--shard-rows", "20")  # rows 1-40 done
     result = run(*score_args(data, out, tiny_model_dir, "--shard-rows", "15"))
     assert result.exit_code == 0, result.output
-    assert "--shard-rows 20 -> 15" in result.stderr and "2 finished shard(s)" in result.stderr
+    assert "--shard_rows 20 -> 15" in result.stderr and "2 finished shard(s)" in result.stderr
     scored = pl.read_parquet(out)
     assert scored.height == 60 and scored["pair_id"].n_unique() == 60
     assert scored["pair_id"].to_list() == expected_ids(data)

@@ -141,5 +141,5 @@ def test_resume_refuses_another_schedule_and_dpo_ignores_it(tmp_path, parts, tin
     dpo = tmp_path / "dpo"
     result = CliRunner().invoke(app, ["train", "--partitions", str(parts), "--model", str(tiny_model_dir), "--out",
                                       str(dpo), "--mode", "dpo", "--reference-schedule", "fixed", *FAST])
-    assert result.exit_code == 0 and "--reference-schedule/--ref-mix-alpha are ignored" in result.output
+    assert result.exit_code == 0 and "--reference_schedule/--ref_mix_alpha are ignored" in result.output
     assert json.loads((dpo / "run.json").read_text())["reference_schedule"] is None

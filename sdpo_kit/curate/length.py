@@ -1,6 +1,6 @@
 """How much of a difficulty order is answer length, and a length-controlled key (issue 12).
 
-    sdpo curate split scored.parquet --steps 3 --control-length --stratify length --out parts/
+    sdpo curate split scored.parquet --steps 3 --control_length --stratify length --out parts/
 
 Summed log-probs favour the shorter answer, and judges favour the longer one, so the summed
 margin γ_ref is partly a length signal. Everything here is measured against the **log length
@@ -9,7 +9,7 @@ counted them):
 
 - `diagnose`: Spearman ρ of an ordering key with the log length ratio (and with any `judge*`
   column), and a one-line warning when |ρ| >= 0.5 naming the remedies;
-- `length_residual`: the `--control-length` key. The key column is regressed on additive
+- `length_residual`: the `--control_length` key. The key column is regressed on additive
   B-splines (scikit-learn `SplineTransformer`, knots at quantiles) of the log length ratio and of
   both log lengths, fitted by least squares on every scored pair; the key is the residual, i.e.
   what the lengths do not explain. A straight line leaves ρ of -0.29 on the tiny model (the
@@ -63,7 +63,7 @@ def warning_line(key: str, rho: float | None) -> str | None:
     if rho is None or abs(rho) < WARN_RHO:
         return None
     return (f"warning: the order by `{key}` is largely answer length (Spearman ρ {rho:+.2f} with "
-            f"ln(chosen/rejected tokens), |ρ| >= {WARN_RHO}); split with --control-length, or --by margin_per_token")
+            f"ln(chosen/rejected tokens), |ρ| >= {WARN_RHO}); split with --control_length, or --by margin_per_token")
 
 
 def diagnose(df: pl.DataFrame, key: str) -> dict:
@@ -128,13 +128,13 @@ def length_residual(df: pl.DataFrame, key: str, *, n_knots: int = KNOTS, degree:
     from sklearn.linear_model import LinearRegression
 
     if not has_lengths(df):
-        raise InputError("--control-length needs the scorer's chosen_tokens/rejected_tokens columns; "
+        raise InputError("--control_length needs the scorer's chosen_tokens/rejected_tokens columns; "
                          "run `sdpo curate score` on the data first")
     y = df[key].cast(pl.Float64).to_numpy()
     feats = length_features(df).select(features).to_numpy()
     ok = np.isfinite(y) & np.isfinite(feats).all(1)
     if ok.sum() < 3:
-        raise InputError(f"--control-length: only {int(ok.sum())} pairs with a finite `{key}`; need at least 3")
+        raise InputError(f"--control_length: only {int(ok.sum())} pairs with a finite `{key}`; need at least 3")
     bases = [_spline_basis(feats[ok, j], n_knots, degree) for j in range(feats.shape[1])]
     used = [j for j, b in enumerate(bases) if b is not None]
 
@@ -165,7 +165,7 @@ def length_residual(df: pl.DataFrame, key: str, *, n_knots: int = KNOTS, degree:
 
 def length_key(df: pl.DataFrame, key: str, *, n_knots: int = KNOTS, degree: int = DEGREE,
                bins: int = BINS) -> tuple[np.ndarray, dict]:
-    """The `--control-length` ordering key: the spline residual (`length_residual`), then its percentile
+    """The `--control_length` ordering key: the spline residual (`length_residual`), then its percentile
     rank ((rank - 0.5) / n) within `bins` equal-count bins of the log length ratio.
 
     Least squares removes the lengths' effect on the *mean*; summed margins are heavy-tailed, so the
@@ -219,7 +219,7 @@ def per_step(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
 
 def split_record(data: pl.DataFrame, key: str | None, control: dict | None) -> dict:
     """manifest["length"]: ρ of the ordering key and of the step index with the log length ratio,
-    the warning, the `--control-length` fit and the per-step length table. `data` has a `step` column."""
+    the warning, the `--control_length` fit and the per-step length table. `data` has a `step` column."""
     ratio = log_length_ratio(data)
     diag = diagnose(data, key) if key is not None else None
     return {

@@ -117,7 +117,7 @@ class ScoreFileConfig:
     format: str | None = field(default=None, metadata={"help": "Force the input format (default: detected)."})
     shard_rows: int = field(default=512, metadata={"help": "Input rows per shard (the unit of resume)."})
     resume: bool = field(default=True, metadata={
-        "help": "Keep finished shards of an interrupted run with the same input, --limit, --shard-rows, model "
+        "help": "Keep finished shards of an interrupted run with the same input, --limit, --shard_rows, model "
                 "and settings (else start afresh, saying why)."})
     cache: bool = field(default=True, metadata={"help": "Reuse pairs already scored with the same model and settings."})
 
@@ -507,7 +507,7 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     inputs = list_files(data)
     check_out(data, inputs, out)
     if shard_rows < 1 or (limit is not None and limit < 0):
-        raise UsageError(f"--shard-rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
+        raise UsageError(f"--shard_rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
     run = {"input_sha256": input_fingerprint(inputs), "limit": limit, "shard_rows": shard_rows, "format": format,
            "columns": columns or {}}
     if state.is_main_process:
@@ -585,7 +585,7 @@ def check_out(data: Path, inputs: list[Path], out: Path) -> None:
 
 def _describe_change(old: dict, new: dict) -> str:
     """What differs between a finished-shards stamp and this run, in the user's words."""
-    names = {"input_sha256": "input content (sha256)", "limit": "--limit", "shard_rows": "--shard-rows",
+    names = {"input_sha256": "input content (sha256)", "limit": "--limit", "shard_rows": "--shard_rows",
              "format": "--format", "columns": "--*-col mapping", "key": "model or scoring settings"}
     short = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
     diffs = [f"{name} {short(old.get(k, 'unknown'))} -> {short(new.get(k))}"
@@ -595,7 +595,7 @@ def _describe_change(old: dict, new: dict) -> str:
 
 def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
     """The shard folder of `out`, emptied unless it holds a resumable run with the same stamp
-    (model, settings, input content, --limit, --shard-rows, format); says on stderr why it starts afresh."""
+    (model, settings, input content, --limit, --shard_rows, format); says on stderr why it starts afresh."""
     from sdpo_kit.io import read_json, write_json
 
     parts = parts_dir(out)
@@ -607,7 +607,7 @@ def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
             except (OSError, ValueError):
                 old = None
             shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
-            why = ("--no-resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
+            why = ("--no_resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
                    else None if old == stamp else _describe_change(old, stamp))
             if why is not None:
                 if shards:

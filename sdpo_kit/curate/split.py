@@ -350,7 +350,7 @@ def _numeric(df: pl.DataFrame) -> str:
 
 def split_frame(df: pl.DataFrame, cfg: SplitConfig, record: dict | None = None) -> tuple[list[pl.DataFrame], pl.DataFrame]:
     """The library core: (parts, dropped); parts[t-1] is step t, all rows in input order.
-    `record`, if given, receives the --control-length fit under "control_length"."""
+    `record`, if given, receives the --control_length fit under "control_length"."""
     df, control = with_length_columns(df.with_row_index(ROW), cfg)
     if record is not None:
         record["control_length"] = control
@@ -365,7 +365,7 @@ STRATUM = "__stratum"
 
 
 def with_length_columns(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, dict | None]:
-    """(df, fit record): add `<by>_lc` (--control-length: fitted on every input pair, before any
+    """(df, fit record): add `<by>_lc` (--control_length: fitted on every input pair, before any
     filter) and the stratum column of --stratify (source, length bucket, or both)."""
     from sdpo_kit.curate import length
 

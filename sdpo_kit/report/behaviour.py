@@ -1,13 +1,13 @@
 """Behaviour evaluation (`sdpo eval --generate N`): how S and each M_t answer held-out prompts.
 
-    sdpo eval --run runs/sdpo --data data/alpaca_eval_pairs.parquet --limit 64 --generate 8 --max-new-tokens 64
+    sdpo eval --run runs/sdpo --data data/alpaca_eval_pairs.parquet --limit 64 --generate 8 --max_new_tokens 64
 
 For the first N distinct held-out prompts in a seeded order (seed 0, so a smaller N is a subset
-of a larger one) every model answers (greedy by default; `--sample-seed K` samples with seed K).
+of a larger one) every model answers (greedy by default; `--sample_seed K` samples with seed K).
 Per model, over its N answers:
 
 - `mean_tokens`: mean answer length in tokens (up to, not counting, the end-of-turn token);
-- `cut_share`: share of answers that reached `--max-new-tokens` without ending;
+- `cut_share`: share of answers that reached `--max_new_tokens` without ending;
 - `distinct_2`: distinct bigrams / all bigrams over the model's answers (token ids; Li et al. 2016);
 - `kl_vs_S`: mean over every answer token (end token included when generated) of
   log π_t(y_i | x, y_<i) − log π_S(y_i | x, y_<i) on M_t's OWN answers, both teacher-forced: a

@@ -194,7 +194,7 @@ def _length_section(data: pl.DataFrame, record: dict, out: Path) -> str:
     text += "\n".join(_bullet(line) for line in split_lines(record)) + "\n\n"
     c = record["control_length"]
     if c:
-        text += (f"`--control-length`: {md_cell(c['method'])}. Features {', '.join(c['features'])}; "
+        text += (f"`--control_length`: {md_cell(c['method'])}. Features {', '.join(c['features'])}; "
                  f"n_knots {c['n_knots']}, degree {c['degree']}; fitted on {c['fitted_pairs']} pairs (R² {c['r2']}); "
                  f"bins {c.get('bins', 1)}; Spearman ρ with the log length ratio {_fmt(c['rho_length_before'])} before, "
                  f"{_fmt(c.get('rho_length_residual'))} for the residual, {_fmt(c['rho_length_after'])} for the key.\n\n")

@@ -65,9 +65,9 @@ class EvalConfig:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise UsageError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
         if self.max_length is not None and self.max_length < 2:
-            raise UsageError(f"--max-length must be >= 2 tokens, got {self.max_length}.")
+            raise UsageError(f"--max_length must be >= 2 tokens, got {self.max_length}.")
         if self.generate < 0 or self.max_new_tokens < 1:
-            raise UsageError(f"--generate must be >= 0 and --max-new-tokens >= 1, got {self.generate}, "
+            raise UsageError(f"--generate must be >= 0 and --max_new_tokens >= 1, got {self.generate}, "
                              f"{self.max_new_tokens}.")
         self.out = self.out or str(Path(self.run) / "eval")
         # Score held-out pairs as the run trained: same max_length and truncation, unless overridden.

@@ -91,9 +91,9 @@ def _check_schedule(cfg) -> None:
     from sdpo_kit.train.reference import SCHEDULES
 
     if cfg.reference_schedule not in SCHEDULES:
-        raise UsageError(f"--reference-schedule must be one of {SCHEDULES}, got {cfg.reference_schedule!r}.")
+        raise UsageError(f"--reference_schedule must be one of {SCHEDULES}, got {cfg.reference_schedule!r}.")
     if not 0.0 <= cfg.ref_mix_alpha <= 1.0:
-        raise UsageError(f"--ref-mix-alpha must be in [0, 1], got {cfg.ref_mix_alpha}.")
+        raise UsageError(f"--ref_mix_alpha must be in [0, 1], got {cfg.ref_mix_alpha}.")
 
 def train_parser():
     """StepwiseConfig + trl.DPOConfig flags (TRL's parser); a bad flag raises `UsageError` (one line)."""

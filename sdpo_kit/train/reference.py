@@ -1,7 +1,7 @@
 """Reference schedules of `sdpo train`: which model is step t's reference (its log-probs come from the scorer).
 
-    sdpo train --partitions parts/ --out runs/fixed --reference-schedule fixed
-    sdpo train --partitions parts/ --out runs/mix --reference-schedule mix --ref-mix-alpha 0.5
+    sdpo train --partitions parts/ --out runs/fixed --reference_schedule fixed
+    sdpo train --partitions parts/ --out runs/mix --reference_schedule mix --ref_mix_alpha 0.5
 
 - `stepwise` (sDPO, the default): ref_t = M_{t-1}, the step's start.
 - `fixed` (iterative DPO as OpenRLHF/RLHFlow run it): ref_t = S for every t; the start is M_{t-1}.

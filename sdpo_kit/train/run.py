@@ -9,7 +9,7 @@ the loop over the steps and the run's progress bar. Each step is `sdpo_kit/train
 `run_step` (score the reference -> build the trainer -> train -> save): a fresh `trl.DPOTrainer`
 fed with the reference log-probs that the curation scorer computed with M_{t-1}, so no reference
 model is ever held in memory. The run directory layout is in docs/ARCHITECTURE.md ("Runs").
-`--reference-schedule fixed|mix` keeps the start M_{t-1} but scores another reference (S, or a
+`--reference_schedule fixed|mix` keeps the start M_{t-1} but scores another reference (S, or a
 weight average): `sdpo_kit/train/reference.py`.
 """
 
@@ -245,7 +245,7 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
     if state.is_main_process and cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
-        print("[sdpo train] --mode dpo trains once against S: --reference-schedule/--ref-mix-alpha are ignored")
+        print("[sdpo train] --mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
     current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
     progress = _run_progress(plan, args, world)

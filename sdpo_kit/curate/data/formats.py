@@ -50,7 +50,7 @@ def detect_format(row: dict, columns: dict[str, str]) -> str:
         return "sharegpt"
     if row.get(col("chosen")) is None or row.get(col("rejected")) is None:
         raise RowError("missing_field", f"cannot detect the format: no {col('chosen')!r}/{col('rejected')!r} values "
-                       f"(columns: {sorted(row)}); map yours with --chosen-col/--rejected-col")
+                       f"(columns: {sorted(row)}); map yours with --chosen_col/--rejected_col")
     if isinstance(row[col("chosen")], str):
         return "trl-standard" if row.get(col("prompt")) is not None else "hh"
     return "trl-conversational"
@@ -165,5 +165,5 @@ def _hh_messages(text: str, name: str) -> list[Message]:
     parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
     if len(parts) < 3 or parts[0]:
         raise RowError("unparsable", f"{name}: not an HH dialogue (want '\\n\\nHuman: ...\\n\\nAssistant: ...'); "
-                       "string answers without a prompt column are read as HH, map a prompt with --prompt-col")
+                       "string answers without a prompt column are read as HH, map a prompt with --prompt_col")
     return [_msg("user" if r == "Human" else "assistant", c) for r, c in zip(parts[1::2], parts[2::2])]

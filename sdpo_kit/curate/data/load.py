@@ -143,7 +143,7 @@ def file_format(file: Path | None, chunk: Chunk, columns: dict) -> str | None:
         first = rows[0]
         raise InputError(file or chunk.file, f"not preference data: none of the first {len(rows)} row(s) is a "
                          f"record ({first.reason}: {first.detail[:100]})")
-    names = ", ".join(f"--{n}-col" for n in ("prompt", "chosen", "rejected", "conversations"))
+    names = ", ".join(f"--{n}_col" for n in ("prompt", "chosen", "rejected", "conversations"))
     raise InputError(file or chunk.file, f"not preference data: no prompt/chosen/rejected or conversations columns "
                      f"found (columns: {', '.join(seen[:12])}{', ...' if len(seen) > 12 else ''}); use {names} to map yours")
 
