@@ -263,7 +263,7 @@ def test_not_preference_data_is_one_file_level_error(tmp_path):
     csv = tmp_path / "wrong.csv"
     csv.write_text("question,good,bad\nq1,a,b\nq2,c,d\n")
     one_line_error(run("data", "inspect", csv), 1, "wrong.csv: not preference data",
-                   "columns: bad, good, question", "--prompt-col")
+                   "columns: bad, good, question", "--prompt_col")
     numbers = tmp_path / "numbers.json"
     numbers.write_text("[1, 2, 3]")
     one_line_error(run("data", "inspect", numbers), 1, "numbers.json: not preference data")

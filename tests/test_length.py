@@ -197,7 +197,7 @@ def test_warning_fires_when_the_margin_is_length_and_not_when_independent():
     bad = diagnose(length_driven(), "margin")
     assert bad["rho_length"] < -0.9
     assert bad["warning"].startswith("warning: the order by `margin` is largely answer length")
-    assert "--control-length" in bad["warning"] and "--by margin_per_token" in bad["warning"]
+    assert "--control_length" in bad["warning"] and "--by margin_per_token" in bad["warning"]
     fine = diagnose(length_driven(independent=True), "margin")
     assert abs(fine["rho_length"]) < 0.2 and fine["warning"] is None
     lines = score_diagnosis(length_driven())

@@ -122,8 +122,8 @@ def test_mix_reference_is_hand_computed_average(tmp_path, parts, tiny_model_dir)
 
 
 def test_bad_schedule_and_alpha_are_one_line_usage_errors(tmp_path, parts):
-    for flags, words in ((["--reference-schedule", "soft"], "--reference-schedule must be one of"),
-                         (["--ref-mix-alpha", "1.5"], "--ref-mix-alpha must be in [0, 1]")):
+    for flags, words in ((["--reference-schedule", "soft"], "--reference_schedule must be one of"),
+                         (["--ref-mix-alpha", "1.5"], "--ref_mix_alpha must be in [0, 1]")):
         result = CliRunner().invoke(app, ["train", "--partitions", str(parts), "--out", str(tmp_path / "r"), *flags])
         assert result.exit_code == 2 and words in result.output, result.output
 
