@@ -67,7 +67,7 @@ def check_split(name: str, arm: dict) -> None:
         SplitConfig(**arm["split"], seed=0)
     except TypeError as err:
         raise SystemExit(f"analysis/configs/{name}.yaml: split {arm['split']} is not supported by this sdpo_kit "
-                         f"({err}); `control_length` comes with `sdpo curate split --control-length` (issue 12)") from None
+                         f"({err}); `control_length` comes with `sdpo curate split --control_length` (issue 12)") from None
 
 
 # ---------------------------------------------------------------- 1. data
