@@ -383,6 +383,7 @@ def test_report_escapes_run_names_and_data(tmp_path):
     assert "alt='x&#x27; onerror=&#x27;alert(1)_reward_margin'" in page
     md = (tmp_path / "rep" / "summary.md").read_text()
     assert "<script>" not in md and f"## x&#x27; onerror=&#x27;alert(1)" in md
+    assert "onerror='alert(1)" not in md  # the verdict's models table too (it escaped only `|` before)
     figures = json.loads((tmp_path / "rep" / "figures.json").read_text())
     mix = figures[f"{evil}_partitions"]["axes"][1]["bars"]
     assert [b["label"] for b in mix] == ["\\$\\alpha\\$ | <script>alert(2)</script>\nnext"]  # literal text, no mathtext

@@ -194,7 +194,7 @@ def markdown(v: dict) -> str:
     out += [f"⚠ {w}" for w in v["warnings"] + v["dropped"]]
     text = "\n".join(out) + "\n"
     if v["models"]:
-        text += f"\n{MODELS_INTRO}\n\n" + md_table(MODELS_HEADER, v["models"], cell=lambda c: str(c).replace("|", "\\|"))
+        text += f"\n{MODELS_INTRO}\n\n" + md_table(MODELS_HEADER, v["models"])
     return text
 
 
