@@ -80,40 +80,53 @@ def comparison_markdown(run_dirs: list[Path], draws: int = 10_000) -> str:
         "|---|---|---|---|---|---|", *rows]) + "\n"
 
 
-def final_lengths(run_dir: Path) -> pl.DataFrame | None:
-    """prompt_id and answer length in tokens of the run's final model (`sdpo eval --generate`), else None."""
+def final_lengths(run_dir: Path) -> dict[str, pl.DataFrame] | None:
+    """`sdpo eval --generate` answers of S and of the run's final model: name -> prompt_id, tokens, cut
+    (1.0 if the answer reached --max_new_tokens without ending); None if the run generated nothing."""
     ev = json.loads((run_dir / "eval" / "eval.json").read_text())
     path = run_dir / "eval" / "generations.jsonl"
     if "behaviour" not in ev or not path.is_file():
         return None
     final = ev["models"][-1]["name"]
     rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return pl.DataFrame([{"prompt_id": r["prompt_id"], "tokens": float(r["tokens"])} for r in rows if r["model"] == final])
+    return {name: pl.DataFrame([{"prompt_id": r["prompt_id"], "tokens": float(r["tokens"]), "cut": float(r["cut"])}
+                                for r in rows if r["model"] == model])
+            for name, model in (("final", final), ("S", "S"))}
 
 
 def length_markdown(run_dirs: list[Path], base: str = "dpo", draws: int = 10_000) -> str:
-    """Each arm's final answers minus `base`'s in mean length (tokens), bootstrapped over seeds and prompts."""
+    """Each arm's final answers minus `base`'s, and `base`'s minus S's: mean length (tokens) and share
+    cut at the token limit, bootstrapped over seeds and prompts.
+
+    The cut share matters because the mean length is censored: an answer cut at the limit counts as
+    the limit, so when most answers are cut a lengthening shows up in the cut share, not the mean.
+    """
     by_label: dict[str, list[pl.DataFrame]] = {}
     for d in sorted(run_dirs):
-        lengths = final_lengths(d)
-        if lengths is not None:
-            by_label.setdefault(json.loads((d / "run.json").read_text())["label"], []).append(lengths)
+        answers = final_lengths(d)
+        if answers is not None:
+            by_label.setdefault(json.loads((d / "run.json").read_text())["label"], []).append(answers["final"])
+            by_label.setdefault("S", [answers["S"]])  # S's greedy answers are the same in every run
     if base not in by_label or len(by_label) < 2:
         return ""
-    arms = {lab: pl.concat(fs).group_by("prompt_id", maintain_order=True).agg(pl.col("tokens"))
+    arms = {lab: pl.concat(fs).group_by("prompt_id", maintain_order=True).agg("tokens", "cut")
             for lab, fs in by_label.items()}
     rows = []
-    for arm in [lab for lab in arms if lab != base]:
-        both = arms[arm].join(arms[base].select("prompt_id", pl.col("tokens").alias("base")), on="prompt_id")
-        a, b = (np.array(both[c].to_list(), dtype=float).T for c in ("tokens", "base"))
-        r = two_level_bootstrap(a, b, both["prompt_id"].to_numpy(), draws)
-        rows.append(f"| {arm} − {base} | {len(a)} vs {len(b)} | {r['pairs']} | {r['mean']:+.1f} "
-                    f"| [{r['lo']:+.1f}, {r['hi']:+.1f}] | {r['p_positive']:.2f} |")
+    for arm, ref in [(lab, base) for lab in arms if lab not in (base, "S")] + [(base, "S")]:
+        both = arms[arm].join(arms[ref].select("prompt_id", pl.col("tokens").alias("base_tokens"),
+                                              pl.col("cut").alias("base_cut")), on="prompt_id")
+        cells = []
+        for col, fmt in (("tokens", "+.1f"), ("cut", "+.2f")):
+            a, b = (np.array(both[c].to_list(), dtype=float).T for c in (col, f"base_{col}"))
+            r = two_level_bootstrap(a, b, both["prompt_id"].to_numpy(), draws)
+            cells.append(f"{r['mean']:{fmt}} | [{r['lo']:{fmt}}, {r['hi']:{fmt}}] | {r['p_positive']:.2f}")
+        rows.append(f"| {arm} − {ref} | {len(a)} vs {len(b)} | {r['pairs']} | " + " | ".join(cells) + " |")
     return "\n".join([
-        f"Differences in mean answer length (tokens) of the final models against {base}, on the same held-out "
-        f"prompts (`sdpo eval --generate`); 95% interval from {draws:,} draws over seeds and prompts.", "",
-        "| arms | seeds | prompts | Δ mean tokens | 95% interval | share of draws > 0 |",
-        "|---|---|---|---|---|---|", *rows]) + "\n"
+        f"Answer length of the final models against {base} (and {base} against S), on the same held-out prompts "
+        f"(`sdpo eval --generate`): mean tokens and share of answers cut at the token limit; 95% interval "
+        f"from {draws:,} draws over seeds and prompts.", "",
+        "| arms | seeds | prompts | Δ mean tokens | 95% interval | share > 0 | Δ cut share | 95% interval | share > 0 |",
+        "|---|---|---|---|---|---|---|---|---|", *rows]) + "\n"
 
 
 if __name__ == "__main__":

@@ -90,6 +90,33 @@ def test_bootstrap_resamples_seeds(compare):
     assert (one["lo"], one["hi"], one["p_positive"]) == (2.0, 2.0, 1.0)
 
 
+def _answers_run(root: Path, name: str, label: str, final: str, answers: dict[str, list[tuple[int, bool]]]) -> Path:
+    """A run folder with only what compare.length_markdown reads: run.json, eval.json, generations.jsonl."""
+    d = root / name
+    (d / "eval").mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"label": label}))
+    (d / "eval" / "eval.json").write_text(json.dumps({"models": [{"name": "S"}, {"name": final}], "behaviour": {}}))
+    rows = [{"model": m, "prompt_id": f"p{i}", "tokens": t, "cut": c} for m, xs in answers.items() for i, (t, c) in enumerate(xs)]
+    (d / "eval" / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def test_length_table_by_hand(compare, tmp_path):
+    # Two prompts, limit 8. S: 4 and 8 (cut). dpo seeds: (6, 8cut) and (8cut, 8cut) -> mean tokens 7.5,
+    # cut share 0.75. arm x (one seed, its final model M3): (8cut, 8cut) -> 8, 1.0.
+    # x − dpo: +0.5 tokens, +0.25 cut share; dpo − S: 7.5 − 6 = +1.5 tokens, 0.75 − 0.5 = +0.25.
+    s = [(4, False), (8, True)]
+    dirs = [_answers_run(tmp_path, "dpo-seed0", "dpo", "M1", {"S": s, "M1": [(6, False), (8, True)]}),
+            _answers_run(tmp_path, "dpo-seed1", "dpo", "M1", {"S": s, "M1": [(8, True), (8, True)]}),
+            _answers_run(tmp_path, "x-seed0", "x", "M3", {"S": s, "M1": [(1, False)] * 2, "M3": [(8, True)] * 2})]
+    md = compare.length_markdown(dirs, draws=200)
+    x = next(ln for ln in md.splitlines() if ln.startswith("| x − dpo |"))
+    assert x.startswith("| x − dpo | 1 vs 2 | 2 | +0.5 | ") and "| +0.25 | " in x  # M1 of x is not its final model
+    d = next(ln for ln in md.splitlines() if ln.startswith("| dpo − S |"))
+    assert d.startswith("| dpo − S | 2 vs 1 | 2 | +1.5 | ") and "| +0.25 | " in d
+    assert compare.length_markdown(dirs[:2], base="x") == ""  # no such baseline: no table
+
+
 @pytest.mark.slow
 def test_smoke_budget_end_to_end_then_resumes_without_retraining(rep, tiny_model_dir, tmp_path):
     shared("alpaca_eval_pairs.parquet")
