@@ -256,7 +256,7 @@ def run_numbers(run_dir: Path) -> dict:
                            "reward_accuracy_vs_S": vs_s["per_source"][k]["reward_accuracy"]}
                        for k, v in final["per_source"].items()},
         "S_per_source": {k: v["accuracy"] for k, v in ev["models"][0]["per_source"].items()},
-        "reference_gamma": {r["reference"]: r["mean_margin"] for r in ev["reference_margins"]},
+        "model_gamma": {m["name"]: m["mean_margin"] for m in ev["models"]},  # S, M1, ... as evaluated
         "steps": len(summaries), "optimizer_steps": sum(s["optimizer_steps"] for s in summaries),
         "train_pairs": sum(s["pairs"] for s in summaries),
         "train_seconds": round(sum(s["seconds"] for s in summaries), 1),
@@ -300,12 +300,14 @@ def table_markdown(rows: list[dict]) -> str:
         cells = [f"{_ms([r['per_source'][k]['accuracy'] for r in rs], '.2f')} "
                  f"({_ms([r['per_source'][k]['reward_accuracy_vs_S'] for r in rs], '.2f')})" for k in sources]
         out.append(f"| {lab} | " + " | ".join(cells) + " |")
-    out += ["", "Mean γ on the held-out pairs of each step's reference (the paper's Figure 2: S, M1, M2, ...).", "",
+    out += ["", "Mean γ on the held-out pairs of S and of each step's model M1, M2, M3. Under the stepwise reference "
+            "schedule M_{t-1} is step t's reference (the paper's Figure 2); under `fixed` S is every step's reference, "
+            "under `mix` a weight average of M_{t-1} and the previous reference.", "",
             "| arm | " + " | ".join(["S", "M1", "M2", "M3"]) + " |", "|---|---|---|---|---|"]
     for lab, rs in by.items():
-        rs = [r for r in rs if len(r["reference_gamma"]) == r["steps"] + 1]  # runs that scored every M_t
+        rs = [r for r in rs if len(r["model_gamma"]) == r["steps"] + 1]  # runs that scored every M_t
         if rs:
-            cells = [_ms([r["reference_gamma"][n] for r in rs], "+.2f") if n in rs[0]["reference_gamma"] else "-"
+            cells = [_ms([r["model_gamma"][n] for r in rs], "+.2f") if n in rs[0]["model_gamma"] else "-"
                      for n in ["S", "M1", "M2", "M3"]]
             out.append(f"| {lab} (seeds {', '.join(str(r['seed']) for r in rs)}) | " + " | ".join(cells) + " |")
     out += behaviour_markdown(by)

@@ -59,7 +59,7 @@ def test_table_is_mean_and_sample_sd_over_seeds(rep):
                 "accuracy": acc, "mean_gamma": acc - 1, "reward_accuracy_vs_S": acc, "reward_margin_vs_S": 0.1,
                 "steps": 1, "optimizer_steps": 4, "train_seconds": 10.0, "per_source": {"x": {"accuracy": acc, "pairs": 10,
                                                                                   "reward_accuracy_vs_S": acc}},
-                "S_per_source": {"x": 0.4}, "reference_gamma": {"S": -3.0, "M1": acc}}
+                "S_per_source": {"x": 0.4}, "model_gamma": {"S": -3.0, "M1": acc}}
 
     accs = [0.5, 0.6, 0.8]
     md = rep.table_markdown([row("dpo", s, a) for s, a in enumerate(accs)] + [row("one", 0, 0.7)])
@@ -149,7 +149,7 @@ def test_smoke_budget_end_to_end_then_resumes_without_retraining(rep, tiny_model
     assert r["accuracy"] == pytest.approx(float((scores["gamma_M3"] > 0).mean()))
     assert r["mean_gamma"] == pytest.approx(float(scores["gamma_M3"].mean()))
     assert r["reward_accuracy_vs_S"] == pytest.approx(float((scores["gamma_M3"] > scores["gamma_S"]).mean()))
-    assert [r["reference_gamma"][n] for n in ("S", "M1", "M2")] == pytest.approx(
+    assert [r["model_gamma"][n] for n in ("S", "M1", "M2")] == pytest.approx(
         [float(scores[f"gamma_{n}"].mean()) for n in ("S", "M1", "M2")])
     # The arm-vs-arm line is the plain mean over pairs of the two final models' γ difference.
     dpo = pl.read_parquet(root / "runs" / "dpo-seed0" / "eval" / "scores.parquet").select("pair_id", "gamma_M1")

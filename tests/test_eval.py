@@ -65,6 +65,31 @@ def test_summary_equals_naive_loops():
         [0.25 * (a - b) for a, b in zip(gammas["M3"], gammas["M2"])])
 
 
+def test_reference_margins_name_each_schedules_real_reference():
+    """A fixed run's M1, M2 are starts, not references: only S may be named; mix's later references
+    are weight averages no eval scores, so they are left out rather than mislabelled as M_{t-1}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sdpo_kit.report import plots
+
+    pairs, scored, gammas, _ = _table()
+    s_gamma = float(np.mean(gammas["S"]))
+    for schedule, want in [("stepwise", [(1, "S"), (2, "M1"), (3, "M2"), (4, "M3")]),
+                           ("fixed", [(1, "S"), (2, "S"), (3, "S")]), ("mix", [(1, "S")])]:
+        refs = summarize(gamma_table(pairs, scored), list(gammas), 0.1, schedule)["reference_margins"]
+        assert [(r["step"], r["reference"]) for r in refs] == want, schedule
+        assert refs[0]["mean_margin"] == pytest.approx(s_gamma)
+    models = [{"name": n, "mean_margin": -1.0, "sem": 0.1} for n in gammas]
+    for schedule in ("fixed", "mix"):
+        ax = plots.plot_reference_margins(models, plt.figure().gca(), schedule)
+        assert "M_{t-1} is the reference" not in ax.get_xlabel() and "each step's reference" not in ax.get_title()
+    assert "M_{t-1} is the reference of step t" in plots.plot_reference_margins(models, plt.figure().gca()).get_xlabel()
+    plt.close("all")
+
+
 def test_gamma_table_keeps_pairs_every_model_scored_and_scalar_columns():
     pairs, scored, gammas, _ = _table(n=10, names=("S", "M1"))
     scored["M1"] = scored["M1"].filter(pl.col("pair_id") != "p3")  # e.g. a prompt_too_long reject

@@ -185,14 +185,33 @@ def _stats(x) -> dict[str, float]:
             "sem": float(x.std() / n**0.5) if n > 1 else 0.0}
 
 
+def reference_margins(names: list[str], models: list[dict], schedule: str) -> list[dict]:
+    """Step t's reference and its held-out mean γ, for the evaluated models that were one.
+
+    stepwise: M_{t-1} is step t's reference (S of step 1; the last model would be step T+1's);
+    fixed: S is every step's reference; mix: S is step 1's, later references are weight averages
+    that `sdpo eval` does not score, so they are left out rather than named after a model.
+    """
+    gamma = {n: m["mean_margin"] for n, m in zip(names, models)}
+    steps = [int(n[1:]) for n in names if n != "S"]
+    if schedule == "fixed":
+        pairs = [(t, "S") for t in range(1, max(steps, default=0) + 1)]
+    elif schedule == "mix":
+        pairs = [(1, "S")]
+    else:
+        pairs = [((0 if n == "S" else int(n[1:])) + 1, n) for n in names]
+    return [{"step": t, "reference": r, "mean_margin": gamma[r]} for t, r in pairs if r in gamma]
+
+
 def _grouped(table, column: str) -> dict[str, dict]:
     return {src: _stats(g[column]) for (src,), g in sorted(table.group_by("source"), key=lambda kv: str(kv[0][0]))}
 
 
-def summarize(table, names: list[str], beta: float) -> dict[str, Any]:
+def summarize(table, names: list[str], beta: float, schedule: str = "stepwise") -> dict[str, Any]:
     """Every number of eval.json from the gamma table (columns gamma_S, gamma_M1, ...).
 
     Adds reward_margin_P_vs_R = β·(γ_P − γ_R) columns to `table` for M_t vs S and vs M_{t-1}.
+    `schedule` (run.json's reference_schedule) names each step's reference in `reference_margins`.
     """
     import polars as pl
 
@@ -212,9 +231,7 @@ def summarize(table, names: list[str], beta: float) -> dict[str, Any]:
                                 "sem": s["sem"], "per_source": {
                                     k: {"pairs": v["pairs"], "reward_margin_mean": v["mean_margin"],
                                         "reward_accuracy": v["accuracy"]} for k, v in _grouped(table, col).items()}})
-    # M_{t-1} is the reference of step t (S of step 1); the last model would be step T+1's.
-    refs = [{"step": (0 if n == "S" else int(n[1:])) + 1, "reference": n, "mean_margin": m["mean_margin"]}
-            for n, m in zip(names, models)]
+    refs = reference_margins(names, models, schedule)
     return {"models": models, "comparisons": comparisons, "reference_margins": refs, "table": table}
 
 
@@ -290,7 +307,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         scored[m["name"]], model_rejects = score_model(m, pairs, cfg, out)
         rejects += [{"model": m["name"], **r} for r in model_rejects if (r.get("file"), r.get("row")) not in seen]
     names = [m["name"] for m in models]
-    result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)))
+    result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)),
+                       meta.get("reference_schedule") or "stepwise")
     table = result.pop("table")
     table, result["length"] = _length(table, scored, names)
     for m, stats in zip(models, result["models"]):

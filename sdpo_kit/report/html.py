@@ -165,7 +165,8 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
                          "(fewer optimiser steps than logging_steps); the table above has each step's loss.")
         else:
             figs.append(_figure("loss_accuracy", "DPO loss and reward accuracy of each step, overlaid on the "
-                                "step-local time axis; every step starts at ln 2 against its own reference.", 2,
+                                "step-local time axis; a step starts at ln 2 when its reference is its start (stepwise; "
+                                "under fixed or mix the later steps start below or above it).", 2,
                                 lambda a: (plots.plot_loss_per_step(steps, a[0]),
                                            plots.plot_reward_accuracy_per_step(steps, a[1]))))
     else:
@@ -180,18 +181,19 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
     if ev is None:
         notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
         return figs, notes
+    schedule = run["meta"].get("reference_schedule") or "stepwise"
+    refs = plots.REFERENCE_WORDS.get(schedule, plots.REFERENCE_WORDS["stepwise"])
     n_sources = len({s for m in ev["models"] for s in m.get("per_source", {})})
     if n_sources <= 1:  # one source: the per-source panel would repeat the overall accuracy
         notes.append("Preference accuracy per source left out: the held-out pairs have one source "
                      "(the table above has each model's accuracy).")
-        figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
-                            "reference of step t (the paper's Figure 2).", 1,
-                            lambda a: plots.plot_reference_margins(ev["models"], a[0])))
+        figs.append(_figure("reference_margins", f"Mean γ of S, M1, … on the same held-out pairs: {refs}.", 1,
+                            lambda a: plots.plot_reference_margins(ev["models"], a[0], schedule)))
     else:
-        figs.append(_figure("reference_margins", "Mean γ of S, M1, … on the same held-out pairs: M_{t-1} is the "
-                            "reference of step t (the paper's Figure 2); and each model's preference accuracy per "
-                            "source.", 2, lambda a: (plots.plot_reference_margins(ev["models"], a[0]),
-                                                     plots.plot_accuracy_by_source(ev["models"], a[1]))))
+        figs.append(_figure("reference_margins", f"Mean γ of S, M1, … on the same held-out pairs: {refs}; and "
+                            "each model's preference accuracy per source.", 2,
+                            lambda a: (plots.plot_reference_margins(ev["models"], a[0], schedule),
+                                       plots.plot_accuracy_by_source(ev["models"], a[1]))))
     scores = run["scores"]
     if scores is not None and signal in scores.columns:
         names = [m["name"] for m in ev["models"]]

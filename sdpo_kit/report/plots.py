@@ -162,12 +162,21 @@ def plot_reward_accuracy_per_step(steps: list[dict], ax):
     return ax
 
 
-def plot_reference_margins(models: list[dict], ax):
+# What S, M1, ... are to the steps, per reference schedule (run.json's reference_schedule).
+REFERENCE_WORDS = {
+    "stepwise": "M_{t-1} is the reference of step t (the paper's Figure 2)",
+    "fixed": "S is every step's reference; M_{t-1} is only step t's start",
+    "mix": "M_{t-1} is step t's start; its reference is a weight average of M_{t-1} and step t-1's reference",
+}
+
+
+def plot_reference_margins(models: list[dict], ax, schedule: str = "stepwise"):
     """Mean γ = log π(y_w|x) − log π(y_l|x) of S, M1, ... on the same held-out pairs (paper Figure 2).
 
     `models`: [{"name", "mean_margin", "sem"}] in order S, M1, ..., M_T (eval.json "models").
-    M_{t-1} is step t's reference, so the bars show how the reference improves step by step;
-    error bars are one standard error of the mean.
+    Under the stepwise schedule M_{t-1} is step t's reference, so the bars show how the reference
+    improves step by step; under `fixed`/`mix` they are the step models only (REFERENCE_WORDS).
+    Error bars are one standard error of the mean.
     """
     names = [m["name"] for m in models]
     values = [float(m["mean_margin"]) for m in models]
@@ -176,9 +185,12 @@ def plot_reference_margins(models: list[dict], ax):
                   label="mean γ")
     ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=3)
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xlabel("model (S = start; M_{t-1} is the reference of step t)")
+    ax.set_xlabel({"stepwise": "model (S = start; M_{t-1} is the reference of step t)",
+                   "fixed": "model (S = start and every step's reference)",
+                   "mix": "model (S = start; later references are weight averages)"}.get(schedule, "model"))
     ax.set_ylabel("mean γ on held-out pairs [nats]")
-    ax.set_title("Mean γ_ref of each step's reference, held-out pairs")
+    ax.set_title("Mean γ_ref of each step's reference, held-out pairs" if schedule == "stepwise"
+                 else f"Mean γ of S and each step's model ({schedule} reference), held-out pairs")
     ax.grid(axis="x", visible=False)
     return ax
 
