@@ -334,6 +334,10 @@ def plot_run_comparison(groups: list[dict], ax, metric: str = "accuracy", ylabel
     xs = [i for i, g in enumerate(groups) for _ in g["values"]]
     ax.scatter(xs, [v for g in groups for v in g["values"]], color="k", s=12, zorder=3, label="one seed")
     ax.set_ylabel(ylabel or metric)
+    if sum(len(lab) for lab in labels) > 48:  # long run labels side by side overlap: slant them
+        ax.tick_params(axis="x", labelrotation=25)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
     seeds = max((len(g["values"]) for g in groups), default=0)
     ax.set_title(f"Held-out {metric}, final model per run" + ("\n(bars: mean, ±1 sd over seeds)" if seeds > 1 else ""))
     ax.grid(axis="x", visible=False)
