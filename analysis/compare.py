@@ -102,19 +102,22 @@ def length_markdown(run_dirs: list[Path], base: str = "dpo", draws: int = 10_000
     the limit, so when most answers are cut a lengthening shows up in the cut share, not the mean.
     """
     by_label: dict[str, list[pl.DataFrame]] = {}
+    start = None  # S's greedy answers: the same in every run
     for d in sorted(run_dirs):
         answers = final_lengths(d)
         if answers is not None:
             by_label.setdefault(json.loads((d / "run.json").read_text())["label"], []).append(answers["final"])
-            by_label.setdefault("S", [answers["S"]])  # S's greedy answers are the same in every run
+            start = answers["S"]
     if base not in by_label or len(by_label) < 2:
         return ""
-    arms = {lab: pl.concat(fs).group_by("prompt_id", maintain_order=True).agg("tokens", "cut")
-            for lab, fs in by_label.items()}
+    per_prompt = lambda fs: pl.concat(fs).group_by("prompt_id", maintain_order=True).agg("tokens", "cut")  # noqa: E731
+    arms = {lab: per_prompt(fs) for lab, fs in by_label.items()}
     rows = []
-    for arm, ref in [(lab, base) for lab in arms if lab not in (base, "S")] + [(base, "S")]:
-        both = arms[arm].join(arms[ref].select("prompt_id", pl.col("tokens").alias("base_tokens"),
-                                              pl.col("cut").alias("base_cut")), on="prompt_id")
+    # Every arm against the baseline, then the baseline against S (a run may be labelled "S" too).
+    for arm, ref, a_df, b_df in [(lab, base, df, arms[base]) for lab, df in arms.items() if lab != base] + [
+            (base, "S", arms[base], per_prompt([start]))]:
+        both = a_df.join(b_df.select("prompt_id", pl.col("tokens").alias("base_tokens"),
+                                     pl.col("cut").alias("base_cut")), on="prompt_id")
         cells = []
         for col, fmt in (("tokens", "+.1f"), ("cut", "+.2f")):
             a, b = (np.array(both[c].to_list(), dtype=float).T for c in (col, f"base_{col}"))

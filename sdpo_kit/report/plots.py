@@ -162,11 +162,17 @@ def plot_reward_accuracy_per_step(steps: list[dict], ax):
     return ax
 
 
-# What S, M1, ... are to the steps, per reference schedule (run.json's reference_schedule).
+# What S, M1, ... are to the steps, per reference schedule (run.json's reference_schedule):
+# the figure caption's words and the axis label's short form, in one place.
 REFERENCE_WORDS = {
     "stepwise": "M_{t-1} is the reference of step t (the paper's Figure 2)",
     "fixed": "S is every step's reference; M_{t-1} is only step t's start",
     "mix": "M_{t-1} is step t's start; its reference is a weight average of M_{t-1} and step t-1's reference",
+}
+REFERENCE_AXIS = {
+    "stepwise": "model (S = start; M_{t-1} is the reference of step t)",
+    "fixed": "model (S = start and every step's reference)",
+    "mix": "model (S = start; later references are weight averages)",
 }
 
 
@@ -185,9 +191,7 @@ def plot_reference_margins(models: list[dict], ax, schedule: str = "stepwise"):
                   label="mean γ")
     ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=3)
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xlabel({"stepwise": "model (S = start; M_{t-1} is the reference of step t)",
-                   "fixed": "model (S = start and every step's reference)",
-                   "mix": "model (S = start; later references are weight averages)"}.get(schedule, "model"))
+    ax.set_xlabel(REFERENCE_AXIS.get(schedule, "model"))
     ax.set_ylabel("mean γ on held-out pairs [nats]")
     ax.set_title("Mean γ_ref of each step's reference, held-out pairs" if schedule == "stepwise"
                  else f"Mean γ of S and each step's model ({schedule} reference), held-out pairs")
