@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sdpo_kit.curate.data import prompt_text
+from sdpo_kit.data import prompt_text
 from sdpo_kit.stats import paired_bootstrap
 
 # (arm, baseline): every sDPO arm against plain DPO, and the paper's ordered splits against random.

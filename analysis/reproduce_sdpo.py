@@ -73,7 +73,7 @@ def check_split(name: str, arm: dict) -> None:
 # ---------------------------------------------------------------- 1. data
 
 def _prompt_text(pairs):
-    from sdpo_kit.curate.data import prompt_text
+    from sdpo_kit.data import prompt_text
 
     return pairs.with_columns(prompt_text().alias("__prompt"))
 
@@ -81,10 +81,10 @@ def _prompt_text(pairs):
 def split_prompts(pairs, common: dict, seed: int) -> dict[str, list[str]]:
     """Distinct prompts shuffled with `seed`: first heldout share, then validation share, rest train.
 
-    The split itself is `sdpo data split`'s (`sdpo_kit.curate.data.heldout.assign_sides`), so the analysis
+    The split itself is `sdpo data split`'s (`sdpo_kit.curate.heldout.assign_sides`), so the analysis
     and the CLI give the same sides for the same shares and seed.
     """
-    from sdpo_kit.curate.data.heldout import assign_sides
+    from sdpo_kit.curate.heldout import assign_sides
 
     sides = assign_sides(_prompt_text(pairs)["__prompt"].to_list(), common["heldout_prompt_share"],
                          common["val_prompt_share"], seed)
@@ -122,10 +122,10 @@ def prepare_data(common: dict, budget: dict, model: str, data_dir: Path) -> dict
         return info
     import polars as pl
 
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model
-    from sdpo_kit.curate.score import ScoreConfig, provenance
-    from sdpo_kit.curate.score import score_frame_cached
+    from sdpo_kit.scoring.frame import ScoreConfig, provenance
+    from sdpo_kit.scoring.cache import score_frame_cached
 
     began = time.time()
     data = str((REPO / common["data"]).resolve()) if not Path(common["data"]).is_absolute() else common["data"]

@@ -59,7 +59,7 @@ def peak_rss_gib() -> float:
 
 
 def real_tokens(frame, tokenizer, config) -> int:
-    from sdpo_kit.curate.tokens import prompt_too_long, tokenize_pair, truncate
+    from sdpo_kit.scoring.tokens import prompt_too_long, tokenize_pair, truncate
 
     total = 0
     for row in frame.iter_rows(named=True):
@@ -70,7 +70,7 @@ def real_tokens(frame, tokenizer, config) -> int:
 
 
 def run_ours(frame, model, tokenizer, config):
-    from sdpo_kit.curate.score import score_frame
+    from sdpo_kit.scoring.frame import score_frame
 
     score_frame(frame.head(2), model, tokenizer, config, progress=False)  # warm-up
     peak_rss_reset()
@@ -135,9 +135,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model, resolve_model_path
-    from sdpo_kit.curate.score import ScoreConfig
+    from sdpo_kit.scoring.frame import ScoreConfig
 
     print(f"load average {os.getloadavg()}, torch threads {torch.get_num_threads()}")
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)

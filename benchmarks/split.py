@@ -38,7 +38,7 @@ RUNS = [
 
 
 def synthesize(rows: int, out: Path) -> Path:
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     pairs = load_pairs(REPO / "data" / "alpaca_eval_pairs.parquet").pairs
     chars = {c: pl.col(c).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum().cast(pl.Int64)

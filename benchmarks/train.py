@@ -47,8 +47,8 @@ def dpo_flags(a) -> list[str]:
 
 
 def run_sdpo(a, work: Path) -> dict:
-    from sdpo_kit.train.config import parse_train_args
-    from sdpo_kit.train.run import train_stepwise
+    from sdpo_kit.training.config import parse_train_args
+    from sdpo_kit.training.loop import train_stepwise
 
     cfg, args, over = parse_train_args(["--partitions", str(work / "parts"), "--model", "default",
                                         "--out", str(work / "run"), *dpo_flags(a)])
@@ -62,7 +62,7 @@ def run_plain(a, work: Path) -> dict:
     from trl import DPOTrainer
 
     from sdpo_kit.models import load_model
-    from sdpo_kit.train.config import parse_train_args
+    from sdpo_kit.training.config import parse_train_args
 
     _, args, _ = parse_train_args(["--partitions", str(work / "parts"), "--out", "x", *dpo_flags(a)])
     args.precompute_ref_log_probs = False  # TRL's default: a live reference model

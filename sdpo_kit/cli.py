@@ -19,9 +19,9 @@ from typer.core import TyperCommand, TyperGroup
 
 # command -> "module:Config[,Config]", whose run(*configs) does the work (`sdpo_kit.config.run_command`).
 COMMANDS = {
-    ("data", "inspect"): "sdpo_kit.curate.data.stats:InspectConfig",
-    ("data", "split"): "sdpo_kit.curate.data.heldout:HeldoutConfig",
-    ("data", "card"): "sdpo_kit.report.card:CardConfig",
+    ("data", "inspect"): "sdpo_kit.curate.inspect:InspectConfig",
+    ("data", "split"): "sdpo_kit.curate.heldout:HeldoutConfig",
+    ("data", "card"): "sdpo_kit.curate.card:CardConfig",
     ("curate", "score"): "sdpo_kit.curate.score:ScoreFileConfig,ScoreConfig",
     ("curate", "split"): "sdpo_kit.curate.split:SplitFileConfig,SplitConfig",
     ("train",): "sdpo_kit.train.run:StepwiseConfig",

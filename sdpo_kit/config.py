@@ -9,7 +9,7 @@ its YAML key and its flag, spelled as `HfArgumentParser` does (`--max_length` an
 bool is `--x` / `--no_x`, and `--x true|false` works too); its help is `metadata["help"]`, and
 `metadata["positional"]` makes it a positional argument (a list field takes several). Unknown flags
 and YAML keys, YAML values of the wrong type and missing values are each one `UsageError` line with
-a "did you mean". `sdpo train` runs the same steps over TRL's parser (`sdpo_kit.train.config`).
+a "did you mean". `sdpo train` runs the same steps over TRL's parser (`sdpo_kit.training.config`).
 Nothing here imports torch, transformers or trl.
 """
 

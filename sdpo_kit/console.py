@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import warnings
 
 # (category, message regex, why it is harmless here)
@@ -22,6 +23,11 @@ HARMLESS = [
     (FutureWarning, r"`gradient_checkpointing` is deprecated",
      "transformers renamed the DPOConfig field; TRL still sets it, we never rely on it (off on CPU)"),
 ]
+
+
+def say(message: str) -> None:
+    """A line on stderr (stdout stays the command's result)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def main_process() -> bool:

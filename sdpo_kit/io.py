@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import glob
+import hashlib
 import os
 import shutil
 import tempfile
@@ -18,6 +19,15 @@ from typing import Any, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def make_parents(path: Path) -> None:

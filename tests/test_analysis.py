@@ -40,7 +40,7 @@ def _prompts(path: Path) -> set[str]:
 
 
 def test_prompt_split_is_disjoint_seeded_and_complete(rep):
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     pairs = load_pairs(shared("alpaca_eval_pairs.parquet"), limit=3000).pairs
     common = {"heldout_prompt_share": 0.2, "val_prompt_share": 0.1}

@@ -19,8 +19,8 @@ from huggingface_hub import DatasetCard  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from conftest import shared  # noqa: E402
-from sdpo_kit.report import plots  # noqa: E402
-from sdpo_kit.report.card import CardConfig, draw_plots, run, write_dataset_card  # noqa: E402
+from sdpo_kit import plots  # noqa: E402
+from sdpo_kit.curate.card import CardConfig, draw_plots, run, write_dataset_card  # noqa: E402
 from sdpo_kit.errors import UsageError  # noqa: E402
 from sdpo_kit.cli import app  # noqa: E402
 from test_split import alpaca_pairs, length_proxy  # noqa: E402,F401  (session fixtures reused)
@@ -29,7 +29,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_unscored_card_of_each_shared_dataset(tmp_path):
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     for name in ("dpo_en_demo.json", "hh_harmless_base_test.jsonl.gz"):
         out = tmp_path / name
@@ -67,7 +67,6 @@ def test_scored_parquet_card_shows_margins_per_source(length_proxy, tmp_path):
 
 
 def test_scored_card_with_the_tiny_model_on_a_subset(tiny_model_dir, tmp_path):
-    pytest.importorskip("sdpo_kit.curate.score", reason="scorer (issue 3) not landed yet")
     out = tmp_path / "card"
     result = CliRunner().invoke(app, ["data", "card", str(shared("dpo_en_demo.json")), "--out", str(out), "--scored",
                                       "--model", str(tiny_model_dir), "--sample", "24", "--max-length", "256"])

@@ -103,7 +103,7 @@ def test_every_shipped_yaml_parses_through_its_command(path, tmp_path, monkeypat
     values = {f.name: getattr(c, f.name) for c in configs for f in dataclasses.fields(c) if f.init}
     import yaml
 
-    from sdpo_kit.train.config import from_trl
+    from sdpo_kit.training.config import from_trl
 
     raw = yaml.safe_load(path.read_text())
     keys = from_trl(raw, path) if words == ["train"] else raw  # a `trl dpo` file in our keys
@@ -156,7 +156,7 @@ def test_unknown_flag_did_you_mean_in_the_users_spelling():
 
 
 def test_trl_dpo_yaml_is_read_as_is(tmp_path, capsys):
-    from sdpo_kit.train.config import parse_train_args
+    from sdpo_kit.training.config import parse_train_args
 
     cfg, args, overrides = parse_train_args(["--config", str(REPO / "configs" / "trl_dpo.yaml"),
                                              "--partitions", str(tmp_path)])
@@ -190,9 +190,9 @@ def test_train_reads_max_length_from_the_partitions_and_resumes(tmp_path, tiny_m
     reuses the curation scores, and a --resume with no settings restores the run's own."""
     import polars as pl
 
-    import sdpo_kit.curate.score
+    import sdpo_kit.scoring.cache
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.train.config import parse_train_args
+    from sdpo_kit.training.config import parse_train_args
     from test_train import FAST, write_partitions
 
     monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
@@ -208,8 +208,8 @@ def test_train_reads_max_length_from_the_partitions_and_resumes(tmp_path, tiny_m
     assert (args.max_length, args.truncation_mode) == (64, "keep_end") and overrides["max_length"] == 64
     _, args, _ = parse_train_args(["--partitions", str(parts), "--out", "x", "--max_length", "32", *fast])
     assert (args.max_length, args.truncation_mode) == (32, "keep_end")  # a flag wins, key by key
-    s_fp, real, scored_with = model_fingerprint(load_model(tiny_model_dir)[0]), sdpo_kit.curate.score.score_frame, []
-    monkeypatch.setattr(sdpo_kit.curate.score, "score_frame",
+    s_fp, real, scored_with = model_fingerprint(load_model(tiny_model_dir)[0]), sdpo_kit.scoring.cache.score_frame, []
+    monkeypatch.setattr(sdpo_kit.scoring.cache, "score_frame",
                         lambda pairs, model, *a, **k: scored_with.append(model_fingerprint(model)) or real(pairs, model, *a, **k))
     out = tmp_path / "run"
     result = invoke("train", "--partitions", parts, "--model", tiny_model_dir, "--out", out, *fast)

@@ -86,7 +86,7 @@ def test_unwritable_output_is_one_line(tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    import sdpo_kit.curate.data.stats as stats
+    import sdpo_kit.curate.inspect as stats
 
     def broken(*a, **k):
         raise RuntimeError("a bug, not the user's fault")

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sdpo_kit.curate.data import iter_pairs, load_pairs
+from sdpo_kit.data import iter_pairs, load_pairs
 
 
 def user(text):

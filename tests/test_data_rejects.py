@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdpo_kit.curate.data import DataError, Reject, iter_pairs, load_pairs, rejects_path, write_rejects
+from sdpo_kit.data import DataError, Reject, iter_pairs, load_pairs, rejects_path, write_rejects
 
 MESSY = Path(__file__).parent / "fixtures" / "data" / "messy.jsonl"
 EXPECTED = {  # row -> reason; rows 1 and 12 are valid

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import shared
 from sdpo_kit.cli import app
-from sdpo_kit.curate.data import load_pairs
+from sdpo_kit.data import load_pairs
 
 MESSY = Path(__file__).parent / "fixtures" / "data" / "messy.jsonl"
 

@@ -73,7 +73,7 @@ def test_reference_margins_name_each_schedules_real_reference():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sdpo_kit.report import plots
+    from sdpo_kit import plots
 
     pairs, scored, gammas, _ = _table()
     s_gamma = float(np.mean(gammas["S"]))
@@ -133,11 +133,10 @@ def _cli(*argv) -> str:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_model_dir):
     """A real 2-step sDPO run of the tiny model on 16 AlpacaEval pairs, evaluated on 24 others."""
-    pytest.importorskip("sdpo_kit.curate.score", reason="the scorer (sdpo_kit.score, issue 3) is not committed yet")
     from conftest import shared
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model
-    from sdpo_kit.curate.score import ScoreConfig, score_frame
+    from sdpo_kit.scoring.frame import ScoreConfig, score_frame
 
     root = tmp_path_factory.mktemp("e2e")
     df = pl.read_parquet(shared("alpaca_eval_pairs.parquet")).filter(
@@ -158,9 +157,9 @@ def pipeline(tmp_path_factory, tiny_model_dir):
 
 @pytest.mark.slow
 def test_eval_on_real_run_matches_scorer_and_caches(pipeline):
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model
-    from sdpo_kit.curate.score import ScoreConfig, score_frame
+    from sdpo_kit.scoring.frame import ScoreConfig, score_frame
 
     run = pipeline["run"]
     ev = json.loads((run / "eval" / "eval.json").read_text())

@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdpo_kit.cli import app
-from sdpo_kit.curate.data import load_pairs
+from sdpo_kit.data import load_pairs
 from sdpo_kit.io import write_parquet
 
 SEEDS = (0, 1, 2)

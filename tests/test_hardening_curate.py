@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdpo_kit.cli import app
-from sdpo_kit.curate.data import load_pairs
+from sdpo_kit.data import load_pairs
 from sdpo_kit.io import write_parquet
 
 TEXT = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -75,7 +75,7 @@ def expected_ids(data: Path, limit: int | None = None) -> list[str]:
 def kill_after(monkeypatch, shards: int):
     """Make the scorer die (KeyboardInterrupt) after writing `shards` shards: the state a SIGKILL
     between two shards leaves (finished shards + run.json in X.parquet.parts)."""
-    import sdpo_kit.curate.score as sr
+    import sdpo_kit.scoring.files as sr
 
     real, done = sr._write_shard, []
 

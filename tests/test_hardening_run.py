@@ -104,7 +104,7 @@ def done_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
 
 def test_run_json_records_what_the_run_used(done_run, tiny_model_dir):
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.train.run import partitions_digest
+    from sdpo_kit.runs import partitions_digest
 
     parts, out = done_run
     run = run_json(out)

@@ -35,7 +35,7 @@ def alpaca_split(tmp_path_factory):
 
 
 def test_split_by_prompt_is_disjoint_complete_and_recorded(alpaca_split):
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     out, output = alpaca_split
     sides = {s: _prompts(out / "a" / f"{s}.parquet") for s in ("train", "validation", "heldout")}
@@ -66,7 +66,7 @@ def test_split_is_seeded_and_matches_the_analysis_split(alpaca_split, tmp_path):
     assert not (tmp_path / "c" / "validation.parquet").exists()
     # The analysis's own split before it called the library (sorted prompts, one numpy
     # permutation, held-out first): the held-out prompts are identical.
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     valid = load_pairs(shared("alpaca_eval_pairs.parquet")).pairs
     prompts = sorted(valid["prompt"].list.last().struct.field("content").unique().to_list())
@@ -89,7 +89,7 @@ def test_split_by_pair_records_shared_prompts(tmp_path):
 
 
 def test_overlap_counts_by_hand():
-    from sdpo_kit.curate.data.heldout import overlap
+    from sdpo_kit.curate.heldout import overlap
 
     def frame(rows):
         return pl.DataFrame({"pair_id": [r[0] for r in rows],
@@ -124,7 +124,7 @@ def test_split_missing_file_and_too_few_prompts(tmp_path):
 # --- sdpo eval: held-out pairs that the run trained on ---------------------------------------------
 
 def test_eval_warns_once_with_counts_when_heldout_overlaps_training(tmp_path, tiny_model_dir):
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     src = pl.read_parquet(shared("alpaca_eval_pairs.parquet")).filter(pl.col("prompt").str.len_chars() < 150)
     src.unique(subset="prompt", keep="first", maintain_order=True).head(6).write_parquet(tmp_path / "heldout.parquet")

@@ -110,12 +110,50 @@ def test_package_has_no_import_cycle():
     assert not found, f"import cycle(s): {describe(found)}"
 
 
+JOBS = ("sdpo_kit.curate", "sdpo_kit.train", "sdpo_kit.report")
+
+
+def job_of(module: str) -> str | None:
+    return next((j for j in JOBS if module == j or module.startswith(j + ".")), None)
+
+
+def cross_job_imports(graph: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for every import from one job package into another, or from the floor into a job
+    (the floor is everything outside curate/, train/, report/; only cli.py names the jobs)."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            src, dst = job_of(module), job_of(target)
+            if dst is not None and src != dst and module != "sdpo_kit.cli":
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_no_job_imports_another_and_the_floor_imports_no_job():
+    found = cross_job_imports(import_graph())
+    assert not found, f"imports across jobs (move the shared part to the floor): {'; '.join(found)}"
+
+
+def test_cross_job_check_sees_a_hand_added_import(tmp_path):
+    """The checker itself: copy the package, add one function-level report -> train import."""
+    import shutil
+
+    pkg = tmp_path / "sdpo_kit"
+    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert cross_job_imports(import_graph(pkg)) == []
+    html = pkg / "report" / "html.py"
+    html.write_text(html.read_text() + "\n\ndef _late():\n    from sdpo_kit.train.run import run\n")
+    assert cross_job_imports(import_graph(pkg)) == ["sdpo_kit.report.html -> sdpo_kit.train.run"]
+    (pkg / "data" / "load.py").write_text((pkg / "data" / "load.py").read_text() + "\nimport sdpo_kit.curate.split\n")
+    assert "sdpo_kit.data.load -> sdpo_kit.curate.split" in cross_job_imports(import_graph(pkg))
+
+
 def test_the_step_recipe_does_not_import_the_run():
-    """train/step.py is the step, train/run.py the run around it: the step never reaches back."""
+    """training/step.py is the step, training/loop.py the run around it: the step never reaches back."""
     graph = import_graph()
-    assert "sdpo_kit.train.step" in graph["sdpo_kit.train.run"]
-    assert "sdpo_kit.train.run" not in graph["sdpo_kit.train.step"]
-    assert "sdpo_kit.train.run" not in graph["sdpo_kit.train.reference"]
+    assert "sdpo_kit.training.step" in graph["sdpo_kit.training.loop"]
+    assert "sdpo_kit.training.loop" not in graph["sdpo_kit.training.step"]
+    assert "sdpo_kit.training.loop" not in graph["sdpo_kit.training.reference"]
 
 
 def test_cycle_finder_sees_function_level_submodule_and_relative_imports(tmp_path):

@@ -38,8 +38,8 @@ def naive_token_logps(model, ids: list[int], start: int) -> list[float]:
 
 
 def test_margin_shared_and_chars_against_naive_per_token_sums(tiny):
-    from sdpo_kit.curate.score import ScoreConfig, score_frame
-    from sdpo_kit.curate.tokens import tokenize_pair, truncate
+    from sdpo_kit.scoring.frame import ScoreConfig, score_frame
+    from sdpo_kit.scoring.tokens import tokenize_pair, truncate
 
     model, tokenizer = tiny
     frame = length_pairs()
@@ -72,8 +72,8 @@ def test_shared_margins_by_hand():
     a pair with an empty side has no shared part (None)."""
     import torch
 
-    from sdpo_kit.curate.logps import Scorer
-    from sdpo_kit.curate.score import shared_margins
+    from sdpo_kit.scoring.logps import Scorer
+    from sdpo_kit.scoring.frame import shared_margins
 
     scorer = Scorer.__new__(Scorer)  # only the bookkeeping, no model
     tokens = [[-1.0, -2.0, -3.0], [-0.5, -0.5], [-4.0], []]
@@ -120,7 +120,7 @@ SIX_RESIDUAL = [0.0, -1.4, 1.2, -0.2, 2.4, -2.0]
 
 
 def test_residual_on_six_pairs_is_the_hand_computed_least_squares_line():
-    from sdpo_kit.curate.length import length_residual
+    from sdpo_kit.length import length_residual
 
     resid, record = length_residual(six_pairs(), "margin", n_knots=2, degree=1)
     assert resid.tolist() == pytest.approx(SIX_RESIDUAL, abs=1e-9)
@@ -170,7 +170,7 @@ def curved_pairs(n: int = 400, seed: int = 1):
 
 
 def test_flexible_fit_removes_a_curved_length_effect_a_line_does_not():
-    from sdpo_kit.curate.length import length_residual, spearman
+    from sdpo_kit.length import length_residual, spearman
 
     frame, d = curved_pairs()
     line, line_rec = length_residual(frame, "margin", n_knots=2, degree=1)
@@ -192,7 +192,7 @@ def length_driven(n: int = 200, seed: int = 0, independent: bool = False):
 
 
 def test_warning_fires_when_the_margin_is_length_and_not_when_independent():
-    from sdpo_kit.curate.length import diagnose, score_diagnosis
+    from sdpo_kit.length import diagnose, score_diagnosis
 
     bad = diagnose(length_driven(), "margin")
     assert bad["rho_length"] < -0.9
@@ -207,7 +207,7 @@ def test_warning_fires_when_the_margin_is_length_and_not_when_independent():
 
 
 def test_judge_column_is_diagnosed_too():
-    from sdpo_kit.curate.length import diagnose
+    from sdpo_kit.length import diagnose
 
     frame = length_driven().with_columns((-pl.col("margin")).alias("judge_confidence"))
     assert diagnose(frame, "margin")["rho_judge"] == {"judge_confidence": pytest.approx(-1.0)}
@@ -242,7 +242,7 @@ def test_split_prints_and_cards_the_warning_and_control_length_clears_it(tmp_pat
 def test_stratify_length_keeps_each_steps_length_mix(tmp_path):
     """Ordered by a length-driven margin, but each step holds 1/3 of every length-ratio quintile
     (and, with source too, of every source x quintile cell)."""
-    from sdpo_kit.curate.length import length_buckets, spearman
+    from sdpo_kit.length import length_buckets, spearman
     from sdpo_kit.curate.split import SplitConfig, split_frame
 
     frame = length_driven(300)
@@ -301,7 +301,7 @@ def heldout_table():
 
 
 def test_eval_length_summary_by_hand():
-    from sdpo_kit.curate.length import eval_length_columns, eval_length_summary
+    from sdpo_kit.length import eval_length_columns, eval_length_summary
 
     table, scored, u = heldout_table()
     table = eval_length_columns(table, scored)
@@ -326,8 +326,8 @@ def test_report_has_the_length_figure_and_sentence(tmp_path):
 
     from test_report import write_contract_run
 
-    from sdpo_kit.curate.length import eval_length_columns, eval_length_summary
-    from sdpo_kit.report.plots import axes_series  # noqa: F401 - figures.json is axes_series output
+    from sdpo_kit.length import eval_length_columns, eval_length_summary
+    from sdpo_kit.plots import axes_series  # noqa: F401 - figures.json is axes_series output
     from sdpo_kit.report.html import write_report
 
     run = write_contract_run(tmp_path, steps=1)
@@ -362,8 +362,8 @@ def test_report_has_the_length_figure_and_sentence(tmp_path):
 def test_curate_score_prints_the_length_line_and_keys_the_cache_by_layout(tiny_model_dir, tmp_path):
     from sdpo_kit.cli import app
     from sdpo_kit.models import load_model
-    from sdpo_kit.curate.score import SCORED_COLUMNS, SCORED_LAYOUT, ScoreConfig, provenance
-    from sdpo_kit.curate.score import cache_key
+    from sdpo_kit.scoring.frame import SCORED_COLUMNS, SCORED_LAYOUT, ScoreConfig, provenance
+    from sdpo_kit.scoring.cache import cache_key
 
     length_pairs().write_parquet(tmp_path / "pairs.parquet")
     res = CliRunner().invoke(app, ["curate", "score", str(tmp_path / "pairs.parquet"), "--model", str(tiny_model_dir),
@@ -380,7 +380,7 @@ def test_curate_score_prints_the_length_line_and_keys_the_cache_by_layout(tiny_m
 
 
 def test_dataset_card_of_scored_pairs_records_the_length_line(tmp_path):
-    from sdpo_kit.report.card import write_dataset_card
+    from sdpo_kit.curate.card import write_dataset_card
 
     bad = write_dataset_card(write_scored(tmp_path / "bad.parquet", length_driven()), tmp_path / "bad")
     text = bad.read_text()
@@ -392,7 +392,7 @@ def test_dataset_card_of_scored_pairs_records_the_length_line(tmp_path):
 
 def test_kmeans_with_control_length_clusters_the_key_only():
     """On a length-driven set, k-means on the residual alone leaves the step index nearly free of length."""
-    from sdpo_kit.curate.length import spearman
+    from sdpo_kit.length import spearman
     from sdpo_kit.curate.split import SplitConfig, split_frame
 
     frame = length_driven(300, independent=False).with_columns(
@@ -408,7 +408,7 @@ def test_kmeans_with_control_length_clusters_the_key_only():
 def test_key_ranks_the_residual_within_length_ratio_bins():
     """On heavy-tailed margins the residual's ranks still lean on length; within-bin ranks do not,
     and they keep the residual's order inside every bin."""
-    from sdpo_kit.curate.length import length_bins, length_key, length_residual, log_length_ratio, spearman
+    from sdpo_kit.length import length_bins, length_key, length_residual, log_length_ratio, spearman
 
     rng = np.random.default_rng(3)
     n = 600

@@ -45,7 +45,7 @@ def fingerprint(path) -> str:
 def direct_scores(model_dir, partition) -> pl.DataFrame:
     """The partition scored here by the model folder, no cache: the independent oracle."""
     from sdpo_kit.models import load_model
-    from sdpo_kit.curate.score import ScoreConfig, score_frame
+    from sdpo_kit.scoring.frame import ScoreConfig, score_frame
 
     model, tok = load_model(model_dir)
     scored, _ = score_frame(pl.read_parquet(partition), model, tok, ScoreConfig(max_length=64), progress=False)

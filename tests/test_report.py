@@ -24,7 +24,7 @@ import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from sdpo_kit.report import plots  # noqa: E402
+from sdpo_kit import plots  # noqa: E402
 from sdpo_kit.cli import app  # noqa: E402
 from sdpo_kit.report.evaluate import gamma_table, summarize  # noqa: E402
 from sdpo_kit.report.html import load_run, write_report  # noqa: E402

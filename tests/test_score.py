@@ -7,9 +7,9 @@ import math
 import polars as pl
 import pytest
 
-from sdpo_kit.curate.logps import plan
-from sdpo_kit.curate.score import ScoreConfig, score_frame, shard_bounds
-from sdpo_kit.curate.tokens import tokenize_pair, truncate
+from sdpo_kit.scoring.logps import plan
+from sdpo_kit.scoring.frame import ScoreConfig, score_frame, shard_bounds
+from sdpo_kit.scoring.tokens import tokenize_pair, truncate
 
 WORDS = "the cat sat on a warm mat while rain fell over quiet hills and old roads".split()
 
@@ -20,7 +20,7 @@ def text(n: int, seed: int) -> str:
 
 def canonical(rows: list[tuple]) -> pl.DataFrame:
     """Canonical conversational pairs (docs/ARCHITECTURE.md) from (system|None, user, chosen, rejected)."""
-    from sdpo_kit.curate.data import pair_id
+    from sdpo_kit.data import pair_id
 
     out = []
     for system, user, chosen, rejected in rows:
@@ -184,8 +184,8 @@ def test_logit_scale_and_softcapping_match_the_models_own_forward(kind):
     forward (`model(...).logits` -> log_softmax -> gather), through both scorer paths (batch, shared prefix)."""
     import torch
 
-    from sdpo_kit.curate.logps import Scorer, backbone_and_head
-    from sdpo_kit.curate.tokens import Sequence
+    from sdpo_kit.scoring.logps import Scorer, backbone_and_head
+    from sdpo_kit.scoring.tokens import Sequence
 
     model = _scaled_lm(kind)
     _, _, scale, softcap = backbone_and_head(model)

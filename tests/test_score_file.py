@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from sdpo_kit.cli import app
 from sdpo_kit.io import read_parquet_metadata
-from sdpo_kit.curate.score import ScoreConfig, score_frame
+from sdpo_kit.scoring.frame import ScoreConfig, score_frame
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_score import mixed_pairs, text  # noqa: E402
@@ -44,7 +44,7 @@ def rejects_of(out: Path) -> list[dict]:
 
 
 def test_cli_writes_scores_rejects_and_provenance(tiny_model_dir, tmp_path):
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model, model_fingerprint
 
     data, out = write_input(tmp_path / "pairs.jsonl"), tmp_path / "scored.parquet"
@@ -69,8 +69,8 @@ def test_cli_writes_scores_rejects_and_provenance(tiny_model_dir, tmp_path):
 
 
 def test_rescoring_hits_the_cache(tiny_model_dir, tmp_path, monkeypatch):
-    import sdpo_kit.curate.logps as logps
-    import sdpo_kit.curate.score as score
+    import sdpo_kit.scoring.logps as logps
+    import sdpo_kit.scoring.files as score
 
     monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
     data = write_input(tmp_path / "pairs.jsonl", n_extra=5)
@@ -97,7 +97,7 @@ def _cli(data, out, model, *extra):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tiny_model_dir, tmp_path, monkeypatch):
-    import sdpo_kit.curate.score as run
+    import sdpo_kit.scoring.cache as run
 
     data = write_input(tmp_path / "pairs.jsonl", n_extra=300)
     env = {**os.environ, "TQDM_DISABLE": "1"}

@@ -1,7 +1,7 @@
 """`sdpo curate split`: the issue's invariants on real pairs, in-process CLI, outputs on disk.
 
 Two scored inputs, both built from the real AlpacaEval pairs (data/):
-- `tiny_scored`: margins computed by `sdpo_kit.curate.score.score_frame` with the tiny model
+- `tiny_scored`: margins computed by `sdpo_kit.scoring.frame.score_frame` with the tiny model
   (genuine reference log-probs; skipped until the scorer module exists);
 - `length_proxy`: no model; margin = 0.9 * (rejected_tokens - chosen_tokens) + 5 * judge_confidence,
   where tokens = chars // 4. This mimics what a summed log-prob margin mostly measures (each
@@ -29,7 +29,7 @@ STRATEGIES = ["by-source", "easy-to-hard", "hard-to-easy", "random", "kmeans"]
 @pytest.fixture(scope="session")
 def alpaca_pairs():
     """2,000 canonical AlpacaEval pairs (seeded sample over all five sources), via the data layer."""
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     pairs = load_pairs(shared("alpaca_eval_pairs.parquet")).pairs
     return pairs.with_row_index("__i").sample(2000, seed=0).sort("__i").drop("__i")
@@ -58,7 +58,7 @@ def length_proxy(alpaca_pairs, tmp_path_factory):
 def tiny_scored(alpaca_pairs, tiny_model_dir, tmp_path_factory):
     """60 real pairs (the 12 shortest of each source, so scoring takes seconds) scored by the tiny
     model through the real scorer."""
-    score = pytest.importorskip("sdpo_kit.curate.score", reason="scorer (issue 3) not landed yet")
+    import sdpo_kit.scoring.frame as score
     from sdpo_kit.models import load_model
 
     size = sum(_content_chars(c) for c in ("prompt", "chosen", "rejected"))

@@ -133,7 +133,7 @@ def test_three_steps_exact_reference_and_fingerprint_chain(tmp_path, parts3, tin
 
 
 def test_config_yaml_and_flag_override(tmp_path, parts3):
-    from sdpo_kit.train.config import parse_train_args
+    from sdpo_kit.training.config import parse_train_args
 
     (tmp_path / "run.yaml").write_text(f"partitions: {parts3}\nout: {tmp_path}/r\nbeta: 0.3\nlora_r: 8\nmax_length: 128\n")
     cfg, args, overrides = parse_train_args(["--config", str(tmp_path / "run.yaml"), "--beta", "0.05"])
@@ -188,7 +188,7 @@ def _batch_refs(order: str, scored, tiny_model_dir, tmp_path) -> list[float]:
 
     from sdpo_kit.train import step as train_step
     from sdpo_kit.models import load_model
-    from sdpo_kit.train.config import parse_train_args
+    from sdpo_kit.training.config import parse_train_args
 
     cfg, args, _ = parse_train_args(["--partitions", str(tmp_path), "--out", str(tmp_path / "o"), "--order", order, *FAST])
     args.output_dir = str(tmp_path / "o")
@@ -206,8 +206,8 @@ def test_sequential_order_keeps_partition_order(tmp_path, tiny_model_dir):
     from accelerate import PartialState
 
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.train.config import parse_train_args
-    from sdpo_kit.train.step import score_reference
+    from sdpo_kit.training.config import parse_train_args
+    from sdpo_kit.training.step import score_reference
 
     parts = write_partitions(tmp_path, steps=1, pairs=12)
     _, args, _ = parse_train_args(["--partitions", str(parts), "--out", "x", *FAST])
@@ -281,7 +281,7 @@ def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkey
     The partitions carry S's score columns (as `sdpo curate split` writes them): step 2's
     reference must be M1's numbers, not those stale columns.
     """
-    import sdpo_kit.curate.score
+    import sdpo_kit.scoring.cache
     from sdpo_kit.models import load_model, model_fingerprint
 
     monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
@@ -293,13 +293,13 @@ def test_step1_reference_reuses_curation_scores(tmp_path, tiny_model_dir, monkey
         assert score.exit_code == 0, score.output
         shutil.copy(out, parts / f"step_{t}.parquet")
     s_fp = model_fingerprint(load_model(tiny_model_dir)[0])
-    real, scored_with = sdpo_kit.curate.score.score_frame, []
+    real, scored_with = sdpo_kit.scoring.cache.score_frame, []
 
     def recording(pairs, model, *args, **kwargs):
         scored_with.append(model_fingerprint(model))
         return real(pairs, model, *args, **kwargs)
 
-    monkeypatch.setattr(sdpo_kit.curate.score, "score_frame", recording)
+    monkeypatch.setattr(sdpo_kit.scoring.cache, "score_frame", recording)
     sdpo_train("--partitions", parts, "--model", tiny_model_dir, "--out", tmp_path / "run", *FAST)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert s_fp not in scored_with  # step 1: straight from the curation cache

@@ -53,7 +53,7 @@ class SplitConfig:
                                         "length mix (quantile buckets of ln(chosen/rejected tokens)) equal to the whole's."}
     )
     control_length: bool = field(default=False, metadata={
-        "help": "Order by the residual of `by` after a spline fit on the answer lengths (sdpo_kit.curate.length): "
+        "help": "Order by the residual of `by` after a spline fit on the answer lengths (sdpo_kit.length): "
                 "difficulty that is not length in disguise. The key is stored as column `<by>_lc`."})
     control_knots: int = field(default=8, metadata={
         "help": "control_length: spline knots per length feature (at quantiles); 2 with degree 1 = a straight line."})
@@ -133,7 +133,7 @@ def run(cfg: SplitFileConfig, split: SplitConfig) -> dict:
               f"reward accuracy {num(s['reward_accuracy'])} ({mix})")
     print(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
     if manifest.get("length"):
-        from sdpo_kit.curate.length import split_lines
+        from sdpo_kit.length import split_lines
 
         for line in split_lines(manifest["length"]):
             print(line)
@@ -367,7 +367,7 @@ STRATUM = "__stratum"
 def with_length_columns(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, dict | None]:
     """(df, fit record): add `<by>_lc` (--control_length: fitted on every input pair, before any
     filter) and the stratum column of --stratify (source, length bucket, or both)."""
-    from sdpo_kit.curate import length
+    from sdpo_kit import length
 
     record = None
     if cfg.control_length:
@@ -426,8 +426,8 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
 
 
 def _length_record(parts: list[pl.DataFrame], cfg: SplitConfig, control: dict | None) -> dict | None:
-    """manifest["length"] (sdpo_kit.curate.length.split_record); None when the input has no token counts."""
-    from sdpo_kit.curate import length
+    """manifest["length"] (sdpo_kit.length.split_record); None when the input has no token counts."""
+    from sdpo_kit import length
 
     data = pl.concat([p.with_columns(pl.lit(t, pl.Int32).alias("step")) for t, p in enumerate(parts, 1)],
                      how="diagonal_relaxed")
@@ -440,7 +440,7 @@ def _length_record(parts: list[pl.DataFrame], cfg: SplitConfig, control: dict | 
 def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict, overwrite: bool) -> None:
     """Write everything into a sibling temp dir, then swap it in: a crash leaves `out` untouched."""
     from sdpo_kit.io import atomic_dir
-    from sdpo_kit.report.card import write_partition_card
+    from sdpo_kit.curate.card import write_partition_card
 
     with atomic_dir(out, overwrite) as tmp:
         for t, part in enumerate(parts, start=1):

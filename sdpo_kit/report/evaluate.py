@@ -86,7 +86,7 @@ def _run_config(run: str | Path) -> dict:
 
 def run_models(run_dir: str | Path) -> tuple[list[dict], dict]:
     """[{name, step, path, fingerprint}] for S, M1, ..., M_T of a run directory, and run.json."""
-    from sdpo_kit.train.run import read_run
+    from sdpo_kit.runs import read_run
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)  # a damaged or empty run.json is a one-line InputError
@@ -127,16 +127,16 @@ def data_key(pairs) -> str:
 def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, list[dict]]:
     """The scorer's frame of one model on the held-out pairs and its rejects (dicts).
 
-    Scores through `sdpo_kit.curate.score.score_file`, so finished pairs land in the scorer's
+    Scores through `sdpo_kit.scoring.files.score_file`, so finished pairs land in the scorer's
     per-pair cache keyed by the weights' fingerprint: S, shared by every run of a comparison,
     costs one forward pass in all. A sidecar `NAME.json` ({fingerprint, key}) lets a rerun skip
     even loading the model when nothing changed.
     """
     import polars as pl
 
-    from sdpo_kit.curate.data import rejects_path
+    from sdpo_kit.data import rejects_path
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.curate.score import ScoreConfig
+    from sdpo_kit.scoring.frame import ScoreConfig
 
     path = out / "models" / f"{model['name']}.parquet"
     sidecar = path.with_suffix(".json")
@@ -149,7 +149,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
     if done:
         print(f"[sdpo eval] {model['name']}: cached ({path})")
     else:
-        from sdpo_kit.curate.score import score_file
+        from sdpo_kit.scoring.files import score_file
         from sdpo_kit.models import verify_model
 
         verify_model(model)  # never score other weights than the run recorded
@@ -236,8 +236,8 @@ def summarize(table, names: list[str], beta: float, schedule: str = "stepwise") 
 
 
 def _length(table, scored: dict, names: list[str]):
-    """Issue 12: per-token γ and the length ratio in scores.parquet, eval.json "length" (sdpo_kit.curate.length)."""
-    from sdpo_kit.curate.length import eval_length_columns, eval_length_summary
+    """Issue 12: per-token γ and the length ratio in scores.parquet, eval.json "length" (sdpo_kit.length)."""
+    from sdpo_kit.length import eval_length_columns, eval_length_summary
 
     table = eval_length_columns(table, scored)
     return table, eval_length_summary(table, names)
@@ -248,7 +248,7 @@ def training_pairs(run_dir: str | Path, meta: dict):
     (inside the run folder), else the partition files run.json names; None when neither is there."""
     import polars as pl
 
-    from sdpo_kit.curate.data import prompt_text
+    from sdpo_kit.data import prompt_text
 
     run_dir, frames = Path(run_dir), []
     for s in meta.get("steps", []):
@@ -265,7 +265,7 @@ def training_pairs(run_dir: str | Path, meta: dict):
 
 def overlap_with_training(pairs, trained) -> dict[str, int]:
     """How many held-out pairs share a pair_id, a prompt, or either, with the training pairs."""
-    from sdpo_kit.curate.data import prompt_text
+    from sdpo_kit.data import prompt_text
 
     held = pairs.select("pair_id", prompt_text().alias("prompt_text"))
     by_id = held["pair_id"].is_in(trained["pair_id"].implode())
@@ -285,7 +285,7 @@ def overlap_warning(counts: dict[str, int]) -> str | None:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
     from sdpo_kit.io import check_out_dir
 
     out = Path(cfg.out)

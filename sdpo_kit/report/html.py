@@ -16,7 +16,7 @@ one standard deviation, dots each seed.
 The text of each section (settings, step table, reference schedule, held-out numbers, behaviour,
 difficulty and length) is written once as a list of blocks and rendered twice: markdown for
 summary.md and HTML for report.html, every string from data escaped for its format
-(`sdpo_kit.escape`). Figures are drawn by `sdpo_kit.report.plots`; the verdict by `verdict.py`.
+(`sdpo_kit.escape`). Figures are drawn by `sdpo_kit.plots`; the verdict by `verdict.py`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from typing import Any
 from sdpo_kit import escape
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_json, write_json, write_text
-from sdpo_kit.report import plots, verdict
+from sdpo_kit import plots
+from sdpo_kit.report import verdict
 
 
 @dataclass
@@ -106,7 +107,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
 
-    from sdpo_kit.train.run import read_run
+    from sdpo_kit.runs import read_run
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError

@@ -45,7 +45,7 @@ def _prompt_of_pair(run: dict) -> dict[str, str]:
     """pair_id -> prompt text from the run's scored held-out pairs (eval/models/S.parquet), {} if absent."""
     import polars as pl
 
-    from sdpo_kit.curate.data import prompt_text
+    from sdpo_kit.data import prompt_text
 
     path = Path(run["dir"]) / "eval" / "models" / "S.parquet"
     try:

@@ -88,7 +88,7 @@ class StepwiseConfig:
 
 
 def _check_schedule(cfg) -> None:
-    from sdpo_kit.train.reference import SCHEDULES
+    from sdpo_kit.training.reference import SCHEDULES
 
     if cfg.reference_schedule not in SCHEDULES:
         raise UsageError(f"--reference_schedule must be one of {SCHEDULES}, got {cfg.reference_schedule!r}.")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-from sdpo_kit.curate.tokens import Sequence
+from sdpo_kit.scoring.tokens import Sequence
 
 
 def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | None):

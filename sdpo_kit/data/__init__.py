@@ -2,17 +2,18 @@
 
     sdpo data inspect data/hh_harmless_base_test.jsonl.gz
 
-    from sdpo_kit.curate.data import load_pairs, write_rejects, rejects_path
+    from sdpo_kit.data import load_pairs, write_rejects, rejects_path
     result = load_pairs("pairs.jsonl", columns={"prompt": "instruction"})
     write_rejects(result.rejects, rejects_path("out.parquet"))
 
 Modules: `containers` (files -> raw rows), `formats` (raw row -> messages), `load` (pairs,
-rejects, duplicates, strict mode), `stats` (what `sdpo data inspect` prints).
+rejects, duplicates, strict mode). `sdpo data inspect` and `sdpo data split` are curate's
+(`sdpo_kit/curate/inspect.py`, `heldout.py`).
 """
 
-from sdpo_kit.curate.data.formats import FORMATS, pair_id
-from sdpo_kit.curate.data.load import DataError, LoadResult, Reject, iter_pairs, load_pairs, rejects_path, write_rejects
-from sdpo_kit.curate.data.stats import prompt_text
+from sdpo_kit.data.formats import FORMATS, pair_id
+from sdpo_kit.data.load import (DataError, LoadResult, Reject, iter_pairs, load_pairs, prompt_text, rejects_path,
+                                write_rejects)
 
 __all__ = ["FORMATS", "DataError", "LoadResult", "Reject", "iter_pairs", "load_pairs", "pair_id", "prompt_text",
            "rejects_path", "write_rejects"]

@@ -1,6 +1,6 @@
 """Formats: turn one raw row into canonical chat messages, or say exactly why not.
 
-    python -c "from sdpo_kit.curate.data.formats import normalise; print(normalise({'prompt': 'Hi', 'chosen': 'Hey', 'rejected': 'Go'}, 'trl-standard', {}))"
+    python -c "from sdpo_kit.data.formats import normalise; print(normalise({'prompt': 'Hi', 'chosen': 'Hey', 'rejected': 'Go'}, 'trl-standard', {}))"
 
 Four layouts map onto one (`prompt`, `chosen`, `rejected`) triple of message lists:
 - `trl-standard`: `prompt`/`chosen`/`rejected` strings;

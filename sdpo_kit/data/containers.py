@@ -1,6 +1,6 @@
 """Containers: stream raw rows out of files, whatever their shape on disk.
 
-    python -c "from sdpo_kit.curate.data.containers import iter_chunks; print(next(iter_chunks('data/dpo_en_demo.json')).rows[0])"
+    python -c "from sdpo_kit.data.containers import iter_chunks; print(next(iter_chunks('data/dpo_en_demo.json')).rows[0])"
 
 A path is a `.jsonl`, `.json` (array, or JSON Lines under a .json name), `.parquet` or `.csv`
 file, each optionally `.gz`; a `datasets.save_to_disk` directory (arrow files + state.json);

@@ -1,6 +1,6 @@
 """TRL 1.16's DPO tokenisation and truncation, as pure functions on token lists.
 
-    python -c "from sdpo_kit.models import load_tokenizer; from sdpo_kit.curate.tokens import tokenize_pair; \
+    python -c "from sdpo_kit.models import load_tokenizer; from sdpo_kit.scoring.tokens import tokenize_pair; \
 print(tokenize_pair(load_tokenizer('default'), [{'role': 'user', 'content': 'Hi'}], \
 [{'role': 'assistant', 'content': 'Hello'}], [{'role': 'assistant', 'content': 'Go away'}]))"
 

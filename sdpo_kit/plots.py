@@ -1,12 +1,12 @@
 """Every figure of sdpo_kit: report, partition cards and dataset cards draw with these functions.
 
-    python -c "import matplotlib.pyplot as plt; from sdpo_kit.report.plots import plot_reference_margins; \
+    python -c "import matplotlib.pyplot as plt; from sdpo_kit.plots import plot_reference_margins; \
 plot_reference_margins([{'name': 'S', 'mean_margin': -3.0, 'sem': 0.4}], plt.gca()); plt.savefig('g.png')"
 
 Each plot function takes plain data and an Axes and returns the Axes, so it can be reused in a
 notebook with whatever data you have; `sdpo report` feeds them from the run directory (see
 `sdpo_kit/report/html.py` for where each input comes from) and the cards from the pairs
-(`sdpo_kit/report/card.py`). `save_figure` is the one place a figure is made and written: one
+(`sdpo_kit/curate/card.py`). `save_figure` is the one place a figure is made and written: one
 style, a deterministic PNG (no Software/date stamp: the same data gives the same bytes), written
 atomically. `axes_series(ax)` reads back what an Axes shows (lines, bars, points), which is how
 the report's `figures.json` and the tests check the plotted series rather than the pixels.
@@ -307,8 +307,8 @@ def plot_lengths(data: pl.DataFrame, ax, group: str = "step"):
 
 def plot_key_vs_length(data: pl.DataFrame, ax, key: str, group: str = "step"):
     """Scatter of an ordering key against ln(chosen/rejected tokens), one colour per group, Spearman ρ in the title."""
-    from sdpo_kit.curate.length import _fmt, log_length_ratio
-    from sdpo_kit.curate.length import spearman as rho_of
+    from sdpo_kit.length import _fmt, log_length_ratio
+    from sdpo_kit.length import spearman as rho_of
 
     ratio = log_length_ratio(data)
     y = data[key].cast(pl.Float64).to_numpy()

@@ -3,7 +3,7 @@
     python -m pytest -q tests/test_train.py -k exact_reference
 
 `run_step` is the recipe; the helpers below it are in the order it calls them. The run around
-the steps (partitions, run.json, resume, the loop, the progress bar) is `sdpo_kit/train/run.py`.
+the steps (partitions, run.json, resume, the loop, the progress bar) is `sdpo_kit/training/loop.py`.
 
 The reference log-probs come from the curation scorer (`score_frame_cached`: step 1 reads what
 `sdpo curate score` already computed with S), cached in `step_t/reference.parquet`, and reach TRL
@@ -26,7 +26,7 @@ from typing import Any
 from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
-from sdpo_kit.train.reference import check_reference_logps, reference_for_step
+from sdpo_kit.training.reference import check_reference_logps, reference_for_step
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
@@ -151,7 +151,9 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
     """
     import polars as pl
 
-    from sdpo_kit.curate.score import ScoreConfig, score_frame_cached
+    from sdpo_kit.scoring.frame import ScoreConfig
+
+    from sdpo_kit.scoring.cache import score_frame_cached
 
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
@@ -295,7 +297,9 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
     import polars as pl
     import torch
 
-    from sdpo_kit.curate.score import ScoreConfig, score_frame_cached
+    from sdpo_kit.scoring.frame import ScoreConfig
+
+    from sdpo_kit.scoring.cache import score_frame_cached
 
     model.eval()  # no dropout in a measurement
     config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")

@@ -1,6 +1,6 @@
 """What `sdpo data inspect` reports: format, row accounting, rejects per reason, sources, lengths.
 
-    python -c "from sdpo_kit.curate.data.stats import inspect_data; print(inspect_data('data/dpo_en_demo.json'))"
+    python -c "from sdpo_kit.curate.inspect import inspect_data; print(inspect_data('data/dpo_en_demo.json'))"
 
 Lengths are characters of message content (the prompt: all its messages together); with a
 tokenizer also tokens of the same text without a chat template (the scorer counts templated
@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from sdpo_kit.curate.data.load import load_pairs
+from sdpo_kit.data.load import load_pairs
 
 SIDES = ("prompt", "chosen", "rejected")
 
@@ -55,8 +55,8 @@ def run(cfg: InspectConfig) -> dict:
 
     from rich.console import Console
 
-    from sdpo_kit.curate.data.load import write_rejects
-    from sdpo_kit.curate.data.containers import list_files
+    from sdpo_kit.data.load import write_rejects
+    from sdpo_kit.data.containers import list_files
     from sdpo_kit.io import refuse_overwriting_input
 
     tokenizer = None
@@ -134,12 +134,6 @@ def inspect_data(path: str | Path, *, format: str | None = None, columns: dict[s
         summary["tokens"] = {side: _stats(_token_lengths(pairs, side, tokenizer)) for side in SIDES}
     assert summary["valid"] + sum(reasons.values()) == summary["rows"], summary  # nothing lost
     return summary, result.rejects
-
-
-def prompt_text() -> pl.Expr:
-    """The prompt's last turn (the message being answered) on canonical pairs: the key that a
-    by-prompt train / held-out split groups on, so no prompt lands on both sides."""
-    return pl.col("prompt").list.last().struct.field("content")
 
 
 def _stats(values: pl.Series) -> dict[str, float]:

@@ -4,9 +4,9 @@
 
 A card is YAML front matter (parsed by `huggingface_hub.DatasetCard.load`), a table of
 statistics per group (a step, or a source for a whole dataset; `sdpo_kit.stats.margin_stats`)
-and PNG plots under `plots/`, drawn by the report's figure functions (`sdpo_kit.report.plots`,
+and PNG plots under `plots/`, drawn by the report's figure functions (`sdpo_kit.plots`,
 `save_figure(**CARD)`: 700 x 400 px, the same data gives the same bytes). A card only describes:
-`sdpo data card --scored` gets its margins from `sdpo_kit.curate.score.score_sample`.
+`sdpo data card --scored` gets its margins from `sdpo_kit.scoring.frame.score_sample`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.escape import md_cell, md_table
 from sdpo_kit.io import atomic_dir, read_parquet_checked, refuse_overwriting_input, write_text
-from sdpo_kit.report import plots
+from sdpo_kit import plots
 from sdpo_kit.stats import margin_stats
 
 
@@ -186,8 +186,8 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
 
 def _length_section(data: pl.DataFrame, record: dict, out: Path) -> str:
     """The "Length" section (issue 12: how much of the order is answer length; manifest["length"], written
-    by `sdpo_kit.curate.length.split_record`): ρ lines, the warning, the per-step table, the plot."""
-    from sdpo_kit.curate.length import _fmt, split_lines
+    by `sdpo_kit.length.split_record`): ρ lines, the warning, the per-step table, the plot."""
+    from sdpo_kit.length import _fmt, split_lines
 
     text = ("Log length ratio = " + record["log_length_ratio"] + ". Summed log-probs favour the shorter "
             "answer, so an order by summed margin can be an order by length.\n\n")
@@ -240,13 +240,13 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
         rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
         return {"pairs": pairs, "scored": pairs, "rows": pairs.height + len(rejects), "rejects": _reject_counts(rejects),
                 "score_rejects": {}, "scorer": read_json_meta(path, "sdpo_kit.scorer")}
-    from sdpo_kit.curate.data import load_pairs
+    from sdpo_kit.data import load_pairs
 
     loaded = load_pairs(path)
     card = {"pairs": loaded.pairs, "scored": None, "rows": loaded.rows, "rejects": _reject_counts(loaded.rejects),
             "score_rejects": {}, "scorer": None}
     if scored:
-        from sdpo_kit.curate.score import score_sample
+        from sdpo_kit.scoring.frame import score_sample
 
         card["scored"], more, card["scorer"] = score_sample(loaded.pairs, model, sample, max_length, seed)
         card["score_rejects"] = _reject_counts(more)
@@ -262,7 +262,7 @@ def _margins_section(card: dict) -> str:
     if n < of:
         head += (f" **Scored on a seeded random subset: {n} of the {of} valid pairs (seed {scorer['sample_seed']})**; "
                  f"{scored.height} of them were kept by the scorer, and this section describes those only.")
-    from sdpo_kit.curate.length import score_diagnosis
+    from sdpo_kit.length import score_diagnosis
 
     # Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets.
     lines = score_diagnosis(scored)
@@ -276,7 +276,7 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
                        sample: int | None = None, max_length: int | None = None, seed: int = 0,
                        overwrite: bool = False) -> Path:
     """README.md + plots for a whole dataset, grouped by source; reference margins when scored."""
-    from sdpo_kit.curate.data.containers import list_files
+    from sdpo_kit.data.containers import list_files
 
     refuse_overwriting_input(list_files(data), out)  # --overwrite must never delete the data it describes
     card = load_for_card(data, scored, model, sample, max_length, seed)

@@ -69,14 +69,14 @@ def key_expr(by: str):
     """The polars expression a split groups on: the prompt's last turn, or the pair id."""
     import polars as pl
 
-    from sdpo_kit.curate.data.stats import prompt_text
+    from sdpo_kit.data import prompt_text
 
     return prompt_text() if by == "prompt" else pl.col("pair_id")
 
 
 def overlap(frames: dict) -> dict[str, int]:
     """Pair ids and prompts found on more than one side (each counted once)."""
-    from sdpo_kit.curate.data.stats import prompt_text
+    from sdpo_kit.data import prompt_text
 
     counts = {}
     for name, expr in [("pair_id", None), ("prompt", prompt_text())]:
@@ -90,7 +90,7 @@ def overlap(frames: dict) -> dict[str, int]:
 
 
 def _side_info(df, file: str) -> dict:
-    from sdpo_kit.curate.data.stats import prompt_text
+    from sdpo_kit.data import prompt_text
 
     sources = dict(sorted(df["source"].value_counts().iter_rows())) if df.height else {}
     return {"file": file, "pairs": df.height, "prompts": df.select(prompt_text().n_unique()).item() if df.height else 0,
@@ -111,7 +111,7 @@ def run(cfg: HeldoutConfig) -> dict:
     """`sdpo data split`: write the sides and manifest.json into `cfg.out`, print the summary; returns the manifest."""
     import polars as pl
 
-    from sdpo_kit.curate.data import load_pairs, write_rejects
+    from sdpo_kit.data import load_pairs, write_rejects
     from sdpo_kit.io import write_json, write_parquet
 
     loaded = load_pairs(cfg.data, format=cfg.format)

@@ -1,6 +1,6 @@
 """Load preference data into canonical pairs; every input row ends as a pair or a reject.
 
-    python -c "from sdpo_kit.curate.data import load_pairs; r = load_pairs('data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
+    python -c "from sdpo_kit.data import load_pairs; r = load_pairs('data/dpo_en_demo.json'); print(r.format, r.rows, r.pairs.height, len(r.rejects))"
 
 `iter_pairs` streams chunks (one `LoadResult` per `batch_rows` input rows, duplicates caught
 across chunks); `load_pairs` gathers them into one DataFrame. Canonical schema and reject
@@ -17,8 +17,8 @@ from typing import Any, Iterable, Iterator
 
 import polars as pl
 
-from sdpo_kit.curate.data.containers import Chunk, RawError, iter_chunks, list_files, stem_of
-from sdpo_kit.curate.data.formats import CONSUMED, FORMATS, RowError, detect_format, normalise, pair_id
+from sdpo_kit.data.containers import Chunk, RawError, iter_chunks, list_files, stem_of
+from sdpo_kit.data.formats import CONSUMED, FORMATS, RowError, detect_format, normalise, pair_id
 from sdpo_kit.errors import InputError, UsageError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
@@ -59,6 +59,12 @@ class LoadResult:
         why = ", ".join(f"{k} {v:,}" for k, v in self.reasons.items())
         return (f"{self.rows:,} rows ({self.format or 'format unknown'}): {self.pairs.height:,} valid, "
                 f"{len(self.rejects):,} rejected" + (f" ({why})" if why else ""))
+
+
+def prompt_text() -> pl.Expr:
+    """The prompt's last turn (the message being answered) on canonical pairs: the key that a
+    by-prompt train / held-out split groups on, so no prompt lands on both sides."""
+    return pl.col("prompt").list.last().struct.field("content")
 
 
 def rejects_path(out: str | Path) -> Path:

@@ -68,7 +68,7 @@ def check_reference_logps(scored, model, tokenizer, args) -> dict:
     checked directly: the log-probs TRL trains against must be this model's. Returns
     {pairs, max_abs_diff, exact}.
     """
-    from sdpo_kit.curate.score import ScoreConfig, score_frame
+    from sdpo_kit.scoring.frame import ScoreConfig, score_frame
 
     head = scored.head(CHECK_PAIRS)
     columns = [c for c in ("pair_id", "prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in head.columns]

@@ -1,0 +1,99 @@
+"""The file contract between the jobs: partition folders, run folders, and the footers they carry.
+
+    python -c "from sdpo_kit.runs import read_run; print(read_run('demo_out/runs/sdpo')['steps'][0])"
+
+`sdpo curate split` writes a partitions folder (`manifest.json`, `step_*.parquet`); `sdpo train`
+writes a run folder (`run.json`, `config.yaml`, `step_t/`); `sdpo eval` and `sdpo report` read
+both. Every reader goes through here, so a damaged or foreign folder is one line, the same line,
+in every job. The layouts are in docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from sdpo_kit.errors import InputError
+from sdpo_kit.io import read_json
+
+SCORER_KEY = "sdpo_kit.scorer"  # parquet footer: how the scored columns were made (scoring/frame.py provenance)
+REFERENCE_KEY = "sdpo_kit.reference"  # parquet footer of a step's reference scores
+
+
+def partition_files(folder: str | Path) -> list[Path]:
+    """step_1..step_T files in step order: from manifest.json when present, else step_*.parquet.
+
+    Steps must be numbered 1..T without a gap: a missing step_2 is refused, never trained as
+    "step 2" with step_3's pairs.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"--partitions {folder}", "is a file, not a folder: pass the folder written by "
+                         "`sdpo curate split` (manifest.json, step_*.parquet)")
+    if not folder.is_dir():
+        raise InputError(f"--partitions {folder}", "folder does not exist (write it with `sdpo curate split`)")
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        steps = _manifest_steps(manifest)
+        numbers, files = [s["step"] for s in steps], [folder / str(s["file"]) for s in steps]
+    else:
+        found = [(p, p.stem.split("_", 1)[1]) for p in folder.glob("step_*.parquet")]
+        files = sorted((p for p, n in found if n.isdigit()), key=lambda p: int(p.stem.split("_")[1]))
+        numbers = [int(p.stem.split("_")[1]) for p in files]
+    if not files:
+        raise InputError(f"--partitions {folder}", "no manifest.json and no step_*.parquet: not a folder written "
+                         "by `sdpo curate split`")
+    gaps = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
+    if gaps or len(set(numbers)) != len(numbers):
+        raise InputError(f"--partitions {folder}", f"steps {numbers} are not 1..T (missing step(s) {gaps}): "
+                         "refusing to train a later partition as an earlier step")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise InputError(f"--partitions {folder}", f"manifest.json names missing file(s) {missing}")
+    return files
+
+
+def _manifest_steps(path: Path) -> list[dict]:
+    """manifest.json's `steps` in step order, or a one-line InputError naming what is wrong."""
+    try:
+        steps = read_json(path)["steps"]
+        ok = isinstance(steps, list) and all(isinstance(s["step"], int) and s.get("file") for s in steps)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a partitions manifest ({type(err).__name__}: {err})") from None
+    if not ok or not steps:
+        raise InputError(path, "not a partitions manifest: `steps` must list {step: int, file: name}")
+    return sorted(steps, key=lambda s: s["step"])
+
+
+def partitions_digest(folder: str | Path, files: list[Path]) -> dict:
+    """sha256 of manifest.json (null when absent) and over every partition file's bytes, in step order."""
+    manifest = Path(folder) / "manifest.json"
+    whole = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                whole.update(block)
+    return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None,
+            "files_sha256": whole.hexdigest()}
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """run.json of a run directory, checked to be a run record (else a one-line InputError)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise InputError(Path(run_dir), "no run.json: not a run directory written by `sdpo train`")
+    try:
+        run = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not valid JSON ({err}); the run record is damaged") from None
+    missing = [k for k in ("base_model", "steps") if not isinstance(run, dict) or k not in run]
+    if missing:
+        raise InputError(path, f"not a run record: missing {', '.join(missing)} (written by `sdpo train`)")
+    if not isinstance(run["base_model"], str) or not isinstance(run["steps"], list):
+        raise InputError(path, "not a run record: `base_model` must be a path and `steps` a list")
+    bad = [i for i, s in enumerate(run["steps"]) if not isinstance(s, dict) or not {"step", "dir"} <= set(s)
+           or not isinstance(s["step"], int) or not isinstance(s["dir"], str)]
+    if bad:
+        raise InputError(path, f"not a run record: `steps` entries {bad} lack an integer step and a dir")
+    return run

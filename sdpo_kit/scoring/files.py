@@ -1,0 +1,284 @@
+"""Scoring a whole file: shards, the pair cache, resume, accelerate (`sdpo curate score`, `sdpo eval`).
+
+    python -c "from sdpo_kit.scoring.files import score_file; score_file('data/dpo_en_demo.json', '/tmp/s.parquet', limit=4)"
+
+The input is read in chunks of `shard_rows` rows (`sdpo_kit.data.iter_pairs`); chunk k becomes
+`X.parquet.parts/shard_k.parquet` (+ its rejects), written atomically, so memory stays flat and a
+killed run redoes at most the chunks it was inside. Under accelerate
+(`accelerate launch --num_processes 2 --cpu --no_python sdpo curate score DATA --out X.parquet`),
+process r takes the chunks k with k % N == r; the main process merges the shards in chunk order,
+so the output does not depend on N. Finished pairs also go to the pair cache (`scoring/cache.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+
+from sdpo_kit.console import say
+from sdpo_kit.errors import InputError, UsageError
+from sdpo_kit.io import sha256_file
+from sdpo_kit.scoring.cache import META_KEY, PairCache, _score_chunk, cache_key
+from sdpo_kit.scoring.frame import ScoreConfig, provenance
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def input_fingerprint(files: list[Path]) -> str:
+    """sha256 over every input file's name, size and bytes: a changed input never resumes an old run."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{f.stat().st_size}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _kept_rows(data: Path, start: int, chunk) -> list[int]:
+    """1-based input rows of a chunk's pairs: its row range minus the data layer's rejects."""
+    if data.is_dir():  # rows restart in every file: use the pair's position in the input instead
+        return [start + i + 1 for i in range(chunk.pairs.height)]
+    dropped = {r.row for r in chunk.rejects}
+    return [r for r in range(start + 1, start + chunk.rows + 1) if r not in dropped][: chunk.pairs.height]
+
+
+def score_file(data, out, *, model="default", config: ScoreConfig | None = None, policy=None, resume: bool = True,
+               limit: int | None = None, format: str | None = None, columns: dict | None = None,
+               shard_rows: int = 512, cache: bool = True, progress: bool = True) -> Path:
+    """Score every pair of `data` with `model` (the reference; `policy` optional) into `out`.
+
+    Writes `out` (scored columns, provenance under the parquet metadata key `sdpo_kit.scorer`)
+    and its rejects file (the data layer's rejects and `prompt_too_long`), returns `out`.
+    `resume=False` discards finished shards of an earlier run; `cache=False` bypasses the cache.
+    """
+    from accelerate import PartialState
+
+    from sdpo_kit.console import main_process
+    from sdpo_kit.data import iter_pairs
+    from sdpo_kit.data.containers import list_files
+    from sdpo_kit.models import cache_dir, load_model
+
+    config = config or ScoreConfig()
+    data, out, state = Path(data), Path(out), PartialState()
+    # Everything about the input and --out is checked before the model loads (seconds to minutes).
+    inputs = list_files(data)
+    check_out(data, inputs, out)
+    if shard_rows < 1 or (limit is not None and limit < 0):
+        raise UsageError(f"--shard_rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
+    run = {"input_sha256": input_fingerprint(inputs), "limit": limit, "shard_rows": shard_rows, "format": format,
+           "columns": columns or {}}
+    if state.is_main_process:
+        _lock(out)
+    device = None if state.device.type == "cpu" else str(state.device)
+    models = [load_model(model, config.dtype, device)]
+    if policy is not None:
+        models.append(load_model(policy, config.dtype, device))
+    tokenizer = models[0][1]
+    meta = provenance(*models[0], config)  # the reference's, at the top level (docs/ARCHITECTURE.md)
+    if policy is not None:
+        meta |= {"policy": provenance(*models[1], config), "beta": config.beta}
+    key = cache_key(meta)
+    parts = _prepare_parts(out, {"key": key, **run}, resume, state)
+    store = PairCache(cache_dir() / "scores" / key if cache else None)
+    read = {"format": format, "columns": columns, "limit": limit}
+    mine = lambda k: k % state.num_processes == state.process_index  # noqa: E731
+    bar = _bar(data, read, shard_rows, mine, progress and state.is_main_process and main_process())
+    start = 0
+    for k, chunk in enumerate(iter_pairs(data, batch_rows=shard_rows, **read)):
+        shard, rows = parts / f"shard_{k:06d}.parquet", _kept_rows(data, start, chunk)
+        start += chunk.rows
+        if not mine(k) or _shard_done(shard):
+            bar and mine(k) and bar.update(chunk.pairs.height)
+            continue
+        scored, rejects = _score_chunk(chunk.pairs, rows, [m for m, _ in models], tokenizer, config, store, bar,
+                                       str(data))
+        _write_shard(shard, scored, chunk.rejects + rejects)
+    bar and bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        meta["input"] = {"path": str(data), "format": format, "limit": limit, "sha256": run["input_sha256"],
+                         "shard_rows": shard_rows}
+        _merge(parts, out, meta)
+        _lock_path(out).unlink(missing_ok=True)
+    state.wait_for_everyone()
+    return out
+
+
+def _lock_path(out: Path) -> Path:
+    return out.with_name(out.name + ".lock")
+
+
+def _lock(out: Path) -> None:
+    """Refuse a second live `curate score` on the same --out: two writers would mix their shards.
+    A lock left by a killed run (its pid no longer runs) is taken over."""
+    import os
+
+    from sdpo_kit.io import pid_alive
+
+    lock = _lock_path(out)
+    try:
+        held = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        held = 0
+    if held and held != os.getpid() and pid_alive(held):
+        raise InputError(f"--out {out}", f"another `sdpo curate score` (pid {held}) is writing it; wait for it or stop it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(f"{os.getpid()}\n")
+
+
+def check_out(data: Path, inputs: list[Path], out: Path) -> None:
+    """Refuse an --out that is a folder, or whose writing (the parquet, its rejects, its shard
+    folder) would replace an input or land inside an input folder (read as input next time)."""
+    from sdpo_kit.data import rejects_path
+    from sdpo_kit.io import refuse_overwriting_input, same_or_inside
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}", "is a folder; give the path of the .parquet file to write")
+    for target in (out, rejects_path(out), parts_dir(out)):
+        refuse_overwriting_input(inputs, target)
+    if data.is_dir() and same_or_inside(out, data):
+        raise UsageError(f"--out {out}", f"is inside the input folder {data}; it would be read as input next time")
+
+
+def _describe_change(old: dict, new: dict) -> str:
+    """What differs between a finished-shards stamp and this run, in the user's words."""
+    names = {"input_sha256": "input content (sha256)", "limit": "--limit", "shard_rows": "--shard_rows",
+             "format": "--format", "columns": "--*-col mapping", "key": "model or scoring settings"}
+    short = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
+    diffs = [f"{name} {short(old.get(k, 'unknown'))} -> {short(new.get(k))}"
+             for k, name in names.items() if old.get(k) != new.get(k)]
+    return "; ".join(diffs) or "stamp differs"
+
+
+def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
+    """The shard folder of `out`, emptied unless it holds a resumable run with the same stamp
+    (model, settings, input content, --limit, --shard_rows, format); says on stderr why it starts afresh."""
+    from sdpo_kit.io import read_json, write_json
+
+    parts = parts_dir(out)
+    if state.is_main_process:
+        path = parts / "run.json"
+        if parts.exists():
+            try:
+                old = read_json(path)
+            except (OSError, ValueError):
+                old = None
+            shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
+            why = ("--no_resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
+                   else None if old == stamp else _describe_change(old, stamp))
+            if why is not None:
+                if shards:
+                    say(f"resume: starting afresh, {shards} finished shard(s) in {parts} discarded: {why}")
+                shutil.rmtree(parts)
+            else:
+                for bad, what in _bad_shards(parts):
+                    say(f"resume: {bad.name} is {what}; scoring it again")
+                    for f in (bad, bad.with_suffix(".rejects.jsonl"), bad.with_suffix(".sha256")):
+                        f.unlink(missing_ok=True)
+        parts.mkdir(parents=True, exist_ok=True)
+        write_json(path, stamp)
+    state.wait_for_everyone()
+    return parts
+
+
+def _shard_done(shard: Path) -> bool:
+    """A shard is finished once its checksum file (written last) exists."""
+    return shard.with_suffix(".sha256").exists()
+
+
+def _bad_shards(parts: Path) -> list[tuple[Path, str]]:
+    """Finished-looking shards whose parquet or rejects no longer match the checksums written with them."""
+    from sdpo_kit.io import read_json
+
+    bad = []
+    for shard in sorted(parts.glob("shard_*.parquet")):
+        sums = shard.with_suffix(".sha256")
+        if not sums.exists():
+            continue  # never finished: it is scored again anyway
+        try:
+            want = read_json(sums)
+            ok = all(sha256_file(shard.with_suffix(x)) == want[x] for x in (".parquet", ".rejects.jsonl"))
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            bad.append((shard, "truncated or corrupt (checksum mismatch)"))
+    return bad
+
+
+def _bar(data, read, shard_rows, mine, enabled):
+    """A pairs/s + ETA bar; its total comes from a quick pass over the input (no model)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    from sdpo_kit.data import iter_pairs
+
+    total = sum(c.pairs.height for k, c in enumerate(iter_pairs(data, batch_rows=shard_rows, **read)) if mine(k))
+    return tqdm(total=total, unit="pair", desc="scoring", dynamic_ncols=True, smoothing=0.1)
+
+
+def _write_shard(shard: Path, scored: pl.DataFrame, rejects: list) -> None:
+    from sdpo_kit.data import write_rejects
+    from sdpo_kit.io import write_json, write_parquet
+
+    write_rejects(rejects, shard.with_suffix(".rejects.jsonl"))
+    write_parquet(shard, scored)
+    # Last: the checksums mark the shard done, and let a resume detect a shard damaged since.
+    write_json(shard.with_suffix(".sha256"), {x: sha256_file(shard.with_suffix(x)) for x in (".parquet", ".rejects.jsonl")})
+
+
+def _merge(parts: Path, out: Path, meta: dict) -> None:
+    """Concatenate the shards in order into `out` (streamed, atomic) and their rejects beside it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sdpo_kit.data import rejects_path
+    from sdpo_kit.io import atomic_path
+
+    shards = sorted(parts.glob("shard_*.parquet"))
+    if not shards:
+        raise InputError(f"{meta['input']['path']}: no rows to score")
+    if sum(pq.read_metadata(f).num_rows for f in shards) == 0:  # every row rejected: say so, exit 1
+        _merge_rejects(shards, rejects_path(out))
+        shutil.rmtree(parts)
+        reasons = Counter(json.loads(x)["reason"] for x in rejects_path(out).read_text(encoding="utf-8").splitlines() if x)
+        raise InputError(meta["input"]["path"], f"no valid pairs to score: all {sum(reasons.values())} rows rejected "
+                         f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); see {rejects_path(out)}")
+    schema = pa.unify_schemas([pq.read_schema(f) for f in shards], promote_options="permissive")
+    schema = schema.with_metadata({META_KEY: json.dumps(meta)})
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
+        for f in shards:
+            table = pq.read_table(f)
+            for name in schema.names:
+                if name not in table.column_names:
+                    table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+            writer.write_table(table.select(schema.names).cast(schema))
+    _merge_rejects(shards, rejects_path(out))
+    shutil.rmtree(parts)
+
+
+def _merge_rejects(shards: list[Path], path: Path) -> None:
+    from sdpo_kit.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as w:
+        for f in shards:
+            w.write(f.with_suffix(".rejects.jsonl").read_text(encoding="utf-8"))
+
+
+def summary(out: Path) -> str:
+    """What `sdpo curate score` prints: where the scores and the rejects went, with counts."""
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    from sdpo_kit.data import rejects_path
+
+    rejects = rejects_path(out)
+    reasons = Counter(json.loads(line)["reason"] for line in rejects.read_text(encoding="utf-8").splitlines() if line)
+    why = ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"
+    return (f"scored {pq.read_metadata(out).num_rows} pairs -> {out}\n"
+            f"rejected {sum(reasons.values())} ({why}) -> {rejects}")

@@ -1,0 +1,276 @@
+"""Reference log-probs for preference pairs: TRL-exact numbers, computed fast (the scoring engine).
+
+    python -c "import polars as pl; from sdpo_kit.data import load_pairs; from sdpo_kit.models import load_model; \
+from sdpo_kit.scoring.frame import ScoreConfig, score_frame; m, tok = load_model('default'); \
+print(score_frame(load_pairs('data/dpo_en_demo.json').pairs.head(2), m, tok, ScoreConfig(max_length=256))[0])"
+
+Per pair we reproduce TRL 1.16's `DPOTrainer` reference pass (tokenisation, truncation, the sum
+of completion-token log-probs: `sdpo_kit.scoring.tokens`) but run it differently (`sdpo_kit.scoring.logps`):
+length-sorted batches padded on the right without a mask, a long prefix shared by chosen and rejected
+computed once, and the LM head only where a completion token is scored. Every job scores through
+here: `sdpo curate score` (`scoring/files.py`, shards and resume), the trainer's reference pass
+(`scoring/cache.py`), `sdpo eval` and `sdpo data card --scored`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from sdpo_kit.errors import UsageError
+from sdpo_kit.scoring.tokens import Sequence, prompt_too_long, tokenize_pair, truncate
+
+
+SCORED_COLUMNS = {
+    "ref_chosen_logps": pl.Float64, "ref_rejected_logps": pl.Float64, "margin": pl.Float64,
+    "ref_chosen_logps_mean": pl.Float64, "ref_rejected_logps_mean": pl.Float64, "margin_per_token": pl.Float64,
+    "prompt_tokens": pl.Int64, "chosen_tokens": pl.Int64, "rejected_tokens": pl.Int64,
+    "chosen_truncated": pl.Boolean, "rejected_truncated": pl.Boolean,
+    "margin_shared": pl.Float64, "chosen_chars": pl.Int64, "rejected_chars": pl.Int64,
+}
+
+
+# Part of the provenance, hence of the pair cache key and the resume stamp: bump it whenever the
+# scored columns change, so pairs cached before a column existed are never served as complete.
+SCORED_LAYOUT = 2
+
+
+POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl.Float64,
+                  "reward_margin": pl.Float64, "reward_correct": pl.Boolean}
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class ScoreConfig:
+    """How pairs are tokenised and scored; the fields that change the numbers go into provenance."""
+
+    max_length: int | None = field(default=1024, metadata={
+        "help": "Max tokens of prompt+completion per sequence (TRL's `max_length`); none (or 0) = no truncation."})
+    truncation_mode: str = field(default="keep_start", metadata={
+        "help": "TRL's `truncation_mode`: 'keep_start' cuts the end (pairs whose prompt alone fills max_length "
+                "become `prompt_too_long` rejects), 'keep_end' cuts the beginning."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
+                "for ordering only). The model passed in must already have this dtype."})
+    token_budget: int = field(default=512, metadata={
+        "help": "Sequences of similar length (within 1/32) are batched, right-padded, up to this many tokens "
+                "per forward counting padding; a longer sequence runs alone."})
+    beta: float = field(default=0.1, metadata={
+        "help": "DPO beta scaling the implicit reward margin when a policy model is scored too."})
+    share_prefix: int = field(default=256, metadata={
+        "help": "When chosen and rejected share at least this many leading tokens (long dialogue prompts), "
+                "compute them once and run each completion on the prefix's KV cache; 0 = never."})
+    head_chunk: int = field(default=512, metadata={
+        "help": "Positions projected through the LM head at once (bounds the chunk x vocab logits memory)."})
+
+    def __post_init__(self):
+        if self.max_length == 0:  # `--max_length 0`: the command line's "no truncation"
+            self.max_length = None
+        if self.max_length is not None and self.max_length < 2:
+            raise UsageError(f"max_length must be >= 2 or None, got {self.max_length}")
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            raise UsageError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.share_prefix < 0:
+            raise UsageError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
+        if self.token_budget < 1 or self.head_chunk < 1:
+            raise UsageError(f"token_budget and head_chunk must be >= 1, got {self.token_budget}, {self.head_chunk}")
+        if self.beta <= 0:
+            raise UsageError(f"beta must be > 0, got {self.beta}")
+
+    def settings(self) -> dict:
+        """The fields that change the numbers (the cache key and the provenance)."""
+        return {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
+
+
+def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, row_offset: int):
+    """Per input row: the truncated (chosen, rejected) sequences plus token counts, or a `Reject`."""
+    from sdpo_kit.data import Reject
+
+    extra = [c for c in ("tools", "chat_template_kwargs") if c in pairs.columns]
+    out = []
+    for i, row in enumerate(pairs.select(["prompt", "chosen", "rejected", *extra]).iter_rows(named=True)):
+        p, c, r = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"],
+                                tools=row.get("tools"), chat_template_kwargs=row.get("chat_template_kwargs"))
+        if prompt_too_long(p, config.max_length, config.truncation_mode):
+            raw = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+            detail = (f"prompt has {len(p)} tokens >= max_length={config.max_length}: with keep_start no completion "
+                      "token would remain (TRL drops such pairs silently)")
+            out.append(Reject(file, row_offset + i + 1, "prompt_too_long", detail, raw))
+            continue
+        seqs = (truncate(p, c, config.max_length, config.truncation_mode),
+                truncate(p, r, config.max_length, config.truncation_mode))
+        out.append((seqs, (len(p), len(c), len(r))))
+    return out
+
+
+def _check_dtype(model, config: ScoreConfig, role: str) -> None:
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if dtype != config.dtype:
+        raise ValueError(f"the {role} model is {dtype} but ScoreConfig.dtype={config.dtype!r}: load it with "
+                         f"sdpo_kit.models.load_model(path, dtype={config.dtype!r})")
+
+
+def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: ScoreConfig, progress):
+    """(sums, counts) per model, each (2N,) with [chosen_0, rejected_0, chosen_1, ...], via `logps.plan`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from sdpo_kit.scoring.logps import Scorer, plan
+
+    items = plan(pairs, config.token_budget, config.share_prefix or None)
+    # `progress` may be a caller's bar (the file scorer's, over all shards): update it, never close it.
+    own = not hasattr(progress, "update")
+    bar = tqdm(total=len(pairs), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress
+    scorers = [Scorer(m, 2 * len(pairs), config.head_chunk) for m in models]
+    halves = [0] * len(pairs)  # segments done per pair: the bar counts whole pairs
+    with torch.inference_mode():
+        for item in items:
+            for scorer in scorers:
+                scorer.run(item, pairs)
+            for i in ([item[1]] * 2 if item[0] == "prefix" else [seg // 2 for seg, _ in item[1]]):
+                halves[i] += 1
+                bar.update(halves[i] == 2)
+    if own:
+        bar.close()
+    return [s.sums for s in scorers], scorers[0].counts, shared_margins(scorers[0], len(pairs))
+
+
+def shared_margins(scorer, n_pairs: int) -> list[float | None]:
+    """Per pair: chosen minus rejected log-prob over the first min(n_w, n_l) scored tokens of each."""
+    out = []
+    for i in range(n_pairs):
+        k = int(min(scorer.counts[2 * i], scorer.counts[2 * i + 1]))
+        c, r = scorer.shared_sum(2 * i, k), scorer.shared_sum(2 * i + 1, k)
+        out.append(None if c is None or r is None else c - r)
+    return out
+
+
+def completion_chars(frame: pl.DataFrame, col: str) -> pl.Series:
+    """Characters of a completion column: a string, or the contents of a list of messages."""
+    if frame.schema[col] == pl.String:
+        expr = pl.col(col).str.len_chars()
+    else:
+        expr = pl.col(col).list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
+    return frame.select(expr.cast(pl.Int64))[col]
+
+
+def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, policy=None, progress=True,
+                file: str = "", row_offset: int = 0, accelerator=None):
+    """Score canonical pairs with `model` (the reference) and optionally `policy`.
+
+    Returns `(scored, rejects)`: the kept input rows, in input order, with the columns of
+    `SCORED_COLUMNS` (+ `POLICY_COLUMNS`), and a `Reject(reason="prompt_too_long")` for each pair
+    TRL would drop; `file`/`row_offset` locate those rejects (row = row_offset + 1-based index).
+    With an `accelerate.Accelerator` of several processes, each scores a contiguous share of the
+    rows and every process returns the whole, gathered result.
+    """
+    if accelerator is not None and accelerator.num_processes > 1:
+        return _score_distributed(pairs, model, tokenizer, config, policy, progress, file, row_offset, accelerator)
+    from sdpo_kit.data import Reject
+
+    _check_dtype(model, config, "reference")
+    if policy is not None:
+        _check_dtype(policy, config, "policy")
+    items = _pair_rows(pairs, tokenizer, config, file, row_offset)
+    rejects = [it for it in items if isinstance(it, Reject)]
+    keep = [i for i, it in enumerate(items) if not isinstance(it, Reject)]
+    seqs = [items[i][0] for i in keep]
+    models = [model] + ([policy] if policy is not None else [])
+    sums, counts, shared = _score_pairs(models, seqs, config, progress)
+    lengths = [items[i][1] for i in keep]
+    return _assemble(pairs[keep], seqs, lengths, sums, counts, config.beta, shared), rejects
+
+
+def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float, shared) -> pl.DataFrame:
+    chosen, rejected = sums[0][0::2].tolist(), sums[0][1::2].tolist()
+    n_c, n_r = counts[0::2].tolist(), counts[1::2].tolist()
+    mean_c = [s / n if n else None for s, n in zip(chosen, n_c)]
+    mean_r = [s / n if n else None for s, n in zip(rejected, n_r)]
+    cols = {
+        "ref_chosen_logps": chosen, "ref_rejected_logps": rejected,
+        "margin": [c - r for c, r in zip(chosen, rejected)],
+        "ref_chosen_logps_mean": mean_c, "ref_rejected_logps_mean": mean_r,
+        "margin_per_token": [None if c is None or r is None else c - r for c, r in zip(mean_c, mean_r)],
+        "prompt_tokens": [p for p, _, _ in lengths], "chosen_tokens": [c for _, c, _ in lengths],
+        "rejected_tokens": [r for _, _, r in lengths],
+        "chosen_truncated": [c.truncated for c, _ in seqs],
+        "rejected_truncated": [r.truncated for _, r in seqs],
+        "margin_shared": shared,
+        "chosen_chars": completion_chars(kept, "chosen").to_list(),
+        "rejected_chars": completion_chars(kept, "rejected").to_list(),
+    }
+    if len(sums) > 1:
+        pc, pr = sums[1][0::2].tolist(), sums[1][1::2].tolist()
+        reward = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(pc, chosen, pr, rejected)]
+        cols |= {"policy_chosen_logps": pc, "policy_rejected_logps": pr, "reward_margin": reward,
+                 "reward_correct": [r > 0 for r in reward]}
+    schema = SCORED_COLUMNS | POLICY_COLUMNS
+    new = pl.DataFrame({k: pl.Series(k, v, dtype=schema[k]) for k, v in cols.items()})
+    return kept.drop([c for c in new.columns if c in kept.columns]).hstack(new)
+
+
+def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
+    """Contiguous rows [start, stop) of process `index` among `count` (sizes differ by at most one)."""
+    base, extra = divmod(n, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (index < extra)
+
+
+def _score_distributed(pairs, model, tokenizer, config, policy, progress, file, row_offset, accelerator):
+    from accelerate.utils import gather_object
+
+    start, stop = shard_bounds(pairs.height, accelerator.process_index, accelerator.num_processes)
+    scored, rejects = score_frame(pairs[start:stop], model, tokenizer, config, policy=policy,
+                                  progress=progress if accelerator.is_main_process else False, file=file,
+                                  row_offset=row_offset + start)
+    parts = gather_object([(scored, rejects)])  # in process order = row order
+    return pl.concat([p[0] for p in parts], how="vertical_relaxed"), [r for p in parts for r in p[1]]
+
+
+def provenance(model, tokenizer, config: ScoreConfig) -> dict[str, Any]:
+    """What produced a scored file: weights fingerprint, chat template hash, settings, versions."""
+    import torch
+    import transformers
+    import trl
+
+    from sdpo_kit import __version__
+    from sdpo_kit.models import model_fingerprint
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    template = template if isinstance(template, str) else json.dumps(template, sort_keys=True)
+    return {
+        "model": str(getattr(model, "name_or_path", "") or model.config._name_or_path),
+        "fingerprint": model_fingerprint(model),
+        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+        **config.settings(),
+        "scored_layout": SCORED_LAYOUT,
+        "versions": {"sdpo_kit": __version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "trl": trl.__version__},
+    }
+
+
+def score_sample(pairs: pl.DataFrame, model: str, sample: int | None = None, max_length: int | None = None,
+                 seed: int = 0) -> tuple[pl.DataFrame, list, dict]:
+    """`sdpo data card --scored`: (scored frame, rejects, provenance) of the pairs under `model`.
+
+    With `sample` < pairs, a seeded random subset kept in input order, so the card is reproducible;
+    the provenance records the model argument and how many of how many pairs were scored."""
+    from sdpo_kit.models import load_model
+
+    total = pairs.height
+    if sample is not None and sample < total:
+        pairs = pairs.with_row_index("__i").sample(sample, seed=seed).sort("__i").drop("__i")
+    cfg = ScoreConfig(**({"max_length": max_length} if max_length else {}))
+    m, tok = load_model(model)
+    scored, rejects = score_frame(pairs, m, tok, cfg)
+    scorer = {**provenance(m, tok, cfg), "model_arg": str(model), "scored_pairs": pairs.height, "of_pairs": total,
+              "sample_seed": seed if pairs.height < total else None}
+    return scored, list(rejects), scorer

@@ -1,0 +1,188 @@
+"""Stepwise DPO (sDPO) run: step t trains on partition t; M_{t-1} is both its reference and its start.
+
+    sdpo train --partitions parts/ --model default --out runs/demo --max_length 256 --num_train_epochs 1
+
+Flags are the `StepwiseConfig` fields (`sdpo_kit/training/config.py`) plus every `trl.DPOConfig` field
+(beta, learning_rate, loss_type, max_length, report_to, ...); `--config run.yaml` supplies the same
+keys and flags override it. This module is the run: the partitions, the run.json record, resuming,
+the loop over the steps and the run's progress bar. Each step is `sdpo_kit/training/step.py`'s
+`run_step` (score the reference -> build the trainer -> train -> save): a fresh `trl.DPOTrainer`
+fed with the reference log-probs that the curation scorer computed with M_{t-1}, so no reference
+model is ever held in memory. The run directory layout is in docs/ARCHITECTURE.md ("Runs").
+`--reference_schedule fixed|mix` keeps the start M_{t-1} but scores another reference (S, or a
+weight average): `sdpo_kit/training/reference.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from sdpo_kit.errors import InputError, UsageError
+from sdpo_kit.io import check_out_dir, read_json, write_json, write_text
+from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
+from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, prepare, resolved_settings,
+                                   train_parser)
+from sdpo_kit.runs import partition_files, partitions_digest, read_run
+from sdpo_kit.training.step import run_step
+
+
+def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
+    """The run's own (cfg, args) for `--resume`, or a UsageError naming every setting that differs.
+
+    The run is rebuilt from its config.yaml (the flags it started with) through the same parser,
+    so the values TRL/transformers derive from them come out the same; a run that records its
+    full resolved settings (run.json `settings`) is checked against them too. `given`: the
+    settings this command set (None: every setting that differs from the defaults).
+    """
+    import yaml
+
+    run = read_run(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise InputError(run_dir, "has run.json but no config.yaml: its settings are unknown, so it cannot be "
+                         "resumed; start a new --out")
+    stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    parser = train_parser()
+    parser.set_defaults_with_config(**{**stored, "out": cfg.out, "partitions": cfg.partitions, "resume": True})
+    old_cfg, old_args = parser.parse_args_into_dataclasses([])
+    overrides = _overrides(old_args)
+    _finish(old_cfg, old_args)  # as `args` was: the comparison sees only what the user set
+    if given is None:
+        given = set(_overrides(args)) | {f.name for f in dataclasses.fields(cfg)
+                                         if getattr(cfg, f.name) != f.default and f.name not in RUN_KEYS}
+    diffs = _run_differences(run, cfg, given)
+    for key in sorted(given - set(RUN_KEYS) - {"model"}):
+        obj_new, obj_old = (cfg, old_cfg) if hasattr(old_cfg, key) else (args, old_args)
+        new, old = _plain(getattr(obj_new, key)), _plain(getattr(obj_old, key))
+        if new != old:
+            diffs.append(f"{key} {old!r} -> {new!r}")
+    if diffs:
+        raise UsageError(f"--resume {run_dir}", "this run was started with other settings: " + "; ".join(diffs)
+                         + ". Resume with only --partitions/--out/--resume, or train into a new --out")
+    recorded = run.get("settings")
+    if recorded:  # same flags must still resolve to the same settings (another TRL could differ)
+        now = resolved_settings(old_cfg, old_args)
+        drift = [f"{k} {recorded[g][k]!r} -> {now[g].get(k)!r}" for g in ("sdpo", "trl") for k in recorded[g]
+                 if now[g].get(k) != recorded[g][k]]
+        if drift:
+            raise UsageError(f"--resume {run_dir}", "its flags now resolve to other settings (other library "
+                             "versions or hardware?): " + "; ".join(drift))
+    return old_cfg, old_args, overrides
+
+
+def _run_differences(run: dict, cfg, given: set[str]) -> list[str]:
+    """Partitions (path and content) and base model that differ from what run.json records."""
+    diffs = []
+    if run.get("partitions") and Path(cfg.partitions).resolve() != Path(run["partitions"]).resolve():
+        diffs.append(f"partitions {run['partitions']} -> {Path(cfg.partitions).resolve()}")
+    elif run.get("partitions_sha256"):
+        now = partitions_digest(cfg.partitions, partition_files(cfg.partitions))
+        if now != run["partitions_sha256"]:
+            diffs.append(f"partitions {run['partitions']}: manifest.json or step files changed since the run started")
+    if "model" in given:
+        model = str(resolve_model_path(cfg.model).resolve())
+        if model != str(run["base_model"]):
+            diffs.append(f"model {run['base_model']} -> {model}")
+    return diffs
+
+
+def _start_run(cfg, args, overrides, plan, state, files) -> dict:
+    """Create run.json/config.yaml with everything the run uses, or reload run.json when resuming."""
+    import yaml
+
+    run_dir = Path(cfg.out)
+    exists = (run_dir / "run.json").exists()
+    state.wait_for_everyone()  # every process looks before the main one writes
+    if exists:
+        if not cfg.resume:
+            raise UsageError(f"--out {run_dir}", "already holds a run: pass --resume to continue it, or another --out")
+        return read_run(run_dir)
+    base_fingerprint = model_fingerprint(load_checked_model(cfg.model)[0])  # S (loading it also checks it)
+    run = {
+        "mode": cfg.mode, "base_model": str(resolve_model_path(cfg.model).resolve()), "base_model_given": cfg.model,
+        "base_fingerprint": base_fingerprint, "partitions": str(Path(cfg.partitions).resolve()),
+        "partitions_sha256": partitions_digest(cfg.partitions, files),
+        "beta": args.beta, "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
+        "reference_schedule": cfg.reference_schedule if cfg.mode == "stepwise" else None,
+        "ref_mix_alpha": cfg.ref_mix_alpha if cfg.mode == "stepwise" and cfg.reference_schedule == "mix" else None,
+        "steps": [
+            {"step": t, "dir": f"step_{t}", "partition": [str(Path(f).resolve()) for f in files],
+             "reference_fingerprint": None, "start_fingerprint": None, "model_fingerprint": None,
+             "status": "pending"}
+            for t, files in enumerate(plan, 1)
+        ],
+    }
+    if state.is_main_process:
+        resolved = {**dataclasses.asdict(cfg), "resume": False, **overrides}
+        write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        write_json(run_dir / "run.json", run)
+    state.wait_for_everyone()
+    return run
+
+
+def _run_progress(plan: list[list[Path]], args, world: int):
+    """The run's one training bar, sized from the partitions' row counts (corrected as each step starts)."""
+    import pyarrow.parquet as pq
+
+    from sdpo_kit import console
+    from sdpo_kit.io import check_parquet, reading
+
+    def rows(f: Path) -> int:  # a truncated or corrupt step file is one InputError line, not a pyarrow traceback
+        check_parquet(f)
+        with reading(f):
+            return pq.read_metadata(f).num_rows
+
+    console.quiet_libraries()
+    planned = [console.planned_steps(sum(rows(f) for f in files), args, world) for files in plan]
+    enabled = not args.disable_tqdm and not os.environ.get("TQDM_DISABLE")
+    return console.trainer_callback()(planned, enabled=enabled)
+
+
+def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, given: set[str] | None = None) -> Path:
+    """Run every step (or the single `dpo` run) into `cfg.out`; returns the run directory.
+
+    With `cfg.resume` and an existing run, the run's own settings are restored (`restore_settings`);
+    `given` names the settings this command set (the CLI passes `given_keys(argv)`; None: those
+    differing from the defaults) and any of them that differs from the run's is refused.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=args.use_cpu)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != state.num_processes:  # each process would train alone on all the data
+        raise RuntimeError(f"{world} processes were launched but accelerate set up {state.num_processes}; "
+                           "on CPU launch with `accelerate launch --multi_gpu --num_processes N` and keep use_cpu.")
+    files = partition_files(cfg.partitions)
+    run_dir = Path(cfg.out)
+    check_out_dir(run_dir, keep=True)
+    if cfg.resume and (run_dir / "run.json").exists():
+        cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
+    plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
+    if state.is_main_process and cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
+        print("[sdpo train] --mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
+    run = _start_run(cfg, args, overrides or {}, plan, state, files)
+    current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
+    progress = _run_progress(plan, args, world)
+    from tqdm.auto import tqdm
+
+    # One process speaks under accelerate; tqdm.write keeps the line off the run's bar.
+    say = tqdm.write if state.is_main_process else (lambda *a, **k: None)
+    for t, step_files in enumerate(plan, 1):
+        done = run["steps"][t - 1]["status"] == "done" and (run_dir / f"step_{t}" / "model" / "config.json").is_file()
+        if done:
+            say(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
+        else:
+            schedule = run.get("reference_schedule") or "stepwise"
+            what = "reference and start" if schedule == "stepwise" else f"start (reference: {schedule})"
+            say(f"[sdpo train] step {t}/{len(plan)}: {what} = {current}")
+            run_step(t, step_files, current, cfg, args, run, state, progress)
+        current = run_dir / f"step_{t}" / "model"
+    progress.close()
+    run["status"] = "done"
+    if state.is_main_process:
+        write_json(run_dir / "run.json", run)
+    return run_dir
+
+
