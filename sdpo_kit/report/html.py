@@ -154,6 +154,13 @@ def _figure(name: str, caption: str, ncols: int, draw) -> dict:
 
 def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict], list[str]]:
     """The figures of one run, and notes for those whose inputs are missing."""
+    figs, notes = _training_figures(run)
+    held_figs, held_notes = _heldout_figures(run, signal)
+    return figs + held_figs, notes + held_notes
+
+
+def _training_figures(run: dict) -> tuple[list[dict], list[str]]:
+    """Training curves and partition statistics of one run, and notes for those left out."""
     figs, notes, steps = [], [], run["steps"]
     if any(s["log_history"] for s in steps):
         figs.append(_figure("reward_margin", "Mean implicit reward margin of the target over its reference while "
@@ -178,7 +185,12 @@ def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict]
                             "source mix of every step.", 2,
                             lambda a: (plots.plot_partition_margins(parts, a[0], reference=parts[0]["under"]),
                                        plots.plot_partition_sources(parts, a[1]))))
-    ev = run["eval"]
+    return figs, notes
+
+
+def _heldout_figures(run: dict, signal: str) -> tuple[list[dict], list[str]]:
+    """The held-out figures of one run (from `sdpo eval`), and notes for those left out."""
+    figs, notes, ev = [], [], run["eval"]
     if ev is None:
         notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
         return figs, notes

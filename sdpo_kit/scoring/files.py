@@ -12,6 +12,7 @@ so the output does not depend on N. Finished pairs also go to the pair cache (`s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter

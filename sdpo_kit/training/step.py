@@ -82,6 +82,20 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # 4. Save M_t, the trainer state and summary.json; run.json marks the step done once they exist.
+    save_step(t, trainer, scored, tokenizer, cfg, args, run, state, began, ref_fp, ref_check)
+    return step_dir / "model"
+
+
+def save_step(t: int, trainer, scored, tokenizer, cfg, args, run: dict, state, began: float, ref_fp: str,
+              ref_check: dict | None) -> None:
+    """Step t's end: M_t, its trainer state and summary.json saved, then run.json marks the step done.
+
+    The end-of-step measurement runs on every process (the scorer gathers); only the main process
+    writes. The step's checkpoints and dataset copy are removed once everything is on disk.
+    `began` is the step's start (`time.time()`), for summary.json's `seconds`.
+    """
+    run_dir = Path(cfg.out)
+    step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
     final = final_model(trainer)
     model_fp = model_fingerprint(final)
     end = end_of_step(scored, final, tokenizer, args, state)  # every process: the scorer gathers
@@ -102,7 +116,6 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
         shutil.rmtree(step_dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per step
         shutil.rmtree(step_dir / "dataset", ignore_errors=True)
     rec.update(status="done", model_fingerprint=model_fp)
-    return step_dir / "model"
 
 
 def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
