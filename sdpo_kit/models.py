@@ -7,6 +7,11 @@
 saves a safetensors copy under `$SDPO_KIT_CACHE` (default `~/.cache/sdpo_kit`); every later
 load reads that copy. Any local transformers model directory works too. Nothing is ever
 downloaded: a name that is not a local directory fails at once with a hint.
+
+A model folder is data, never code: `trust_remote_code=False` is passed to every `from_pretrained`,
+and a folder that asks for its own Python (`auto_map`), holds only pickle weights (`*.bin`: unpickling
+can run code), has no chat template, fewer embedding rows than its tokenizer has tokens, or
+non-finite weights is refused in one line (`check_folder`, `check_loaded`) before any work.
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"[sdpo_kit] converting {gguf.name} to a safetensors cache at {out} (once) ...", file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32",
+                                                 trust_remote_code=False)
     # The weights are already dequantized fp32, but transformers refuses to save a model that
     # still carries its GGUF quantizer ("quantized with gguf and is not serializable").
     model.hf_quantizer = None
@@ -90,19 +96,53 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     )
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_folder(path: Path) -> None:
+    """Refuse, before transformers reads it, a folder that would run its own code (an `auto_map` in
+    config.json or tokenizer_config.json: transformers would prompt "[y/N]" mid-command) or whose
+    weights are pickle only (torch.load of a foreign pickle can run code; its refusal is a traceback)."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((path / name).read_text(encoding="utf-8")) if (path / name).is_file() else {}
+        except (OSError, ValueError):
+            continue  # transformers' own load reports a broken file (`_user_model`)
+        if isinstance(config, dict) and config.get("auto_map"):
+            kind = f"model_type {config['model_type']!r}, " if config.get("model_type") else ""
+            raise InputError(path / name, f"asks for custom code ({kind}auto_map {sorted(config['auto_map'])}); "
+                             "sdpo_kit never runs a model folder's Python (trust_remote_code=False): "
+                             "use a model of a type transformers ships")
+    weights = [p.name for p in sorted(path.iterdir()) if p.name.endswith(WEIGHT_SUFFIXES)]
+    if weights and not any(w.endswith(".safetensors") for w in weights):
+        raise InputError(path, f"pickle weights only ({', '.join(weights[:3])}): unpickling can run code, so "
+                         "sdpo_kit loads safetensors only; convert them where you trust the file, e.g. "
+                         "model.save_pretrained(out, safe_serialization=True)")
+
+
 def load_tokenizer(name: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    check_folder(path)
     with _user_model(path, "tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if not getattr(tokenizer, "chat_template", None):
+        # Every pair is a conversation (TRL's conversational format): without a template the
+        # scorer and trainer would fail at the first pair, deep inside apply_chat_template.
+        raise InputError(path, "the tokenizer has no chat template (chat_template.jinja or tokenizer_config.json "
+                         "'chat_template'): sdpo_kit formats every pair as a chat; use an instruct model's folder "
+                         "or add its template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | None = None):
-    """Return `(model, tokenizer)` for a local directory or `default`, in eval mode."""
+    """Return `(model, tokenizer)` for a local directory or `default`, in eval mode; a folder that
+    fails `check_folder` or `check_loaded` is one InputError line, before any work."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -110,12 +150,33 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
 
     quiet_libraries()  # no weight-loading bar beside the stage's own bar
     path = resolve_model_path(name)
+    check_folder(path)
+    tokenizer = load_tokenizer(path)  # first: a missing template is found before the weights load
     with _user_model(path, "model"):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=False,
+                                                     use_safetensors=True)
+    check_loaded(model, tokenizer, path)
     if device:
         model.to(device)
     model.eval()
-    return model, load_tokenizer(path)
+    return model, tokenizer
+
+
+def check_loaded(model, tokenizer, path) -> None:
+    """A vocabulary smaller than the tokenizer's (an IndexError at the first rare token, mid-scoring)
+    and non-finite weights (a diverged model: every log-prob NaN, every margin "correct") are refused."""
+    import torch
+
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer):
+        raise InputError(path, f"the model has {rows:,} embedding rows but the tokenizer {len(tokenizer):,} tokens: "
+                         "token ids past the vocabulary would crash mid-scoring; model and tokenizer do not belong "
+                         "together (resize_token_embeddings, or the model's own tokenizer)")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = tensor[~torch.isfinite(tensor)].flatten()[0].item()
+            raise InputError(path, f"weights are not finite ({name} holds {bad}): a diverged or damaged model; "
+                             "retrain it (a lower learning rate) or use another checkpoint")
 
 
 @contextlib.contextmanager
