@@ -27,7 +27,8 @@ from typer.testing import CliRunner  # noqa: E402
 from sdpo_kit import plots  # noqa: E402
 from sdpo_kit.cli import app  # noqa: E402
 from sdpo_kit.report.evaluate import gamma_table, summarize  # noqa: E402
-from sdpo_kit.report.html import load_run, write_report  # noqa: E402
+from sdpo_kit.report.html import write_report  # noqa: E402
+from sdpo_kit.report.load import load_run  # noqa: E402
 
 SOURCES = ["koala", "oasst", "vicuna"]
 

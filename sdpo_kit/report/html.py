@@ -16,23 +16,25 @@ one standard deviation, dots each seed.
 The text of each section (settings, step table, reference schedule, held-out numbers, behaviour,
 difficulty and length) is written once as a list of blocks and rendered twice: markdown for
 summary.md and HTML for report.html, every string from data escaped for its format
-(`sdpo_kit.escape`). Figures are drawn by `sdpo_kit.plots`; the verdict by `verdict.py`.
+(`sdpo_kit.escape`). Runs are read by `load.py`, figures chosen by `figures.py` and drawn by
+`sdpo_kit.plots`; the verdict is `verdict.py`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdpo_kit import escape
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import read_json, write_json, write_text
 from sdpo_kit import plots
+from sdpo_kit.io import write_json, write_text
 from sdpo_kit.report import verdict
+from sdpo_kit.report.figures import comparison_figures, run_figures
+from sdpo_kit.report.load import final_vs_s, load_run
 
 
 @dataclass
@@ -57,209 +59,6 @@ def run(cfg: ReportConfig) -> dict[str, Path]:
     print(f"report: {paths['html']}")
     print(f"summary: {paths['summary']}")
     return paths
-
-
-SEED_SUFFIX = re.compile(r"[-_](?:seed|s)(\d+)$")
-
-
-def _find(path: str | None, run_dir: Path) -> Path | None:
-    """A path written into run.json: as given (absolute or from the cwd), else beside the run."""
-    if not path:
-        return None
-    for candidate in (Path(path), run_dir / path, run_dir.parent / path, run_dir.parent.parent / path):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _step_partition(run_dir: Path, step: dict) -> dict:
-    """γ_ref and source counts of the pairs step t trained on.
-
-    From the partition files run.json names (margins under S, as in the data card) when they
-    carry a `margin` column, else from the step's reference.parquet (under M_{t-1}).
-    """
-    import polars as pl
-
-    files = step.get("partition") or []
-    paths = [_find(f, run_dir) for f in ([files] if isinstance(files, str) else files)]
-    ok = paths and all(p and p.is_file() and "margin" in pl.read_parquet_schema(p) for p in paths)
-    if not ok:
-        paths, under = [run_dir / step["dir"] / "reference.parquet"], "each step's reference"
-        if not paths[0].is_file():
-            return {}
-    else:
-        under = "S (data card)"
-    df = pl.concat([pl.read_parquet(p, columns=["margin", "source"]) for p in paths])
-    sources = dict(sorted(df.group_by("source").len().iter_rows()))
-    return {"step": step["step"], "margin": df["margin"].to_list(), "sources": sources, "under": under}
-
-
-def _trained_seed(run_dir: Path, suffix: re.Match | None):
-    """The training seed: config.yaml's `seed` (a DPOConfig override), else the folder's -seedN suffix."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    seed = (yaml.safe_load(path.read_text()) or {}).get("seed") if path.is_file() else None
-    return seed if seed is not None else (int(suffix.group(1)) if suffix else None)
-
-
-def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """Everything the report plots for one run directory, read from disk."""
-    import polars as pl
-
-    from sdpo_kit.runs import read_run
-
-    run_dir = Path(run_dir)
-    meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError
-    parts_dir = _find(meta.get("partitions"), run_dir)
-    has_manifest = parts_dir is not None and (parts_dir / "manifest.json").is_file()
-    manifest = read_json(parts_dir / "manifest.json") if has_manifest else None
-    steps = []
-    for s in meta.get("steps", []):
-        d = run_dir / s["dir"]
-        state = read_json(d / "trainer_state.json") if (d / "trainer_state.json").is_file() else {}
-        summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {"step": s["step"]}
-        steps.append({"step": s["step"], "summary": summary, "log_history": state.get("log_history", []),
-                      "partition": _step_partition(run_dir, s)})
-    ev = run_dir / "eval"
-    if (ev / "eval.json").is_file():
-        check_eval_models(meta, read_json(ev / "eval.json"), ev / "eval.json")
-    name = run_dir.resolve().name
-    m = SEED_SUFFIX.search(name)
-    return {
-        "dir": str(run_dir), "name": name, "meta": meta, "manifest": manifest, "steps": steps,
-        "label": meta.get("label") or SEED_SUFFIX.sub("", name),
-        "seed": meta.get("seed", _trained_seed(run_dir, m)),
-        "eval": read_json(ev / "eval.json") if (ev / "eval.json").is_file() else None,
-        "scores": pl.read_parquet(ev / "scores.parquet") if (ev / "scores.parquet").is_file() else None,
-    }
-
-
-def check_eval_models(meta: dict, ev: dict, path: Path) -> None:
-    """eval.json must describe this run's models: each model's fingerprint as run.json records it."""
-    recorded = {"S": meta.get("base_fingerprint")} | {
-        f"M{s['step']}": s.get("model_fingerprint") for s in meta.get("steps", [])}
-    wrong = [f"{m['name']} {m.get('fingerprint')} (run.json: {recorded[m['name']]})" for m in ev.get("models", [])
-             if recorded.get(m.get("name")) and m.get("fingerprint") and m["fingerprint"] != recorded[m["name"]]]
-    if wrong:
-        raise InputError(path, f"scored other weights than run.json records: {'; '.join(wrong)}; rerun `sdpo eval`")
-
-
-# ---------------------------------------------------------------- figures
-
-def _figure(name: str, caption: str, ncols: int, draw) -> dict:
-    """A 1×ncols report figure: `draw(axes)` fills it when the report is written (`plots.save_figure`)."""
-    return {"name": name, "caption": caption, "ncols": ncols, "draw": draw}
-
-
-def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict], list[str]]:
-    """The figures of one run, and notes for those whose inputs are missing."""
-    figs, notes = _training_figures(run)
-    held_figs, held_notes = _heldout_figures(run, signal)
-    return figs + held_figs, notes + held_notes
-
-
-def _training_figures(run: dict) -> tuple[list[dict], list[str]]:
-    """Training curves and partition statistics of one run, and notes for those left out."""
-    figs, notes, steps = [], [], run["steps"]
-    if any(s["log_history"] for s in steps):
-        figs.append(_figure("reward_margin", "Mean implicit reward margin of the target over its reference while "
-                            "training (steps end to end), and its value at the end of each step.", 2,
-                            lambda a: (plots.plot_reward_margin_timeline(steps, a[0]),
-                                       plots.plot_end_of_step([s["summary"] for s in steps], a[1]))))
-        points = max(sum("loss" in e for e in s["log_history"]) for s in steps)
-        if points <= 1:  # one dot per step draws no curve: the step table has loss first/end
-            notes.append(f"Loss and reward accuracy per step left out: each step logged {points} training point "
-                         "(fewer optimiser steps than logging_steps); the table above has each step's loss.")
-        else:
-            figs.append(_figure("loss_accuracy", "DPO loss and reward accuracy of each step, overlaid on the "
-                                "step-local time axis; a step starts at ln 2 when its reference is its start (stepwise; "
-                                "under fixed or mix the later steps start below or above it).", 2,
-                                lambda a: (plots.plot_loss_per_step(steps, a[0]),
-                                           plots.plot_reward_accuracy_per_step(steps, a[1]))))
-    else:
-        notes.append("No trainer_state.json log history: training curves left out.")
-    parts = [s["partition"] for s in steps if s["partition"]]
-    if parts:
-        figs.append(_figure("partitions", "Partition statistics from the data card: γ_ref histograms and the "
-                            "source mix of every step.", 2,
-                            lambda a: (plots.plot_partition_margins(parts, a[0], reference=parts[0]["under"]),
-                                       plots.plot_partition_sources(parts, a[1]))))
-    return figs, notes
-
-
-def _heldout_figures(run: dict, signal: str) -> tuple[list[dict], list[str]]:
-    """The held-out figures of one run (from `sdpo eval`), and notes for those left out."""
-    figs, notes, ev = [], [], run["eval"]
-    if ev is None:
-        notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
-        return figs, notes
-    schedule = run["meta"].get("reference_schedule") or "stepwise"
-    refs = plots.REFERENCE_WORDS.get(schedule, plots.REFERENCE_WORDS["stepwise"])
-    n_sources = len({s for m in ev["models"] for s in m.get("per_source", {})})
-    if n_sources <= 1:  # one source: the per-source panel would repeat the overall accuracy
-        notes.append("Preference accuracy per source left out: the held-out pairs have one source "
-                     "(the table above has each model's accuracy).")
-        figs.append(_figure("reference_margins", f"Mean γ of S, M1, … on the same held-out pairs: {refs}.", 1,
-                            lambda a: plots.plot_reference_margins(ev["models"], a[0], schedule)))
-    else:
-        figs.append(_figure("reference_margins", f"Mean γ of S, M1, … on the same held-out pairs: {refs}; and "
-                            "each model's preference accuracy per source.", 2,
-                            lambda a: (plots.plot_reference_margins(ev["models"], a[0], schedule),
-                                       plots.plot_accuracy_by_source(ev["models"], a[1]))))
-    scores = run["scores"]
-    if scores is not None and signal in scores.columns:
-        names = [m["name"] for m in ev["models"]]
-        cols = list(dict.fromkeys([names[0], names[-1]]))  # the start (S) and the final model
-        data = [{"margin": scores[f"gamma_{c}"].to_list(), "signal": scores[signal].to_list(),
-                 "signal_name": signal, "model": c} for c in cols]
-        figs.append(_figure("difficulty", f"γ against the external difficulty signal `{signal}` on held-out "
-                            "pairs, with the Spearman rank correlation.", len(data),
-                            lambda a: [plots.plot_margin_vs_signal(d, ax) for d, ax in zip(data, a)]))
-    else:
-        notes.append(f"Held-out data has no `{signal}` column: difficulty-signal figure left out.")
-    length = ev.get("length")
-    if length and scores is not None and "log_length_ratio" in scores.columns:  # issue 12
-        names = [m["name"] for m in length["models"]]
-        series = [{"model": n, "ratio": scores["log_length_ratio"].to_list(), "gamma": scores[f"gamma_{n}"].to_list()}
-                  for n in dict.fromkeys([names[0], names[-1]])]
-        figs.append(_figure("length", "Difficulty and length on held-out pairs: accuracy under summed γ (RewardBench "
-                            "`sum`) and per-token γ (`avg`); accuracy per quintile of ln(chosen/rejected tokens); γ of "
-                            "S and the final model against that ratio, with least-squares lines.", 3,
-                            lambda a: (plots.plot_accuracy_sum_avg(length["models"], a[0]),
-                                       plots.plot_accuracy_by_length(length["models"], length["bucket_edges"], a[1]),
-                                       plots.plot_gamma_vs_length(series, a[2]))))
-    return figs, notes
-
-
-def _final_vs_s(ev: dict) -> dict:
-    """The final model's held-out numbers: preference accuracy, and its reward margin/accuracy vs S."""
-    final = ev["models"][-1]
-    vs_s = next((c for c in ev["comparisons"] if c["policy"] == final["name"] and c["reference"] == "S"), {})
-    return {"model": final["name"], "accuracy": final["accuracy"], "mean_margin": final["mean_margin"],
-            "reward_margin": vs_s.get("reward_margin_mean"), "reward_accuracy": vs_s.get("reward_accuracy")}
-
-
-def comparison_figures(runs: list[dict]) -> list[dict]:
-    """Held-out accuracy and reward margin vs S of each run's final model, by label (seeds = error bars)."""
-    groups: dict[str, dict] = {}
-    for r in runs:
-        if r["eval"]:
-            final = _final_vs_s(r["eval"])
-            g = groups.setdefault(r["label"], {"accuracy": [], "reward_margin": []})
-            g["accuracy"].append(final["accuracy"])
-            if final["reward_margin"] is not None:
-                g["reward_margin"].append(final["reward_margin"])
-    if len(runs) < 2 or not groups:
-        return []
-    acc = [{"label": k, "values": g["accuracy"]} for k, g in groups.items()]
-    mar = [{"label": k, "values": g["reward_margin"]} for k, g in groups.items() if g["reward_margin"]]
-    return [_figure("comparison", "Held-out preference accuracy (share of pairs with γ > 0) of each run's final "
-                    "model, and its implicit reward margin β·(γ_final − γ_S) over S; runs with the same label are "
-                    "seeds (mean, ±1 sd, dots).", 2,
-                    lambda a: (plots.plot_run_comparison(acc, a[0], "preference accuracy", "share of pairs with γ > 0"),
-                               plots.plot_run_comparison(mar, a[1], "reward margin vs S",
-                                                         "β·(γ_final − γ_S) [nats]")))]
 
 
 # ---------------------------------------------------------------- text: blocks, rendered as markdown and as HTML
@@ -357,7 +156,7 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
 def comparison_blocks(runs: list[dict]) -> list[tuple]:
     """Final model of every run on its held-out data, one row per run."""
     rows = [[_text(v) for v in (r["name"], r["label"], schedule_label(r["meta"]), r["seed"], r["eval"]["data"]["pairs"],
-                                *_final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
+                                *final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return []
     keys = {r["eval"]["data"].get("key") or r["eval"]["data"]["path"] for r in runs if r["eval"]}

@@ -8,7 +8,7 @@ baseline); without both kinds, every label against the first one. Per pair, the 
 (`sdpo_kit.stats.paired_bootstrap`: seeds and held-out prompts resampled), and the 95 %
 interval decides the wording: "ahead" when it excludes 0, else "not distinguishable".
 Warnings: fewer than 100 held-out pairs, one seed, held-out pairs seen in training, and every
-held-out pair that was dropped. `runs` are `sdpo_kit.report.html.load_run` dicts.
+held-out pair that was dropped. `runs` are `sdpo_kit.report.load.load_run` dicts.
 """
 
 from __future__ import annotations
