@@ -29,6 +29,7 @@ from sdpo_kit.cli import app  # noqa: E402
 from sdpo_kit.report.evaluate import gamma_table, summarize  # noqa: E402
 from sdpo_kit.report.html import write_report  # noqa: E402
 from sdpo_kit.report.load import load_run  # noqa: E402
+from sdpo_kit.stats import spearman  # noqa: E402
 
 SOURCES = ["koala", "oasst", "vicuna"]
 
@@ -147,7 +148,7 @@ def test_spearman_matches_scipy_and_is_in_title():
     x = rng.uniform(size=60)
     y = 2 * x + rng.normal(0, 0.3, 60)
     y[:5] = y[0]  # ties
-    assert plots.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
     ax = plots.plot_margin_vs_signal({"margin": y, "signal": x, "signal_name": "judge_confidence", "model": "S"},
                                      plt.figure().gca())
     assert f"{spearmanr(x, y).statistic:.3f}" in ax.get_title()
@@ -204,7 +205,7 @@ def test_report_from_contract_run_embeds_every_figure(tmp_path):
     for s in mix_ax["bars"]:
         assert s["values"] == [m["sources"].get(s["label"], 0) for m in manifest]
     diff = figs["sdpo_difficulty"]["axes"]
-    rho = plots.spearman(data["scores"]["judge_confidence"], data["scores"]["gamma_S"])
+    rho = spearman(data["scores"]["judge_confidence"], data["scores"]["gamma_S"])
     assert f"ρ = {rho:.3f}" in diff[0]["title"] and f"ρ(γ of S, `judge_confidence`) = {rho:.3f}" in paths["summary"].read_text()
     assert [a["title"].split(":")[0] for a in diff] == ["γ_ref vs judge_confidence"] * 2
     assert [a["ylabel"] for a in diff] == ["γ of S on held-out pairs [nats]", "γ of M2 on held-out pairs [nats]"]
