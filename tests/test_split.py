@@ -284,7 +284,7 @@ def test_stratified_counts_is_a_controlled_rounding():
     """Margins exact and every cell within one pair of n_s * m_t / N, over many random tables."""
     import numpy as np
 
-    from sdpo_kit.curate.split import step_sizes, stratified_counts
+    from sdpo_kit.curate.strategies import step_sizes, stratified_counts
 
     rng = np.random.default_rng(0)
     for _ in range(500):
