@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import difflib
 import enum
+import math
 import types
 import typing
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 from sdpo_kit.errors import SdpoError, UsageError
 
 HELP = ("-h", "--help")
+SEED_MAX = 2**32 - 1  # numpy, torch and sklearn all take seeds in [0, 2**32 - 1]
 BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -156,8 +158,37 @@ class Parser(argparse.ArgumentParser):
                     except ValueError:
                         raise UsageError(self.prog, f"--{name} {value!r}: expected a list of numbers, e.g. "
                                          "0.5,0.3,0.2") from None
+            check_numbers(values, cls)  # before __post_init__ compares a NaN
             out.append(cls(**values))
         return tuple(out)
+
+
+def number_problem(name: str, value, tp, metadata) -> str | None:
+    """What is wrong with a numeric setting, or None: a float must be finite (unless the field's
+    metadata says `non_finite: True`), an int finite, and a field named `*seed` in [0, 2**32 - 1]."""
+    base = _unwrap(tp)[0]
+    if value is None or isinstance(value, bool):
+        return None
+    if _is_list(base):
+        elem = next((a for a in typing.get_args(base) if a is not Ellipsis), None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return next((p for v in values if (p := number_problem(name, v, elem, metadata))), None)
+    if base not in (int, float) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value) and not (base is float and metadata.get("non_finite")):
+        return f"must be a finite number, got {value}"
+    if base is int and name.endswith("seed") and not 0 <= value <= SEED_MAX:
+        return f"a seed must be in [0, {SEED_MAX}] (2**32 - 1), got {value}"
+    return None
+
+
+def check_numbers(values: dict, cls, where: str | None = None) -> None:
+    """`number_problem` over a config's `{field: value}` (flags, or YAML keys when `where` names the
+    file): one UsageError line naming the flag. The one generic check of every command's numbers."""
+    types_ = hints([cls])
+    for f in _fields(cls):
+        if f.name in values and (problem := number_problem(f.name, values[f.name], types_.get(f.name), f.metadata)):
+            raise UsageError(f"{where}: {f.name}" if where else f"--{f.name}", problem)
 
 
 def add_common(parser) -> None:
@@ -237,6 +268,8 @@ def check_keys(config: dict, classes, path, prog: str, extra: tuple[str, ...] = 
     for key, value in config.items():
         if key in types_ and _fits(value, types_[key]) is False:
             raise UsageError(path, f"{key}: expected {_type_name(types_[key])}, got {value!r}")
+    for cls in classes:
+        check_numbers(config, cls, where=str(path))
     return config
 
 
@@ -258,7 +291,8 @@ def _fits(value, tp) -> bool | None:
                 return bool(tp(value)) or True
             except ValueError:
                 return False
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or value == int(value))
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (tp is float or math.isfinite(value) and value == int(value)))  # .inf for an int: refused
     if tp is str:
         return isinstance(value, str)
     if _is_list(tp):
@@ -320,6 +354,8 @@ def parse(parser, argv: list[str], *, map_yaml=None, extra_keys: tuple[str, ...]
         if isinstance(err, SdpoError):
             raise
         raise UsageError(parser.prog, " ".join(str(err).split())) from None
+    for cfg in configs:  # TRL's parser builds DPOConfig itself: its numbers are checked here
+        check_numbers({f.name: getattr(cfg, f.name) for f in _fields(type(cfg))}, type(cfg))
     return list(configs), given_flags(parser, argv) | set(config) - set(extra_keys)
 
 

@@ -66,7 +66,8 @@ def planned_steps(rows: int, args, world: int = 1) -> int:
     """Optimiser steps transformers will take for `rows` pairs with these DPOConfig `args`."""
     if getattr(args, "max_steps", -1) and args.max_steps > 0:
         return int(args.max_steps)
-    batches = math.ceil(rows / max(args.per_device_train_batch_size * world, 1))
+    size = max(args.per_device_train_batch_size * world, 1)
+    batches = rows // size if getattr(args, "dataloader_drop_last", False) else math.ceil(rows / size)
     per_epoch = max(batches // max(args.gradient_accumulation_steps, 1), 1) if batches else 0
     return int(math.ceil(per_epoch * args.num_train_epochs))
 

@@ -265,11 +265,30 @@ def from_trl(config: dict, path) -> dict:
 
 
 def _check_values(args) -> None:
+    """DPO settings that would train the wrong way or not at all, refused before run.json is written.
+
+    Generic checks (finite floats, seeds in [0, 2**32 - 1]) are the parser's (`sdpo_kit.config`)."""
     if args.max_length is not None and args.max_length < 2:
         raise UsageError("--max_length", f"must be >= 2 tokens (a prompt token and a completion token), "
                          f"got {args.max_length}")
     if args.truncation_mode not in ("keep_start", "keep_end"):
         raise UsageError("--truncation_mode", f"must be keep_start or keep_end, got {args.truncation_mode!r}")
+    if not args.beta > 0:  # β <= 0 rewards the rejected answer (or nothing) while eval's margins look fine
+        raise UsageError("--beta", f"must be > 0 (the DPO temperature), got {args.beta}")
+    if not 0 <= args.label_smoothing < 0.5:  # at 0.5 the loss ignores the preference, above it inverts it
+        raise UsageError("--label_smoothing", f"must be in [0, 0.5), got {args.label_smoothing}")
+    if not args.learning_rate > 0:
+        raise UsageError("--learning_rate", f"must be > 0, got {args.learning_rate}")
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise UsageError("--max_steps", f"must be >= 1 (or -1: as many as --num_train_epochs give), got {args.max_steps}")
+    if args.max_steps == -1 and not args.num_train_epochs > 0:
+        raise UsageError("--num_train_epochs", f"must be > 0 (or set --max_steps >= 1), got {args.num_train_epochs}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name}", f"must be >= 1, got {getattr(args, name)}")
+    from sdpo_kit.training.options import check_dpo_options
+
+    check_dpo_options(args)
 
 
 def resolved_settings(cfg, args) -> dict:

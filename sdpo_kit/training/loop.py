@@ -135,7 +135,13 @@ def _run_progress(plan: list[list[Path]], args, world: int):
             return pq.read_metadata(f).num_rows
 
     console.quiet_libraries()
-    planned = [console.planned_steps(sum(rows(f) for f in files), args, world) for files in plan]
+    sizes = [sum(rows(f) for f in files) for files in plan]
+    planned = [console.planned_steps(n, args, world) for n in sizes]
+    for t, (n, steps) in enumerate(zip(sizes, planned), 1):
+        if steps < 1:  # a step that takes no optimiser step would leave M_t = M_{t-1} and call it trained
+            raise InputError(f"step {t}: {n} pairs in {', '.join(map(str, plan[t - 1]))} give no optimiser step "
+                             f"(batch {args.per_device_train_batch_size} x {world} processes"
+                             f"{', drop_last' if args.dataloader_drop_last else ''}); merge partitions or lower the batch")
     enabled = not args.disable_tqdm and not os.environ.get("TQDM_DISABLE")
     return console.trainer_callback()(planned, enabled=enabled)
 
@@ -162,9 +168,9 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
     if state.is_main_process and cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
         print("[sdpo train] --mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
+    progress = _run_progress(plan, args, world)  # refuses a step with no optimiser step before run.json
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
     current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
-    progress = _run_progress(plan, args, world)
     from tqdm.auto import tqdm
 
     # One process speaks under accelerate; tqdm.write keeps the line off the run's bar.

@@ -1,0 +1,120 @@
+"""Issue 22, numbers that cannot train the wrong way: settings refused in one line before anything is
+written (the parser's generic checks and train's DPO checks), DPOConfig options that need the network.
+
+    python -m pytest -q tests/test_numbers.py
+
+Every command runs through the CLI in-process on the tiny model; a refusal is one `error:` line
+naming the flag, and the run folder holds no run.json afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from test_hardening_run import one_line_error, sdpo
+from test_train import FAST, write_partitions
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> Path:
+    return write_partitions(tmp_path_factory.mktemp("parts"), steps=2, pairs=4)
+
+
+# (flags, what the one error line must name): each would have trained the wrong way, or crashed mid-run.
+TRAIN_REFUSED = [
+    (["--beta", "-0.5"], ["--beta", "> 0"]),
+    (["--beta", "0"], ["--beta", "> 0"]),
+    (["--label_smoothing", "0.5"], ["--label_smoothing", "[0, 0.5)"]),
+    (["--label_smoothing", "2.0"], ["--label_smoothing"]),
+    (["--learning_rate", "nan"], ["--learning_rate", "finite"]),
+    (["--learning_rate=-1e-5"], ["--learning_rate", "> 0"]),
+    (["--learning_rate", "inf"], ["--learning_rate", "finite"]),
+    (["--num_train_epochs", "0"], ["--num_train_epochs", "> 0"]),
+    (["--max_steps", "0"], ["--max_steps", ">= 1"]),
+    (["--seed", "-1"], ["--seed", "[0, 4294967295]"]),
+    (["--seed", str(2**32)], ["--seed", "[0, 4294967295]"]),
+    (["--data_seed", "-7"], ["--data_seed", "[0, 4294967295]"]),
+    (["--max_grad_norm", "nan"], ["--max_grad_norm", "finite"]),
+    (["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size", ">= 1"]),
+    (["--report_to", "wandb"], ["--report_to", "wandb", "network"]),
+    (["--push_to_hub"], ["--push_to_hub", "network"]),
+    (["--hub_model_id", "me/model"], ["--hub_model_id", "--push_to_hub"]),
+    (["--sync_ref_model"], ["--sync_ref_model"]),
+    (["--loss_type", "aot", "--use_weighting"], ["--use_weighting", "aot"]),
+    (["--loss_type", "exo_pair"], ["--label_smoothing", "exo_pair"]),
+    (["--loss_type", "bco_pair", "--f_divergence_type", "js_divergence"], ["--f_divergence_type", "bco_pair"]),
+    (["--eval_strategy", "steps"], ["--eval_strategy", "sdpo eval"]),
+    (["--ld_alpha", "1.5"], ["--ld_alpha", "[0, 1]"]),
+]
+
+
+@pytest.mark.parametrize("flags,needles", TRAIN_REFUSED, ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_train_refuses_settings_before_run_json(tmp_path, tiny_model_dir, parts, flags, needles):
+    out = tmp_path / "run"
+    code, text = sdpo("train", "--partitions", parts, "--model", tiny_model_dir, "--out", out, *FAST, *flags)
+    one_line_error(code, text, 2, *needles)
+    assert not (out / "run.json").exists() and not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("yaml_text,needles", [
+    ("max_steps: .inf\n", ["max_steps", "expected int", "inf"]),
+    ("num_train_epochs: .nan\n", ["num_train_epochs", "finite"]),
+    ("seed: .nan\n", ["seed", "expected int"]),
+    ("beta: -.inf\n", ["beta", "finite"]),
+    ("seed: -4\n", ["seed", "[0, 4294967295]"]),
+])
+def test_train_yaml_non_finite_and_bad_seed_name_the_file_and_key(tmp_path, tiny_model_dir, parts, yaml_text, needles):
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml_text)
+    code, text = sdpo("train", "--partitions", parts, "--model", tiny_model_dir, "--out", tmp_path / "run",
+                      "--config", config)
+    one_line_error(code, text, 2, str(config), *needles)
+
+
+def test_a_step_without_optimiser_step_is_refused_before_run_json(tmp_path, tiny_model_dir):
+    parts = write_partitions(tmp_path / "parts", steps=2, pairs=2)
+    pl.read_parquet(parts / "step_2.parquet").head(1).write_parquet(parts / "step_2.parquet")
+    out = tmp_path / "run"
+    code, text = sdpo("train", "--partitions", parts, "--model", tiny_model_dir, "--out", out, *FAST,
+                      "--dataloader_drop_last")  # 1 pair, batch 2, drop_last: no batch at all
+    one_line_error(code, text, 1, "step 2", "1 pairs", "no optimiser step")
+    assert not (out / "run.json").exists()
+
+
+def _pairs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("words,flags,needles", [
+    (["data", "split"], ["--seed", "-1"], ["--seed", "[0, 4294967295]"]),
+    (["data", "split"], ["--seed", str(2**40)], ["--seed"]),
+    (["data", "split"], ["--heldout", "nan"], ["--heldout", "finite"]),
+    (["curate", "split"], ["--fractions", "nan", "nan"], ["--fractions", "finite"]),
+    (["curate", "split"], ["--seed", str(2**32)], ["--seed"]),
+    (["curate", "split"], ["--min_margin=-inf"], ["--min_margin", "finite"]),
+    (["data", "card"], ["--seed", "-2"], ["--seed"]),
+])
+def test_other_commands_refuse_non_finite_and_bad_seeds(tmp_path, words, flags, needles):
+    data = _pairs_file(tmp_path)
+    out = tmp_path / "out"
+    code, text = sdpo(*words, data, "--out", out, *flags)
+    one_line_error(code, text, 2, *needles)
+    assert not out.exists()
+
+
+def test_eval_sample_seed_and_yaml_inf_for_an_int_key(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    code, text = sdpo("eval", "--run", run, "--data", _pairs_file(tmp_path), "--generate", "2", "--sample_seed", "-1")
+    one_line_error(code, text, 2, "--sample_seed", "[0, 4294967295]")
+    config = tmp_path / "split.yaml"
+    config.write_text("seed: .inf\n")
+    code, text = sdpo("data", "split", _pairs_file(tmp_path), "--out", tmp_path / "o", "--config", config)
+    one_line_error(code, text, 2, str(config), "seed: expected int, got inf")
