@@ -24,12 +24,13 @@ COMMANDS = {
     ("data", "card"): "sdpo_kit.curate.card:CardConfig",
     ("curate", "score"): "sdpo_kit.curate.score:ScoreFileConfig,ScoreConfig",
     ("curate", "split"): "sdpo_kit.curate.split:SplitFileConfig,SplitConfig",
+    ("curate", "crossfit"): "sdpo_kit.curate.crossfit:CrossfitConfig",
     ("train",): "sdpo_kit.train.run:StepwiseConfig",
     ("eval",): "sdpo_kit.report.evaluate:EvalConfig",
     ("report",): "sdpo_kit.report.html:ReportConfig",
 }
 GROUPS = {"data": "Inspect and split preference data; write data cards.",
-          "curate": "Score pairs with a reference model; split them into partitions."}
+          "curate": "Score pairs with a reference model; measure learning difficulty; split them into partitions."}
 USER_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 USER_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}  # the user's, never bugs
 

@@ -95,8 +95,10 @@ def _check_schedule(cfg) -> None:
     if not 0.0 <= cfg.ref_mix_alpha <= 1.0:
         raise UsageError(f"--ref_mix_alpha must be in [0, 1], got {cfg.ref_mix_alpha}.")
 
-def train_parser():
-    """StepwiseConfig + trl.DPOConfig flags (TRL's parser); a bad flag raises `UsageError` (one line)."""
+def train_parser(classes: tuple = (StepwiseConfig,), prog: str = "sdpo train"):
+    """`classes` (StepwiseConfig) + trl.DPOConfig flags (TRL's parser); a bad flag raises `UsageError` (one line).
+
+    `sdpo curate crossfit` passes its own classes: its training settings are `sdpo train`'s, defaults included."""
     import torch
     from trl import TrlParser
 
@@ -104,12 +106,12 @@ def train_parser():
 
     class Parser(TrlParser):
         def error(self, message):  # argparse would print the whole usage and exit
-            raise UsageError(f"sdpo train: {message} (`sdpo train --help` lists every flag)")
+            raise UsageError(f"{prog}: {message} (`{prog} --help` lists every flag)")
 
     # allow_abbrev=False: --learning_rat is a typo, not a prefix
-    parser = Parser((StepwiseConfig, _dpo_config()), prog="sdpo train", allow_abbrev=False, add_help=False,
-                    description=StepwiseConfig.__doc__)
-    parser.classes = [StepwiseConfig, _dpo_config()]
+    parser = Parser((*classes, _dpo_config()), prog=prog, allow_abbrev=False, add_help=False,
+                    description=classes[0].__doc__)
+    parser.classes = [*classes, _dpo_config()]
     add_common(parser)
     defaults = {"output_dir": "unused", "logging_first_step": True, "save_total_limit": 1}
     if not torch.cuda.is_available():  # TRL's GPU defaults fail or crawl on CPU; flags/YAML still win
@@ -172,6 +174,11 @@ def _from_partitions(cfg, args, given: set[str]) -> None:
         scorer = json.loads((Path(cfg.partitions) / "manifest.json").read_text(encoding="utf-8")).get("scorer")
     except (OSError, ValueError, AttributeError):
         return  # no or no readable manifest: train says so when it reads the partitions
+    take_scorer_settings(args, given, scorer, Path(cfg.partitions) / "manifest.json", "sdpo train", "partitions")
+
+
+def take_scorer_settings(args, given: set[str], scorer, where, prog: str, what: str) -> None:
+    """Set `args`' max_length / truncation_mode to `scorer`'s (a scored file's provenance) unless given; say so."""
     if not isinstance(scorer, dict):
         return
     taken = {k: scorer[k] for k in SCORER_KEYS if k in scorer and k not in given and getattr(args, k) != scorer[k]}
@@ -183,7 +190,7 @@ def _from_partitions(cfg, args, given: set[str]) -> None:
 
     if main_process():
         said = " and ".join(f"{k} {v}" for k, v in taken.items())
-        print(f"[sdpo train] {said} as the partitions were scored ({Path(cfg.partitions) / 'manifest.json'}); "
+        print(f"[{prog}] {said} as the {what} were scored ({where}); "
               f"pass {' / '.join('--' + k for k in taken)} to override", flush=True)
 
 
