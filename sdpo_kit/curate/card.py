@@ -23,6 +23,8 @@ from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.escape import md_cell, md_table
 from sdpo_kit.io import atomic_dir, read_parquet_checked, refuse_overwriting_input, write_text
 from sdpo_kit import plots
+from sdpo_kit.curate.selection import selection_table
+from sdpo_kit.signals import signal_table
 from sdpo_kit.stats import margin_stats
 
 
@@ -176,6 +178,9 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
         ("Plots", "\n\n".join(figures)),
         *([("Length", _length_section(data, manifest["length"], out))] if manifest.get("length") else []),
         ("Dropped pairs", dropped),
+        *([("Selection", selection_table(manifest["selection"]))] if manifest.get("selection") else []),
+        *([("Difficulty signals", signal_table(manifest["signals"]))]
+          if manifest.get("signals") and len(manifest["signals"]["names"]) > 1 else []),
         ("Parameters", _json_block(p)),
         ("Reference model", _provenance(manifest.get("scorer"), True)),
         ("Use with TRL", "```python\nfrom datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
@@ -267,9 +272,12 @@ def _margins_section(card: dict) -> str:
     # Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets.
     lines = score_diagnosis(scored)
     per_all = scored.with_columns(pl.lit("all").alias("dataset"))
+    from sdpo_kit.signals import signal_record
+
+    signals = signal_table(signal_record(scored))  # issue 20: every difficulty signal present, side by side
     return (head + "\n\n" + _stats_table(group_stats(scored, "source")) + "\n"
             + _stats_table(group_stats(per_all, "dataset")) + "".join(f"\n{_bullet(line)}" for line in lines)
-            + ("\n" if lines else ""))
+            + ("\n" if lines else "") + (f"\n**Difficulty signals.** {signals}" if signals else ""))
 
 
 def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",

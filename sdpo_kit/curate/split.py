@@ -22,10 +22,12 @@ from pathlib import Path
 
 import polars as pl
 
+from sdpo_kit.curate.selection import selection_lines, selection_record
 from sdpo_kit.curate.strategies import SplitConfig, order_column, source_order, split_frame
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import (finite_json, read_json_meta, read_parquet_checked, refuse_overwriting_input,
                          write_json, write_parquet)
+from sdpo_kit.signals import signal_record
 
 SCORER_KEY, SPLIT_KEY = "sdpo_kit.scorer", "sdpo_kit.split"
 
@@ -53,6 +55,8 @@ def run(cfg: SplitFileConfig, split: SplitConfig) -> dict:
         print(f"step {s['step']}: {s['pairs']} pairs, mean margin {num(s['mean_margin'])}, "
               f"reward accuracy {num(s['reward_accuracy'])} ({mix})")
     print(f"dropped: {manifest['dropped']['pairs']} {manifest['dropped']['reasons']}")
+    for line in selection_lines(manifest["selection"]):
+        print(line)
     if manifest.get("length"):
         from sdpo_kit.length import split_lines
 
@@ -138,6 +142,9 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
         "scorer": scorer,
     }
     manifest["length"] = _length_record(parts, cfg, control.get("control_length"))
+    manifest["selection"] = selection_record(df, parts)
+    # Every difficulty signal side by side, over every input pair (kept or dropped; `<by>_lc` included).
+    manifest["signals"] = signal_record(pl.concat([*parts, dropped], how="diagonal_relaxed"))
     # Strict JSON: an inf/nan statistic (e.g. an infinite margin) becomes null, and the manifest says how many.
     manifest, non_finite = finite_json(manifest)
     manifest["non_finite_values"] = non_finite

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from sdpo_kit.curate.selection import EASIER, higher_is_easier, mark_not_easiest
 from sdpo_kit.errors import InputError, UsageError
 
 STRATEGIES = ("by-source", "easy-to-hard", "hard-to-easy", "random", "kmeans")
@@ -60,8 +61,14 @@ class SplitConfig:
     length_buckets: int = field(default=5, metadata={
         "help": "Quantile buckets of the log length ratio for stratify='length'."})
     keep_easiest: float | None = field(
-        default=None, metadata={"help": "Keep only this share of pairs with the highest `by` (Selective DPO)."}
+        default=None, metadata={"help": "Keep only this share of pairs, the easiest by `by` (Selective DPO); any "
+                                "strategy then orders or shuffles the kept pairs."}
     )
+    keep_per_source: bool = field(default=False, metadata={
+        "help": "keep_easiest within each source (the easiest share of every source), so no source is wiped out."})
+    easier: str = field(default="auto", metadata={
+        "help": "Which end of `by` is easy: `higher` (margins), `lower` (losses: val_loss); auto = lower for a "
+                "column named *loss*, else higher."})
     drop_truncated: bool = field(default=False, metadata={"help": "Drop pairs whose chosen or rejected was truncated."})
     min_margin: float | None = field(default=None, metadata={"help": "Drop pairs whose `by` is below this."})
     max_margin: float | None = field(default=None, metadata={"help": "Drop pairs whose `by` is above this."})
@@ -97,6 +104,10 @@ class SplitConfig:
             raise UsageError(f"stratify={self.stratify!r} makes no sense with strategy={self.strategy!r}")
         if self.keep_easiest is not None and not 0 < self.keep_easiest <= 1:
             raise UsageError(f"keep_easiest={self.keep_easiest}: need a share in (0, 1]")
+        if self.keep_per_source and self.keep_easiest is None:
+            raise UsageError("keep_per_source needs --keep_easiest (the share kept in each source)")
+        if self.easier not in EASIER:
+            raise UsageError(f"easier={self.easier!r}: expected one of {EASIER}")
         if self.min_margin is not None and self.max_margin is not None and self.min_margin > self.max_margin:
             raise UsageError(f"min_margin={self.min_margin} > max_margin={self.max_margin}")
 
@@ -148,6 +159,11 @@ def order_column(cfg: SplitConfig) -> str:
     return f"{cfg.by}_lc" if cfg.control_length else cfg.by
 
 
+def higher_easier(cfg: SplitConfig) -> bool:
+    """Whether a higher `by` is easier (margins) or harder (losses such as val_loss): `--easier`."""
+    return higher_is_easier(cfg.by, cfg.easier)
+
+
 def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(kept, dropped): dropped carries `drop_reason`, the first filter that removed the pair."""
     score = pl.col(cfg.by)
@@ -159,17 +175,9 @@ def filter_pairs(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.D
     if cfg.max_margin is not None:
         reason = reason.when(score > cfg.max_margin).then(pl.lit(f"above_max_{cfg.by}"))
     df = df.with_columns(reason.otherwise(pl.lit(None, pl.String)).alias("drop_reason"))
-    if cfg.keep_easiest is not None:
-        # Rank the survivors by easiness; input order breaks ties so the cut is deterministic.
-        alive = df.filter(pl.col("drop_reason").is_null()).sort([order_column(cfg), ROW], descending=[True, False])
-        n_keep = round(cfg.keep_easiest * alive.height)
-        cut = alive[n_keep:].select(ROW)
-        df = df.with_columns(
-            pl.when(pl.col(ROW).is_in(cut[ROW].implode()) & pl.col("drop_reason").is_null())
-            .then(pl.lit("not_easiest"))
-            .otherwise(pl.col("drop_reason"))
-            .alias("drop_reason")
-        )
+    if cfg.keep_easiest is not None:  # before any strategy: `random` then shuffles the kept pairs
+        df = mark_not_easiest(df, order_column(cfg), cfg.keep_easiest, cfg.keep_per_source, higher_easier(cfg),
+                              ROW)
     kept = df.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
     return kept, df.filter(pl.col("drop_reason").is_not_null())
 
@@ -272,7 +280,7 @@ def _kmeans(df: pl.DataFrame, cfg: SplitConfig, steps: int) -> pl.DataFrame:
     rank = (
         df.group_by("__cluster")
         .agg(pl.col(order_column(cfg)).mean().alias("__mean"))
-        .sort(["__mean", "__cluster"], descending=[True, False])
+        .sort(["__mean", "__cluster"], descending=[higher_easier(cfg), False])
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).alias("step"))
     )
     return df.join(rank.select("__cluster", "step"), on="__cluster", how="left").drop("__cluster")
@@ -298,7 +306,8 @@ def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:
             perm = np.random.default_rng(cfg.seed).permutation(df.height)
             ordered = df.with_columns(pl.Series("__key", perm)).sort("__key").drop("__key")
         else:
-            ordered = df.sort([order_column(cfg), ROW], descending=[cfg.strategy == "easy-to-hard", False])
+            easy_first = cfg.strategy == "easy-to-hard"
+            ordered = df.sort([order_column(cfg), ROW], descending=[easy_first == higher_easier(cfg), False])
         sizes = step_sizes(df.height, cfg.fractions or (1 / steps,) * steps)
         out = _chunk_stratified(ordered, sizes, STRATUM) if cfg.stratify else _chunk(ordered, sizes)
     return out.sort(ROW)
