@@ -1,6 +1,6 @@
 """Difficulty signals side by side: which columns measure difficulty, how they agree, suspect labels.
 
-    python -c "import polars as pl; from sdpo_kit.signals import signal_table; print(signal_table(signal_record(pl.read_parquet('difficulty.parquet'))))"
+    python -c "import polars as pl; from sdpo_kit.signals import signal_record, signal_table; from sdpo_kit.render import to_markdown; print(to_markdown(signal_table(signal_record(pl.read_parquet('difficulty.parquet'))))"
 
 A scored or cross-fitted file may hold several answers to "how hard is this pair": the reference's
 margin γ_ref (summed, per token, over the shared prefix), its length-controlled key `<by>_lc`, the
@@ -66,20 +66,19 @@ def signal_record(frame: pl.DataFrame) -> dict:
     return {"names": names, "spearman": matrix, "pairs": frame.height, "likely_mislabelled": likely_mislabelled(frame)}
 
 
-def signal_table(record: dict) -> str:
-    """The cards' markdown of a `signal_record`: the ρ matrix, each signal's direction, the mislabelled count."""
-    from sdpo_kit.escape import md_table
-
+def signal_table(record: dict) -> list[tuple]:
+    """The cards' `sdpo_kit.render` blocks of a `signal_record`: the ρ matrix, each signal's direction,
+    the mislabelled count ([] with fewer than two signals)."""
     names, matrix = record["names"], record["spearman"]
     if len(names) < 2:
-        return ""
+        return []
     fmt = lambda v: "–" if v is None or not math.isfinite(v) else f"{v:+.2f}"  # noqa: E731
-    text = ("Spearman ρ between the difficulty signals present (pairs where both are finite). Higher is easier "
-            "for the margins, `*_lc` and `learned_share`; **higher is harder for `val_loss`**; `log_length_ratio` "
-            "= ln(chosen/rejected tokens).\n\n")
-    text += md_table(["signal", *names], [[n, *map(fmt, row)] for n, row in zip(names, matrix)])
+    out = [("p", "Spearman ρ between the difficulty signals present (pairs where both are finite). Higher is easier "
+                 "for the margins, `*_lc` and `learned_share`; **higher is harder for `val_loss`**; `log_length_ratio` "
+                 "= ln(chosen/rejected tokens)."),
+           ("table", ["signal", *names], [[n, *map(fmt, row)] for n, row in zip(names, matrix)])]
     count = record["likely_mislabelled"]
     if count is not None:
-        text += (f"\n\nLikely mislabelled: **{count}** of {record['pairs']} pairs (γ_ref < 0 and implicit reward "
-                 "margin < 0 in every cross-fit run). Flagged only; labels are never flipped.")
-    return text + "\n"
+        out.append(("p", "Likely mislabelled: **{}** of {} pairs (γ_ref < 0 and implicit reward margin < 0 in every "
+                         "cross-fit run). Flagged only; labels are never flipped.", count, record["pairs"]))
+    return out

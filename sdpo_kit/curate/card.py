@@ -5,7 +5,8 @@
 A card is YAML front matter (parsed by `huggingface_hub.DatasetCard.load`), a table of
 statistics per group (a step, or a source for a whole dataset; `sdpo_kit.stats.margin_stats`)
 and PNG plots under `plots/`, drawn by the report's figure functions (`sdpo_kit.plots`,
-`save_figure(**CARD)`: 700 x 400 px, the same data gives the same bytes). A card only describes:
+`save_figure(**CARD)`: 700 x 400 px, the same data gives the same bytes); its text is blocks
+rendered by `sdpo_kit.render`, as the report's is. A card only describes:
 `sdpo data card --scored` gets its margins from `sdpo_kit.scoring.frame.score_sample`.
 """
 
@@ -20,11 +21,11 @@ import polars as pl
 import yaml
 
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.escape import md_cell, md_table
 from sdpo_kit.io import atomic_dir, read_parquet_checked, refuse_overwriting_input, write_text
 from sdpo_kit import plots
 from sdpo_kit.curate.selection import selection_table
 from sdpo_kit.signals import signal_table
+from sdpo_kit.render import to_markdown
 from sdpo_kit.stats import margin_stats
 
 
@@ -74,20 +75,21 @@ def group_stats(data: pl.DataFrame, group: str = "step") -> pl.DataFrame:
 
 
 def _cell(v) -> str:
-    """A card table cell: numbers to 3 decimals (NaN as n/a), data strings escaped (a `|`, newline or
-    `<script>` stays text)."""
+    """A card table cell's text: numbers to 3 decimals (NaN as n/a); the renderer escapes it (a `|`,
+    newline or `<script>` stays text)."""
     if isinstance(v, float):
         return "n/a" if v != v else f"{v:.3f}"
-    return md_cell(v)
+    return str(v)
 
 
-def _stats_table(stats: pl.DataFrame) -> str:
-    return md_table(stats.columns, stats.iter_rows(), cell=_cell)
+def _stats_table(stats: pl.DataFrame) -> tuple:
+    return ("table", stats.columns, [[_cell(v) for v in row] for row in stats.iter_rows()])
 
 
-def _bullet(line: str) -> str:
-    """A printed line (`curate score`/`split`) as a markdown bullet: data escaped, our own backticks kept as code."""
-    return "- " + md_cell(line).replace("\\`", "`")
+def _bullets(lines: list[str]) -> tuple:
+    """Printed lines (`curate score`/`split`) as a list block: data escaped, our own backticks kept as
+    code (each line's text between backticks is a data slot, the backticks are the template's)."""
+    return ("list", [("`".join(["{}"] * len(parts)), *parts) for parts in (line.split("`") for line in lines)])
 
 
 def _size_category(n: int) -> str:
@@ -97,10 +99,11 @@ def _size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def render_card(front: dict, title: str, intro: str, sections: list[tuple[str, str]]) -> str:
-    body = "".join(f"\n## {name}\n\n{text.rstrip()}\n" for name, text in sections)
-    return ("---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True)
-            + f"---\n\n# {md_cell(title)}\n\n{intro}\n{body}")
+def render_card(front: dict, title: str, intro: tuple, sections: list[tuple[str, list[tuple]]]) -> str:
+    """The card's README.md: YAML front matter, then the title, the intro paragraph and each
+    (name, blocks) section, rendered by `sdpo_kit.render`."""
+    blocks = [("h1", title), intro] + [b for name, body in sections for b in [("h2", name), *body]]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + to_markdown(blocks)
 
 
 def draw_plots(out: Path, pairs: pl.DataFrame, group: str, scored: pl.DataFrame | None, mix: pl.DataFrame,
@@ -128,20 +131,25 @@ def draw_plots(out: Path, pairs: pl.DataFrame, group: str, scored: pl.DataFrame 
     return drawn
 
 
-def _json_block(obj, sort_keys: bool = False) -> str:
-    """A fenced JSON block whose strings (source names, paths) can neither close the fence nor open
+def _json_block(obj, sort_keys: bool = False) -> tuple:
+    """A fenced JSON code block whose strings (source names, paths) can neither close the fence nor open
     HTML: `<`, `>`, `&` and backticks are written as \\u escapes, which JSON reads back unchanged."""
     text = json.dumps(obj, indent=2, sort_keys=sort_keys)
     for ch in "<>&`":
         text = text.replace(ch, f"\\u{ord(ch):04x}")
-    return "```json\n" + text + "\n```"
+    return ("code", "json", text)
 
 
-def _provenance(scorer: dict | None, scored: bool) -> str:
+def _provenance(scorer: dict | None, scored: bool) -> list[tuple]:
     if not scorer:
-        return ("Scored, but the input carries no `sdpo_kit.scorer` provenance in its parquet footer." if scored
-                else "Not scored: no reference model margins.")
-    return "Scored by `sdpo curate score`:\n\n" + _json_block(scorer, sort_keys=True)
+        return [("p", "Scored, but the input carries no `sdpo_kit.scorer` provenance in its parquet footer." if scored
+                 else "Not scored: no reference model margins.")]
+    return [("p", "Scored by `sdpo curate score`:"), _json_block(scorer, sort_keys=True)]
+
+
+def _counts(counts: dict[str, int], suffix: str = "") -> list[tuple]:
+    """Reason counts as list items: "`reason`: n" (+ suffix)."""
+    return [("`{}`: {}" + suffix, r, n) for r, n in counts.items()]
 
 
 # ---------------------------------------------------------------- partitions (written by `curate split`)
@@ -160,57 +168,57 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
             {"split": f"step_{t}", "path": f"step_{t}.parquet"} for t in range(1, n_steps + 1)]}],
     }
     p = manifest["params"]
-    intro = (
-        f"{data.height} preference pairs from {md_cell(manifest['input']['path'])} (sha256 `{manifest['input']['sha256'][:16]}…`, "
-        f"{manifest['input']['rows']} rows) split into {n_steps} steps by `sdpo curate split --strategy {manifest['strategy']}` "
-        f"(difficulty column `{p['by']}`, seed {manifest['seed']}). Step 1 is trained first; step t's reference is the model "
-        f"from step t-1. {manifest['dropped']['pairs']} pairs were dropped by filters (`dropped.parquet`, column `drop_reason`)."
-    )
-    reasons = manifest["dropped"]["reasons"]
-    dropped = "\n".join(f"- `{r}`: {n}" for r, n in reasons.items()) or "None."
+    intro = ("p", "{} preference pairs from {} (sha256 `{}…`, {} rows) split into {} steps by `sdpo curate split "
+             "--strategy {}` (difficulty column `{}`, seed {}). Step 1 is trained first; step t's reference is the "
+             "model from step t-1. {} pairs were dropped by filters (`dropped.parquet`, column `drop_reason`).",
+             data.height, manifest["input"]["path"], manifest["input"]["sha256"][:16], manifest["input"]["rows"],
+             n_steps, manifest["strategy"], p["by"], manifest["seed"], manifest["dropped"]["pairs"])
+    reasons = _counts(manifest["dropped"]["reasons"])
     scored = "margin" in data.columns
     draw_plots(out, data, "step", data if scored else None, data, "step", "the curation reference")
-    figures = ["![margin histogram per step](plots/margin_hist.png)"] if scored else []
-    figures += ["![source mix per step](plots/source_mix.png)", "![lengths per step](plots/lengths.png)"]
+    figures = [("image", "margin histogram per step", "plots/margin_hist.png")] if scored else []
+    figures += [("image", "source mix per step", "plots/source_mix.png"),
+                ("image", "lengths per step", "plots/lengths.png")]
     sections = [
-        ("Steps", "Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt); reward accuracy = share "
-                  "of pairs with γ_ref > 0.\n\n" + _stats_table(group_stats(data, "step"))),
-        ("Plots", "\n\n".join(figures)),
+        ("Steps", [("p", "Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt); reward accuracy = "
+                         "share of pairs with γ_ref > 0."), _stats_table(group_stats(data, "step"))]),
+        ("Plots", figures),
         *([("Length", _length_section(data, manifest["length"], out))] if manifest.get("length") else []),
-        ("Dropped pairs", dropped),
+        ("Dropped pairs", [("list", reasons)] if reasons else [("p", "None.")]),
         *([("Selection", selection_table(manifest["selection"]))] if manifest.get("selection") else []),
         *([("Difficulty signals", signal_table(manifest["signals"]))]
           if manifest.get("signals") and len(manifest["signals"]["names"]) > 1 else []),
-        ("Parameters", _json_block(p)),
+        ("Parameters", [_json_block(p)]),
         ("Reference model", _provenance(manifest.get("scorer"), True)),
-        ("Use with TRL", "```python\nfrom datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
-                         "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores\n```"),
+        ("Use with TRL", [("code", "python", "from datasets import load_dataset\nstep_1 = load_dataset(\"parquet\", "
+                           "data_files=\"step_1.parquet\", split=\"train\")  # prompt / chosen / rejected + scores")]),
     ]
     return write_text(out / "README.md", render_card(front, front["pretty_name"], intro, sections))
 
 
-def _length_section(data: pl.DataFrame, record: dict, out: Path) -> str:
+def _length_section(data: pl.DataFrame, record: dict, out: Path) -> list[tuple]:
     """The "Length" section (issue 12: how much of the order is answer length; manifest["length"], written
     by `sdpo_kit.length.split_record`): ρ lines, the warning, the per-step table, the plot."""
     from sdpo_kit.length import _fmt, split_lines
 
-    text = ("Log length ratio = " + record["log_length_ratio"] + ". Summed log-probs favour the shorter "
-            "answer, so an order by summed margin can be an order by length.\n\n")
-    text += "\n".join(_bullet(line) for line in split_lines(record)) + "\n\n"
+    out_blocks = [("p", "Log length ratio = {}. Summed log-probs favour the shorter answer, so an order by summed "
+                        "margin can be an order by length.", record["log_length_ratio"]),
+                  _bullets(split_lines(record))]
     c = record["control_length"]
     if c:
-        text += (f"`--control_length`: {md_cell(c['method'])}. Features {', '.join(c['features'])}; "
-                 f"n_knots {c['n_knots']}, degree {c['degree']}; fitted on {c['fitted_pairs']} pairs (R² {c['r2']}); "
-                 f"bins {c.get('bins', 1)}; Spearman ρ with the log length ratio {_fmt(c['rho_length_before'])} before, "
-                 f"{_fmt(c.get('rho_length_residual'))} for the residual, {_fmt(c['rho_length_after'])} for the key.\n\n")
+        out_blocks.append(("p", "`--control_length`: {}. Features {}; n_knots {}, degree {}; fitted on {} pairs (R² {}); "
+                                "bins {}; Spearman ρ with the log length ratio {} before, {} for the residual, {} for "
+                                "the key.", c["method"], ", ".join(c["features"]), c["n_knots"], c["degree"],
+                           c["fitted_pairs"], c["r2"], c.get("bins", 1), _fmt(c["rho_length_before"]),
+                           _fmt(c.get("rho_length_residual")), _fmt(c["rho_length_after"])))
     rows = record["per_step"]
     cols = list(rows[0]) if rows else []
-    text += md_table(cols, [[r[c] for c in cols] for r in rows], cell=_cell)
+    out_blocks.append(("table", cols, [[_cell(r[c]) for c in cols] for r in rows]))
     if record["key"] is not None:
         plots.save_figure(lambda a: plots.plot_key_vs_length(data, a[0], record["key"]),
                           out / "plots" / "key_vs_length.png", **plots.CARD)
-        text += "\n![ordering key against the log length ratio](plots/key_vs_length.png)\n"
-    return text
+        out_blocks.append(("image", "ordering key against the log length ratio", "plots/key_vs_length.png"))
+    return out_blocks
 
 
 # ---------------------------------------------------------------- a whole dataset (`sdpo data card`)
@@ -258,15 +266,17 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
     return card
 
 
-def _margins_section(card: dict) -> str:
+def _margins_section(card: dict) -> list[tuple]:
     scored, scorer = card["scored"], card["scorer"] or {}
     n, of = scorer.get("scored_pairs", scored.height), scorer.get("of_pairs", scored.height)
     head = ("Margin = γ_ref = log π_ref(chosen|prompt) - log π_ref(rejected|prompt) under the reference model below; "
             "reward accuracy = share of pairs with γ_ref > 0; lengths in tokens as the scorer counted them "
-            f"(before truncation at max_length {scorer.get('max_length', '?')}).")
+            "(before truncation at max_length {}).")
+    data = [scorer.get("max_length", "?")]
     if n < of:
-        head += (f" **Scored on a seeded random subset: {n} of the {of} valid pairs (seed {scorer['sample_seed']})**; "
-                 f"{scored.height} of them were kept by the scorer, and this section describes those only.")
+        head += (" **Scored on a seeded random subset: {} of the {} valid pairs (seed {})**; "
+                 "{} of them were kept by the scorer, and this section describes those only.")
+        data += [n, of, scorer["sample_seed"], scored.height]
     from sdpo_kit.length import score_diagnosis
 
     # Issue 12: how much of each margin is answer length (what `curate score` prints), as bullets.
@@ -275,9 +285,10 @@ def _margins_section(card: dict) -> str:
     from sdpo_kit.signals import signal_record
 
     signals = signal_table(signal_record(scored))  # issue 20: every difficulty signal present, side by side
-    return (head + "\n\n" + _stats_table(group_stats(scored, "source")) + "\n"
-            + _stats_table(group_stats(per_all, "dataset")) + "".join(f"\n{_bullet(line)}" for line in lines)
-            + ("\n" if lines else "") + (f"\n**Difficulty signals.** {signals}" if signals else ""))
+    if signals:  # a bold lead-in on the section's first paragraph
+        signals[0] = ("p", "**Difficulty signals.** " + signals[0][1], *signals[0][2:])
+    return [("p", head, *data), _stats_table(group_stats(scored, "source")), _stats_table(group_stats(per_all, "dataset")),
+            *([_bullets(lines)] if lines else []), *signals]
 
 
 def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",
@@ -293,26 +304,27 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
         raise InputError(f"{data}: no valid pairs to describe (rejects: {card['rejects']})")
     front = {"pretty_name": f"Preference pairs: {Path(data).name}", "tags": ["dpo", "preference"],
              "task_categories": ["text-generation"], "size_categories": [_size_category(pairs.height)]}
-    intro = (f"{md_cell(data)}: {card['rows']} input rows, {pairs.height} valid pairs, "
-             f"{sum(card['rejects'].values())} rows rejected by the data layer. "
+    intro = ("p", "{}: {} input rows, {} valid pairs, {} rows rejected by the data layer. "
              + ("Reference-model margins: see below." if card["scored"] is not None else
-                "Not scored: lengths and source mix only (`sdpo data card --scored` adds reference margins)."))
-    rejected = "\n".join(f"- `{r}`: {n}" for r, n in card["rejects"].items()) or "None."
-    rejected += "".join(f"\n- `{r}`: {n} (scorer, among the scored pairs)" for r, n in card["score_rejects"].items())
+                "Not scored: lengths and source mix only (`sdpo data card --scored` adds reference margins)."),
+             data, card["rows"], pairs.height, sum(card["rejects"].values()))
+    rejected = [("list", _counts(card["rejects"]))] if card["rejects"] else [("p", "None.")]
+    if card["score_rejects"]:
+        rejected.append(("list", _counts(card["score_rejects"], " (scorer, among the scored pairs)")))
     everything = pairs.with_columns(pl.lit("all").alias("dataset"))
     with atomic_dir(out, overwrite) as tmp:
         sections = [
-            ("Per source", _stats_table(group_stats(pairs, "source"))),
-            ("Whole dataset", _stats_table(group_stats(everything, "dataset"))),
+            ("Per source", [_stats_table(group_stats(pairs, "source"))]),
+            ("Whole dataset", [_stats_table(group_stats(everything, "dataset"))]),
         ]
         figures = []
         if card["scored"] is not None:
             sections.append(("Reference margins", _margins_section(card)))
-            figures.append("![margin histogram per source (scored pairs)](plots/margin_hist.png)")
+            figures.append(("image", "margin histogram per source (scored pairs)", "plots/margin_hist.png"))
         draw_plots(tmp, pairs, "source", card["scored"], everything, "dataset", "the reference model")
-        figures += ["![source mix](plots/source_mix.png)", "![lengths per source](plots/lengths.png)"]
+        figures += [("image", "source mix", "plots/source_mix.png"), ("image", "lengths per source", "plots/lengths.png")]
         sections += [
-            ("Plots", "\n\n".join(figures)),
+            ("Plots", figures),
             ("Rejected rows", rejected),
             ("Reference model", _provenance(card["scorer"], card["scored"] is not None)),
         ]

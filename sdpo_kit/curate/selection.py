@@ -70,11 +70,9 @@ def selection_lines(record: dict) -> list[str]:
     return lines + ([record["warning"]] if record["warning"] else [])
 
 
-def selection_table(record: dict) -> str:
-    """The partition card's "Selection" section (markdown)."""
-    from sdpo_kit.escape import md_cell, md_table
-
+def selection_table(record: dict) -> list[tuple]:
+    """The partition card's "Selection" section (`sdpo_kit.render` blocks): pairs in and kept per source."""
     rows = [[s, r["in"], r["kept"], f"{r['drop_share']:.1%}"] for s, r in record["sources"].items()]
     rows.append(["all", record["pairs_in"], record["pairs_kept"], f"{record['drop_share']:.1%}"])
-    text = md_table(["source", "pairs in", "pairs kept", "dropped"], rows)  # source names are data: escaped
-    return text + (f"\n**{md_cell(record['warning'])}**\n" if record["warning"] else "")
+    table = ("table", ["source", "pairs in", "pairs kept", "dropped"], rows)  # source names are data: escaped
+    return [table] + ([("warn", "{}", record["warning"])] if record["warning"] else [])

@@ -15,8 +15,8 @@ one standard deviation, dots each seed.
 
 The text of each section (settings, step table, reference schedule, held-out numbers, behaviour,
 difficulty and length) is written once as a list of blocks and rendered twice: markdown for
-summary.md and HTML for report.html, every string from data escaped for its format
-(`sdpo_kit.escape`). Runs are read by `load.py`, figures chosen by `figures.py` and drawn by
+summary.md and HTML for report.html by `sdpo_kit.render` (the one renderer and stylesheet of
+report, verdict and cards), every string from data escaped for its format. Runs are read by `load.py`, figures chosen by `figures.py` and drawn by
 `sdpo_kit.plots`; the verdict is `verdict.py`.
 """
 
@@ -26,11 +26,11 @@ import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sdpo_kit import escape
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit import plots
+from sdpo_kit.render import page, text, to_html, to_markdown
 from sdpo_kit.io import write_json, write_text
 from sdpo_kit.report import verdict
 from sdpo_kit.report.figures import comparison_figures, run_figures
@@ -61,62 +61,7 @@ def run(cfg: ReportConfig) -> dict[str, Path]:
     return paths
 
 
-# ---------------------------------------------------------------- text: blocks, rendered as markdown and as HTML
-#
-# A block is ("h2" | "h3", text), ("p" | "warn", template, *data) or ("table", header, rows).
-# In a template each `{}` takes the next data value (escaped for the format) and backticks mark
-# code; table cells are display text (numbers already formatted) and are escaped for the format.
-
-def _text(v: Any) -> str:
-    """A number or value as the report shows it: floats to 4 significant digits, None as a dash."""
-    return f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else str(v))
-
-
-def _md_fill(template: str, data: tuple) -> str:
-    pieces = template.split("{}")
-    return pieces[0] + "".join(escape.md_cell(d) + p for d, p in zip(data, pieces[1:]))
-
-
-def _html_fill(template: str, data: tuple) -> str:
-    out, code = [], False
-    for i, piece in enumerate(template.split("{}")):
-        for j, chunk in enumerate(piece.split("`")):
-            if j:  # a backtick of the template: opens or closes a code span
-                out.append("</code>" if code else "<code>")
-                code = not code
-            out.append(escape.html(chunk))
-        if i < len(data):
-            out.append(escape.html(data[i]))
-    return "".join(out)
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    """summary.md's text of a section: blocks separated by a blank line."""
-    def one(b: tuple) -> str:
-        kind = b[0]
-        if kind in ("h2", "h3"):
-            return "#" * int(kind[1]) + " " + escape.md_cell(b[1])
-        if kind == "table":
-            return escape.md_table(b[1], b[2]).rstrip("\n")
-        text = _md_fill(b[1], b[2:])
-        return f"**{text}**" if kind == "warn" else text
-
-    return "\n\n".join(one(b) for b in blocks) + "\n" if blocks else ""
-
-
-def to_html(blocks: list[tuple]) -> list[str]:
-    """report.html's elements of a section."""
-    def one(b: tuple) -> str:
-        kind = b[0]
-        if kind in ("h2", "h3"):
-            return f"<{kind}>{escape.html(b[1])}</{kind}>"
-        if kind == "table":
-            return escape.html_table(b[1], b[2])
-        text = _html_fill(b[1], b[2:])
-        return f"<p class='note'><strong>{text}</strong></p>" if kind == "warn" else f"<p>{text}</p>"
-
-    return [one(b) for b in blocks]
-
+# ---------------------------------------------------------------- text: blocks (`sdpo_kit.render`), as markdown and as HTML
 
 STEP_KEYS = ("pairs", "ref_margin_mean", "loss_first", "loss_end", "reward_margin_end", "reward_accuracy_end")
 
@@ -127,12 +72,12 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
     meta = r["meta"]
     out = [("h2", r["name"]),
            ("p", "mode `{}`, base model `{}`, β = {}, status `{}`, label `{}`, seed {}", meta.get("mode"),
-            meta.get("base_model"), meta.get("beta"), meta.get("status"), r["label"], _text(r["seed"])),
+            meta.get("base_model"), meta.get("beta"), meta.get("status"), r["label"], text(r["seed"])),
            ("p", "End-of-step loss, reward margin and accuracy are over the whole partition after the step "
                  "(M_t against M_{t-1})."),
            ("table", ["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
                       "reward accuracy end"],
-            [[_text(v) for v in (s["step"], *map(s["summary"].get, STEP_KEYS))] for s in r["steps"]])]
+            [[text(v) for v in (s["step"], *map(s["summary"].get, STEP_KEYS))] for s in r["steps"]])]
     out += reference_blocks(r)
     ev = r["eval"]
     if ev:
@@ -140,10 +85,10 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
         out += [("p", "Held-out: `{}`, {} pairs scored by every model ({} dropped, see eval/rejects.jsonl).",
                  d["path"], d["pairs"], d.get("rejected", 0)),
                 ("table", ["model", "n pairs", "preference accuracy", "mean γ", "s.e."],
-                 [[_text(v) for v in (m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem"))]
+                 [[text(v) for v in (m["name"], m["pairs"], m["accuracy"], m["mean_margin"], m.get("sem"))]
                   for m in ev["models"]]),
                 ("table", ["policy", "reference", "n pairs", "reward margin mean", "s.e.", "reward accuracy"],
-                 [[_text(v) for v in (c["policy"], c["reference"], c["pairs"], c["reward_margin_mean"], c.get("sem"),
+                 [[text(v) for v in (c["policy"], c["reference"], c["pairs"], c["reward_margin_mean"], c.get("sem"),
                                       c["reward_accuracy"])] for c in ev["comparisons"]])]
         if r["scores"] is not None and signal in r["scores"].columns:
             for m in ev["models"]:
@@ -155,7 +100,7 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
 
 def comparison_blocks(runs: list[dict]) -> list[tuple]:
     """Final model of every run on its held-out data, one row per run."""
-    rows = [[_text(v) for v in (r["name"], r["label"], schedule_label(r["meta"]), r["seed"], r["eval"]["data"]["pairs"],
+    rows = [[text(v) for v in (r["name"], r["label"], schedule_label(r["meta"]), r["seed"], r["eval"]["data"]["pairs"],
                                 *final_vs_s(r["eval"]).values())] for r in runs if r["eval"]]
     if len(runs) < 2 or not rows:
         return []
@@ -271,7 +216,7 @@ def length_blocks(r: dict) -> list[tuple]:
         edges = held["bucket_edges"]
         head = ["model", "accuracy (sum γ)", "accuracy (per-token γ)", "ρ(γ, ln len ratio)", "slope [nats/unit]"]
         head += [f"Q{i + 1} {lo:+.2f}…{hi:+.2f} (sum/avg)" for i, (lo, hi) in enumerate(edges)]
-        rows = [[_text(v) for v in (m["name"], m["accuracy_sum"], m["accuracy_avg"], m["rho_length"], m["slope"])]
+        rows = [[text(v) for v in (m["name"], m["accuracy_sum"], m["accuracy_avg"], m["rho_length"], m["slope"])]
                 + [f"{q['accuracy_sum']:.2f}/{'–' if q['accuracy_avg'] is None else format(q['accuracy_avg'], '.2f')}"
                    for q in m["quintiles"]] for m in held["models"]]
         out.append(("table", head, rows))
@@ -280,11 +225,6 @@ def length_blocks(r: dict) -> list[tuple]:
 
 # ---------------------------------------------------------------- the report folder
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1300px;margin:2em auto;
-padding:0 1em;color:#222}h1{border-bottom:2px solid #4C72B0}h2{margin-top:2em;color:#2d4a7a}
-figure{margin:1.5em 0;padding:.5em;border:1px solid #ddd;border-radius:6px}img{max-width:100%}
-figcaption{color:#555;font-size:.9em}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.note{color:#a05a00}"""
 REPORT_FILES = (".png", ".html", ".md", ".json")
 
 
@@ -321,7 +261,7 @@ def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence")
     parts = [(comparison_blocks(runs), "", comparison_figures(runs), [])]
     parts += [(run_blocks(r, signal), r["name"] + "_", *run_figures(r, signal)) for r in runs]
     for blocks, prefix, figs, notes in parts:
-        body = to_html(blocks) + [f"<p class='note'>{escape.html(n)}</p>" for n in notes]
+        body = to_html(blocks + [("note", "{}", n) for n in notes])
         for f in figs:
             png = out / f"{prefix}{f['name']}.png"
             drawn = plots.save_figure(f["draw"], png, ncols=f["ncols"])
@@ -333,7 +273,6 @@ def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence")
         sections.append("<section>" + "\n".join(body) + "</section>")
     md = summary_markdown(runs, signal, verdict.markdown(answer))
     write_json(out / "verdict.json", answer)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sDPO report</title><style>{CSS}</style>"
-            f"</head><body><h1>sDPO report</h1>\n" + "\n".join(sections) + "</body></html>")
-    return {"html": write_text(out / "report.html", page), "summary": write_text(out / "summary.md", md + "\n"),
+    return {"html": write_text(out / "report.html", page("sDPO report", sections)),
+            "summary": write_text(out / "summary.md", md + "\n"),
             "figures": write_json(out / "figures.json", index)}

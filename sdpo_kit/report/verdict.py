@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sdpo_kit import escape
-from sdpo_kit.escape import html_table, md_table
+from sdpo_kit import render
+from sdpo_kit.render import to_markdown
 
 MIN_PAIRS = 100
 DRAWS = 10_000
@@ -187,32 +187,21 @@ def summary(runs: list[dict], draws: int = DRAWS) -> dict[str, Any]:
                                           "and a DPO run evaluated on the same held-out data).")}
 
 
+def blocks(v: dict) -> list[tuple]:
+    """The verdict section as `sdpo_kit.render` blocks: the calls, the note, the warnings, every model."""
+    out = [("h2", "Verdict"), *[("call", line) for line in v["verdicts"]]]
+    out += [("p", v["note"])] if v["note"] else []
+    out += [("alert", w) for w in v["warnings"] + v["dropped"]]
+    if v["models"]:
+        out += [("p", MODELS_INTRO), ("table", MODELS_HEADER, v["models"])]
+    return out
+
+
 def markdown(v: dict) -> str:
     """The verdict section of summary.md."""
-    out = ["## Verdict", ""]
-    out += [f"**{line}**" for line in v["verdicts"]] + ([v["note"]] if v["note"] else []) + [""]
-    out += [f"⚠ {w}" for w in v["warnings"] + v["dropped"]]
-    text = "\n".join(out) + "\n"
-    if v["models"]:
-        text += f"\n{MODELS_INTRO}\n\n" + md_table(MODELS_HEADER, v["models"])
-    return text
-
-
-CSS = """.verdict{border:2px solid #2d4a7a;border-radius:8px;padding:.6em 1.2em;margin:1em 0;background:#f4f7fc}
-.verdict h2{margin-top:.2em}.verdict .call{font-size:1.15em;font-weight:600;margin:.4em 0}
-.verdict .detail{font-size:.8em;font-weight:400;color:#444}.verdict .warn{color:#8a4b00;margin:.3em 0}"""
+    return to_markdown(blocks(v))
 
 
 def to_html(v: dict) -> str:
     """The verdict box that opens report.html (every string escaped)."""
-    e = escape.html
-    body = []
-    for line in v["verdicts"]:  # the call in bold, its n / seeds / reward-margin detail smaller
-        call, _, detail = line.partition(" [")
-        body.append(f"<p class='call'>{e(call)}" + (f" <span class='detail'>[{e(detail)}</span>" if detail else "")
-                    + "</p>")
-    body += [f"<p>{e(v['note'])}</p>"] if v["note"] else []
-    body += [f"<p class='warn'>⚠ {e(w)}</p>" for w in v["warnings"] + v["dropped"]]
-    if v["models"]:
-        body += [f"<p>{e(MODELS_INTRO)}</p>", html_table(MODELS_HEADER, v["models"])]
-    return f"<style>{CSS}</style><section class='verdict' id='verdict'><h2>Verdict</h2>" + "\n".join(body) + "</section>"
+    return "<section class='verdict' id='verdict'>" + "\n".join(render.to_html(blocks(v))) + "</section>"
