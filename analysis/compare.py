@@ -59,10 +59,11 @@ def two_level_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray, draw
     return paired_bootstrap(a, b, clusters, draws=draws, seed=seed)
 
 
-def comparison_markdown(run_dirs: list[Path], draws: int = 10_000) -> str:
+def comparison_markdown(run_dirs: list[Path], draws: int = 10_000, comparisons=COMPARISONS) -> str:
+    """The (arm, baseline) differences of `comparisons` present among the runs, as a markdown table."""
     arms = arm_gammas(run_dirs)
     rows = []
-    for arm, base in COMPARISONS:
+    for arm, base in comparisons:
         if arm not in arms or base not in arms:
             continue
         both = arms[arm].join(arms[base].select("pair_id", pl.col("gamma").alias("base")), on="pair_id", how="inner")
