@@ -30,6 +30,19 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def note(prog: str, message: str, err: bool = False) -> None:
+    """`[prog] message`, the one way a command writes a progress or warning line (`prog`: "sdpo train",
+    "sdpo eval", ...): on stdout (stderr with `err`), flushed, by the main process only. Written with
+    `tqdm.write`, so a line never tears a progress bar that is being drawn (the run's bar, the scorer's)."""
+    if not main_process():
+        return
+    from tqdm import tqdm
+
+    stream = sys.stderr if err else sys.stdout
+    tqdm.write(f"[{prog}] {message}", file=stream)
+    stream.flush()
+
+
 def main_process() -> bool:
     """True unless this is a non-zero rank under a launcher (torchrun / accelerate set RANK)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0

@@ -20,9 +20,9 @@ import contextlib
 import hashlib
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
+from sdpo_kit.console import note
 from sdpo_kit.errors import InputError
 
 DEFAULT_MODEL = "default"
@@ -51,7 +51,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF checkpoint to an fp32 safetensors model directory at `out` (atomic)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[sdpo_kit] converting {gguf.name} to a safetensors cache at {out} (once) ...", file=sys.stderr)
+    note("sdpo_kit", f"converting {gguf.name} to a safetensors cache at {out} (once) ...", err=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32",
                                                  trust_remote_code=False)
@@ -63,7 +63,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         del model.config.quantization_config
     model.config.name_or_path = DEFAULT_NAME
     save_model(model, tokenizer, out, first_wins=True)  # another process converting at once: its copy is kept
-    print(f"[sdpo_kit] default model cached at {out}", file=sys.stderr)
+    note("sdpo_kit", f"default model cached at {out}", err=True)
     return out
 
 

@@ -91,3 +91,30 @@ def test_only_rank_zero_prints(monkeypatch, rank, prints):
 
     monkeypatch.setenv("RANK", rank)
     assert main_process() is prints
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_note_writes_one_prefixed_line_from_rank_zero_only(monkeypatch, capsys, rank):
+    from sdpo_kit.console import note
+
+    monkeypatch.setenv("RANK", rank)
+    note("sdpo eval", "scoring M1 ...")
+    note("sdpo_kit", "default model cached", err=True)
+    out, err = capsys.readouterr()
+    if rank == "0":
+        assert (out, err) == ("[sdpo eval] scoring M1 ...\n", "[sdpo_kit] default model cached\n")
+    else:
+        assert (out, err) == ("", "")
+
+
+def test_no_command_writes_its_own_prefix():
+    """Every `[sdpo …]` line goes through console.note: no module spells the prefix itself."""
+    import pathlib
+    import re
+
+    import sdpo_kit
+
+    root = pathlib.Path(sdpo_kit.__file__).parent
+    hand = [f"{p.relative_to(root)}:{i}" for p in root.rglob("*.py") if p.name != "console.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"""["']\[(sdpo[ _]|\{prog\}|\{PROG\})""", line)]
+    assert hand == []

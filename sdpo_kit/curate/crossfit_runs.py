@@ -17,16 +17,13 @@ import polars as pl
 
 from sdpo_kit.curate.folds import (assign_folds, check_disjoint, difficulty, digest, finish_run, run_done, run_name,
                                    score_fold, seed_agreement, train_fold, trained_ids)
+from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_parquet_checked, sha256_file, write_parquet
 
 CROSSFIT_KEY = "sdpo_kit.crossfit"
 LAYOUT = 1  # bump when a run's files or the aggregation change: older runs are then redone
 PROG = "sdpo curate crossfit"
-
-
-def say(text: str) -> None:
-    print(f"[{PROG}] {text}", flush=True)
 
 
 def crossfit(cfg, step_cfg: dict, args, given: set[str]) -> Path:
@@ -63,7 +60,7 @@ def score_base(frame: pl.DataFrame, model: str, args) -> tuple[pl.DataFrame, dic
     m, tok = load_checked_model(model)
     scored, rejects = score_frame_cached(frame, m, tok, score_config(args), progress=False)
     if rejects:
-        say(f"{len(rejects)} pair(s) S cannot score ({rejects[0].reason if hasattr(rejects[0], 'reason') else 'rejected'}"
+        note(PROG, f"{len(rejects)} pair(s) S cannot score ({rejects[0].reason if hasattr(rejects[0], 'reason') else 'rejected'}"
             f"): no run scores them (n_runs 0)")
     base = {"model": str(resolve_model_path(model).resolve()), "fingerprint": model_fingerprint(m)}
     return scored.select("pair_id", "ref_chosen_logps", "ref_rejected_logps"), base
@@ -91,12 +88,12 @@ def one_run(folder: Path, frame, folds, s: int, f: int, s_scores, scorer_meta, c
     """Run (seed s, fold f): its record if already finished, else train, score and record it."""
     record = run_done(folder)
     if record is not None:
-        say(f"seed {s + 1}/{cfg.seeds} fold {f + 1}/{cfg.folds}: done earlier, kept")
+        note(PROG, f"seed {s + 1}/{cfg.seeds} fold {f + 1}/{cfg.folds}: done earlier, kept")
         return record
     began = time.time()
     train = frame.filter(pl.Series(folds != f))
     heldout = frame.filter(pl.Series(folds == f))
-    say(f"seed {s + 1}/{cfg.seeds} fold {f + 1}/{cfg.folds}: DPO on {train.height} pairs, then scoring "
+    note(PROG, f"seed {s + 1}/{cfg.seeds} fold {f + 1}/{cfg.folds}: DPO on {train.height} pairs, then scoring "
         f"{heldout.height} held-out pairs")
     run_args = copy.deepcopy(args)
     run_args.seed = args.seed + s
@@ -108,7 +105,7 @@ def one_run(folder: Path, frame, folds, s: int, f: int, s_scores, scorer_meta, c
     record = {"seed_index": s, "seed": run_args.seed, "fold": f, "model_fingerprint": step["model_fingerprint"],
               "trained_pair_ids": trained_ids(run_dir)}
     record = finish_run(folder, record, margins, cfg.keep_models)
-    say(f"seed {s + 1} fold {f + 1}: {time.time() - began:.0f} s")
+    note(PROG, f"seed {s + 1} fold {f + 1}: {time.time() - began:.0f} s")
     return record
 
 
@@ -136,11 +133,11 @@ def write_output(out: Path, frame, meta: dict, runs, records, assignment, stamp,
     result = frame.hstack(diff.drop("pair_id"))
     write_parquet(out, result, metadata={**meta, CROSSFIT_KEY: json.dumps(record, default=str)})
     scored = result.filter(pl.col("n_runs") > 0)
-    say(f"{out}: {result.height} pairs, {scored.height} scored by {cfg.seeds} seed(s) x {cfg.folds} folds; "
+    note(PROG, f"{out}: {result.height} pairs, {scored.height} scored by {cfg.seeds} seed(s) x {cfg.folds} folds; "
         f"mean val_loss {scored['val_loss'].mean():.4f}, mean learned_share {scored['learned_share'].mean():.3f}")
     for a in agreement:
         rho = "undefined" if a["spearman"] is None else f"{a['spearman']:.3f}"
-        say(f"val_loss agreement, seed {a['seeds'][0]} vs seed {a['seeds'][1]}: Spearman {rho}")
+        note(PROG, f"val_loss agreement, seed {a['seeds'][0]} vs seed {a['seeds'][1]}: Spearman {rho}")
     return out
 
 
@@ -194,8 +191,7 @@ def prepare_work(work: Path, stamp: dict, resume: bool) -> None:
                else None if old == stamp else describe_change(old, stamp))
         if why is not None:
             done = len(list(work.glob("*/record.json")))
-            print(f"[{PROG}] starting afresh{f', {done} finished run(s) in {work} discarded' if done else ''}: {why}",
-                  flush=True)
+            note(PROG, f"starting afresh{f', {done} finished run(s) in {work} discarded' if done else ''}: {why}")
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_json(path, stamp)

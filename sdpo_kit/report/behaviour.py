@@ -24,6 +24,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from sdpo_kit.console import note
 from sdpo_kit.io import read_json, write_json, write_jsonl
 
 PROMPT_SEED = 0
@@ -126,18 +127,18 @@ def model_generations(model: dict, prompts: list[dict], settings: dict, base: di
     key = {"fingerprint": model["fingerprint"], "S": base["fingerprint"], "prompts": [p["prompt_id"] for p in prompts],
            **settings}
     if sidecar.is_file() and path.is_file() and read_json(sidecar).get("key") == key:
-        print(f"[sdpo eval] {model['name']}: answers cached ({path})")
+        note("sdpo eval", f"{model['name']}: answers cached ({path})")
         return read_json(sidecar)["stats"]
     shared = _shared_cache(key)  # S's answers are the same for every run of a comparison: made once
     if shared.with_suffix(".json").is_file() and shared.is_file():
-        print(f"[sdpo eval] {model['name']}: answers cached ({shared})")
+        note("sdpo eval", f"{model['name']}: answers cached ({shared})")
         rows = [{**json.loads(ln), "model": model["name"]} for ln in shared.read_text(encoding="utf-8").splitlines() if ln]
         stats = read_json(shared.with_suffix(".json"))["stats"]
         write_jsonl(path, rows)
         write_json(sidecar, {"key": key, "stats": stats})
         return stats
     verify_model(model)
-    print(f"[sdpo eval] {model['name']}: answering {len(prompts)} prompts ...", flush=True)
+    note("sdpo eval", f"{model['name']}: answering {len(prompts)} prompts ...")
     lm, tok = load_checked_model(model["path"])
     lm.eval()
     answers = generate(lm, tok, prompts, settings["max_new_tokens"], settings["sample_seed"])

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_json, write_json, write_jsonl, write_parquet
 
@@ -147,13 +147,13 @@ def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, li
         model["fingerprint"] = model_fingerprint(load_model(model["path"], dtype=cfg.dtype)[0])
     done = sidecar.is_file() and path.is_file() and read_json(sidecar) == {"fingerprint": model["fingerprint"], "key": key}
     if done:
-        print(f"[sdpo eval] {model['name']}: cached ({path})")
+        note("sdpo eval", f"{model['name']}: cached ({path})")
     else:
         from sdpo_kit.scoring.files import score_file
         from sdpo_kit.models import verify_model
 
         verify_model(model)  # never score other weights than the run recorded
-        print(f"[sdpo eval] scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
+        note("sdpo eval", f"scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
         score_file(cfg.data, path, model=model["path"], config=ScoreConfig(dtype=cfg.dtype, **settings),
                    limit=cfg.limit, resume=False)
         write_json(sidecar, {"fingerprint": model["fingerprint"], "key": key})
@@ -275,10 +275,10 @@ def overlap_with_training(pairs, trained) -> dict[str, int]:
 
 
 def overlap_warning(counts: dict[str, int]) -> str | None:
-    """The one line `sdpo eval` prints when held-out pairs were seen in training, else None."""
+    """The line `sdpo eval` prints (after its `[sdpo eval]` prefix) when held-out pairs were seen in training, else None."""
     if not counts["any"]:
         return None
-    return (f"[sdpo eval] warning: {counts['any']} of {counts['pairs']} held-out pairs overlap the run's training "
+    return (f"warning: {counts['any']} of {counts['pairs']} held-out pairs overlap the run's training "
             f"partitions ({counts['pair_id']} by pair_id, {counts['prompt']} by prompt): these are not held-out "
             "numbers; make held-out data with `sdpo data split`")
 
@@ -299,7 +299,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     trained = training_pairs(cfg.run, meta)
     overlap = overlap_with_training(pairs, trained) if trained is not None else None
     if overlap and overlap_warning(overlap):
-        print(overlap_warning(overlap), file=sys.stderr, flush=True)
+        note("sdpo eval", overlap_warning(overlap), err=True)
     rejects = [_as_dict(r) for r in loaded.rejects]
     seen = {(r["file"], r["row"]) for r in rejects}
     scored = {}

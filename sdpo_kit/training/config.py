@@ -186,12 +186,10 @@ def take_scorer_settings(args, given: set[str], scorer, where, prog: str, what: 
         return
     for key, value in taken.items():
         setattr(args, key, value)
-    from sdpo_kit.console import main_process
+    from sdpo_kit.console import note
 
-    if main_process():
-        said = " and ".join(f"{k} {v}" for k, v in taken.items())
-        print(f"[{prog}] {said} as the {what} were scored ({where}); "
-              f"pass {' / '.join('--' + k for k in taken)} to override", flush=True)
+    said = " and ".join(f"{k} {v}" for k, v in taken.items())
+    note(prog, f"{said} as the {what} were scored ({where}); pass {' / '.join('--' + k for k in taken)} to override")
 
 
 def _overrides(args) -> dict:
@@ -258,16 +256,15 @@ def from_trl(config: dict, path) -> dict:
     other = [k for k in config if k in theirs and k not in data]
     for key in data + other:
         config.pop(key)
-    from sdpo_kit.console import main_process
+    from sdpo_kit.console import note
 
-    if main_process():
-        lines = [f"read trl dpo keys as sdpo settings: {', '.join(mapped)}" if mapped else "",
-                 f"ignored {', '.join(data)}: the pairs come from --partitions (written by `sdpo curate split`)"
-                 if data else "",
-                 f"ignored trl dpo model-loading key(s) {', '.join(other)}: sdpo train loads --model in float32 "
-                 "(use --bf16 for mixed precision)" if other else ""]
-        for line in filter(None, lines):
-            print(f"[sdpo train] {path}: {line}", flush=True)
+    lines = [f"read trl dpo keys as sdpo settings: {', '.join(mapped)}" if mapped else "",
+             f"ignored {', '.join(data)}: the pairs come from --partitions (written by `sdpo curate split`)"
+             if data else "",
+             f"ignored trl dpo model-loading key(s) {', '.join(other)}: sdpo train loads --model in float32 "
+             "(use --bf16 for mixed precision)" if other else ""]
+    for line in filter(None, lines):
+        note("sdpo train", f"{path}: {line}")
     return config
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import check_out_dir, read_json, write_json, write_text
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
@@ -166,23 +167,19 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
     if cfg.resume and (run_dir / "run.json").exists():
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
-    if state.is_main_process and cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
-        print("[sdpo train] --mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
+    if cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
+        note("sdpo train", "--mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
     progress = _run_progress(plan, args, world)  # refuses a step with no optimiser step before run.json
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
     current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
-    from tqdm.auto import tqdm
-
-    # One process speaks under accelerate; tqdm.write keeps the line off the run's bar.
-    say = tqdm.write if state.is_main_process else (lambda *a, **k: None)
     for t, step_files in enumerate(plan, 1):
         done = run["steps"][t - 1]["status"] == "done" and (run_dir / f"step_{t}" / "model" / "config.json").is_file()
         if done:
-            say(f"[sdpo train] step {t}/{len(plan)} already done, skipping")
+            note("sdpo train", f"step {t}/{len(plan)} already done, skipping")
         else:
             schedule = run.get("reference_schedule") or "stepwise"
             what = "reference and start" if schedule == "stepwise" else f"start (reference: {schedule})"
-            say(f"[sdpo train] step {t}/{len(plan)}: {what} = {current}")
+            note("sdpo train", f"step {t}/{len(plan)}: {what} = {current}")
             run_step(t, step_files, current, cfg, args, run, state, progress)
         current = run_dir / f"step_{t}" / "model"
     progress.close()

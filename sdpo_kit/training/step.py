@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from sdpo_kit.console import note
 from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
@@ -77,8 +78,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     checkpoint = latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
     if checkpoint:
         rec["resumed_from"] = Path(checkpoint).name
-        if state.is_main_process:
-            print(f"[sdpo train] step {t}: resuming from {checkpoint}")
+        note("sdpo train", f"step {t}: resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # 4. Save M_t, the trainer state and summary.json; run.json marks the step done once they exist.
@@ -148,9 +148,9 @@ def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args,
     ref_model.to(state.device)
     scored = score_reference(files, ref_model, tokenizer, args, ref_fp, step_dir, state)
     check = check_reference_logps(scored, ref_model, tokenizer, args)
-    if not check["exact"] and state.is_main_process:
-        print(f"[sdpo train] WARNING step {t}: reference log-probs differ from a fresh pass of {reference} by "
-              f"{check['max_abs_diff']:.3g}", flush=True)
+    if not check["exact"]:
+        note("sdpo train", f"WARNING step {t}: reference log-probs differ from a fresh pass of {reference} by "
+             f"{check['max_abs_diff']:.3g}")
     del ref_model  # no reference model in memory while training
     return scored, ref_fp, check
 
@@ -349,8 +349,8 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
     if reference_check is not None:  # reference != start (fixed/mix schedules): rewards start away from 0
         drift = 0.0 if reference_check["exact"] else float("inf")
     elif drift > 1e-3:
-        print(f"[sdpo train] WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
-              "log-probs do not match the starting weights", flush=True)
+        note("sdpo train", f"WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
+             "log-probs do not match the starting weights")
     end_values = {"reward_margin_end": end["reward_margin"], "reward_accuracy_end": end["reward_accuracy"],
                   "loss_end": end["loss"]} if end else {
         "reward_margin_end": last.get("rewards/margins"), "reward_accuracy_end": last.get("rewards/accuracies"),
