@@ -36,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sdpo_kit.io import read_json, write_json, write_parquet, write_text  # noqa: E402
+from sdpo_kit.runs import read_step_summary  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from compare import comparison_markdown, length_markdown  # noqa: E402
@@ -245,7 +246,7 @@ def run_numbers(run_dir: Path) -> dict:
     meta, ev = read_json(run_dir / "run.json"), read_json(run_dir / "eval" / "eval.json")
     final = ev["models"][-1]
     vs_s = next(c for c in ev["comparisons"] if c["policy"] == final["name"] and c["reference"] == "S")
-    summaries = [read_json(run_dir / s["dir"] / "summary.json") for s in meta["steps"]]
+    summaries = [read_step_summary(run_dir / s["dir"]) for s in meta["steps"]]
     return {
         "run": run_dir.name, "label": meta["label"], "seed": meta["seed"], "final": final["name"],
         "heldout_pairs": ev["data"]["pairs"], "S_accuracy": ev["models"][0]["accuracy"],
@@ -263,7 +264,7 @@ def run_numbers(run_dir: Path) -> dict:
         "eval_seconds": (read_json(run_dir / "eval" / "seconds.json")["seconds"]
                          if (run_dir / "eval" / "seconds.json").is_file() else None),
         "step_partitions": [{"step": s["step"], "pairs": s["pairs"], "ref_margin_mean": s["ref_margin_mean"],
-                             "loss_first": s["loss_first"], "loss_end": s["loss_end"],
+                             "loss_first": s["loss_first"], "loss_end": s["sigmoid_loss_end"],
                              "reference_fingerprint": s.get("reference_fingerprint"),
                              "reference_exact": s.get("reference_exact")} for s in summaries],
         "reference_schedule": meta.get("reference_schedule"),

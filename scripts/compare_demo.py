@@ -4,12 +4,14 @@
 
 Partitions: every step parquet's decoded contents (sha256 over its rows), schema and manifest steps;
 the footer differs only when the two demos ran from different folders (it records absolute paths).
-Step summaries: every key except `seconds`. Held-out eval.json: every number to 1e-6.
+Step summaries: every key except `seconds` (read through `sdpo_kit.runs.read_step_summary`, so a
+summary written before `loss_end` became `sigmoid_loss_end` compares with one written after). Held-out eval.json: every number to 1e-6.
 """
 import json, math, sys, hashlib
 from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
+from sdpo_kit.runs import read_step_summary
 
 a, b = Path(sys.argv[1]), Path(sys.argv[2])
 bad = []
@@ -39,12 +41,12 @@ VOLATILE = {"seconds"}
 print("== step summaries")
 for run in ("sdpo", "dpo"):
     for s in sorted((a / "runs" / run).glob("step_*/summary.json")):
-        x, y = json.loads(s.read_text()), json.loads((b / "runs" / run / s.parent.name / "summary.json").read_text())
+        x, y = read_step_summary(s.parent), read_step_summary(b / "runs" / run / s.parent.name)  # old keys read as today's
         keys = sorted(set(x) | set(y))
         diff = [k for k in keys if k not in VOLATILE and x.get(k) != y.get(k)
                 and not (k == "reference_model" and str(x.get(k)).endswith(str(y.get(k)).split("/")[-1]))]
         print(f"  {run}/{s.parent.name}: {len(keys)} keys, differing (except {sorted(VOLATILE)}): {diff or 'none'}; "
-              f"loss_end {x.get('loss_end')} vs {y.get('loss_end')}; model_fingerprint {x.get('model_fingerprint')} vs {y.get('model_fingerprint')}")
+              f"sigmoid_loss_end {x.get('sigmoid_loss_end')} vs {y.get('sigmoid_loss_end')}; model_fingerprint {x.get('model_fingerprint')} vs {y.get('model_fingerprint')}")
         if diff: bad.append(f"{run}/{s.parent.name} {diff}")
 
 print("== held-out eval")

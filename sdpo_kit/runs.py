@@ -97,3 +97,20 @@ def read_run(run_dir: str | Path) -> dict:
     if bad:
         raise InputError(path, f"not a run record: `steps` entries {bad} lack an integer step and a dir")
     return run
+
+
+def read_step_summary(step_dir: str | Path) -> dict | None:
+    """A step's summary.json (None when absent), in today's keys whatever version wrote it.
+
+    `sigmoid_loss_end` (mean −log σ(m) over the partition after the step) was called `loss_end`
+    by runs written before it was named honestly (with `end_over: "partition"`; the same number
+    at label_smoothing 0). `loss_end` of a `last_logged_window` summary is TRL's logged loss and
+    stays as it is.
+    """
+    path = Path(step_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    summary = read_json(path)
+    if "sigmoid_loss_end" not in summary and summary.get("end_over") == "partition" and "loss_end" in summary:
+        summary["sigmoid_loss_end"] = summary.pop("loss_end")
+    return summary

@@ -190,11 +190,11 @@ def test_end_of_step_figures_are_over_the_whole_partition(tmp_path, tiny_model_d
             margins.append(0.1 * ((pw - rw) - (pl_ - rl)))
         loss = sum(math.log1p(math.exp(-m)) for m in margins) / len(margins)  # −log σ(m)
         assert summary["loss_first"] == pytest.approx(math.log(2), abs=1e-4)
-        assert summary["loss_end"] != pytest.approx(summary["loss_first"], abs=1e-4)
-        assert summary["loss_end"] == pytest.approx(loss, abs=1e-5)
+        assert summary["sigmoid_loss_end"] != pytest.approx(summary["loss_first"], abs=1e-4)
+        assert summary["sigmoid_loss_end"] == pytest.approx(loss, abs=1e-5)
         assert summary["reward_margin_end"] == pytest.approx(sum(margins) / len(margins), abs=1e-5)
         assert summary["reward_accuracy_end"] == sum(m > 0 for m in margins) / len(margins)
-        print(f"\nstep {t}: loss_first {summary['loss_first']:.6f}  loss_end {summary['loss_end']:.6f} "
+        print(f"\nstep {t}: loss_first {summary['loss_first']:.6f}  sigmoid_loss_end {summary['sigmoid_loss_end']:.6f} "
               f"(naive {loss:.6f})  reward_margin_end {summary['reward_margin_end']:+.6f}  "
               f"TRL train_loss {summary['train_loss']:.6f}")
         previous = out / f"step_{t}" / "model"

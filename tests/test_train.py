@@ -266,7 +266,7 @@ def test_accelerate_two_processes_matches_one(tmp_path, tiny_model_dir):
         # End-of-step figures are over the whole partition, gathered: the same under 1 and 2 processes.
         s1, s2 = (json.loads((d / f"step_{t}" / "summary.json").read_text()) for d in (one, two))
         assert s1["end_over"] == s2["end_over"] == "partition" and s1["end_pairs"] == s2["end_pairs"] == 8
-        for key in ("loss_end", "reward_margin_end", "reward_accuracy_end"):
+        for key in ("sigmoid_loss_end", "reward_margin_end", "reward_accuracy_end"):
             assert s2[key] == pytest.approx(s1[key], abs=1e-5), key
 
 

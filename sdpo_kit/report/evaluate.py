@@ -215,6 +215,8 @@ def summarize(table, names: list[str], beta: float, schedule: str = "stepwise") 
     """
     import polars as pl
 
+    from sdpo_kit.scoring.dpo import reward_margin_of_gammas
+
     models = [{"name": n, **_stats(table[f"gamma_{n}"]), "per_source": _grouped(table, f"gamma_{n}")} for n in names]
     comparisons = []
     for n in names[1:]:
@@ -224,7 +226,8 @@ def summarize(table, names: list[str], beta: float, schedule: str = "stepwise") 
             if ref not in names:
                 continue
             col = f"reward_margin_{n}_vs_{ref}"
-            table = table.with_columns((beta * (pl.col(f"gamma_{n}") - pl.col(f"gamma_{ref}"))).alias(col))
+            margin = reward_margin_of_gammas(pl.col(f"gamma_{n}"), pl.col(f"gamma_{ref}"), beta)
+            table = table.with_columns(margin.alias(col))
             s = _stats(table[col])
             comparisons.append({"policy": n, "reference": ref, "against": against, "pairs": s["pairs"],
                                 "reward_margin_mean": s["mean_margin"], "reward_accuracy": s["accuracy"],

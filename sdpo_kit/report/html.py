@@ -63,7 +63,7 @@ def run(cfg: ReportConfig) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- text: blocks (`sdpo_kit.render`), as markdown and as HTML
 
-STEP_KEYS = ("pairs", "ref_margin_mean", "loss_first", "loss_end", "reward_margin_end", "reward_accuracy_end")
+STEP_KEYS = ("pairs", "ref_margin_mean", "loss_first", "sigmoid_loss_end", "reward_margin_end", "reward_accuracy_end")
 
 
 def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
@@ -75,7 +75,7 @@ def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
             meta.get("base_model"), meta.get("beta"), meta.get("status"), r["label"], text(r["seed"])),
            ("p", "End-of-step loss, reward margin and accuracy are over the whole partition after the step "
                  "(M_t against M_{t-1})."),
-           ("table", ["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "loss end", "reward margin end",
+           ("table", ["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "sigmoid loss end", "reward margin end",
                       "reward accuracy end"],
             [[text(v) for v in (s["step"], *map(s["summary"].get, STEP_KEYS))] for s in r["steps"]])]
     out += reference_blocks(r)

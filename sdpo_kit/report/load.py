@@ -66,7 +66,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
 
-    from sdpo_kit.runs import read_run
+    from sdpo_kit.runs import read_run, read_step_summary
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError
@@ -77,7 +77,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     for s in meta.get("steps", []):
         d = run_dir / s["dir"]
         state = read_json(d / "trainer_state.json") if (d / "trainer_state.json").is_file() else {}
-        summary = read_json(d / "summary.json") if (d / "summary.json").is_file() else {"step": s["step"]}
+        summary = read_step_summary(d) or {"step": s["step"]}
         steps.append({"step": s["step"], "summary": summary, "log_history": state.get("log_history", []),
                       "partition": _step_partition(run_dir, s)})
     ev = run_dir / "eval"

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from sdpo_kit.errors import UsageError
+from sdpo_kit.scoring.dpo import reward_margin
 from sdpo_kit.scoring.tokens import Sequence, prompt_too_long, tokenize_pair, truncate
 
 
@@ -209,7 +210,7 @@ def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float, shar
     }
     if len(sums) > 1:
         pc, pr = sums[1][0::2].tolist(), sums[1][1::2].tolist()
-        reward = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(pc, chosen, pr, rejected)]
+        reward = reward_margin(sums[1][0::2], sums[1][1::2], sums[0][0::2], sums[0][1::2], beta).tolist()
         cols |= {"policy_chosen_logps": pc, "policy_rejected_logps": pr, "reward_margin": reward,
                  "reward_correct": [r > 0 for r in reward]}
     schema = SCORED_COLUMNS | POLICY_COLUMNS

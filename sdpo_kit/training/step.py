@@ -303,16 +303,17 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
 
     One scorer pass of M_t (`model`) on the step's pairs (through the pair cache, split over the
     processes and gathered, so 1 or N processes give the same definition); the reference
-    log-probs are M_{t-1}'s, already in `scored`. Per pair m = β·((π_w − r_w) − (π_l − r_l));
-    loss = −(1−ε)·log σ(m) − ε·log σ(−m) (TRL's sigmoid loss, ε = label_smoothing), averaged over
-    the pairs; accuracy = share with m > 0. The last logged training window can be a single batch.
+    log-probs are the step's reference's, already in `scored`. Per pair m = β·((π_w − r_w) − (π_l − r_l))
+    (`scoring/dpo.py`); `sigmoid_loss` = mean −log σ(m), TRL 1.16's `loss_type="sigmoid"` (which
+    ignores label_smoothing), named so because it is the training loss only under that loss type;
+    accuracy = share with m > 0. The last logged training window can be a single batch.
     """
     import polars as pl
     import torch
 
-    from sdpo_kit.scoring.frame import ScoreConfig
-
     from sdpo_kit.scoring.cache import score_frame_cached
+    from sdpo_kit.scoring.dpo import reward_margin, sigmoid_loss
+    from sdpo_kit.scoring.frame import ScoreConfig
 
     model.eval()  # no dropout in a measurement
     config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
@@ -324,10 +325,8 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
         policy.select("pair_id", pl.col("ref_chosen_logps").alias("pc"), pl.col("ref_rejected_logps").alias("pr")),
         on="pair_id", how="inner")
     t = {c: torch.tensor(joined[c].to_list(), dtype=torch.float64) for c in ("pc", "pr", *REF_COLUMNS)}
-    m = args.beta * ((t["pc"] - t["ref_chosen_logps"]) - (t["pr"] - t["ref_rejected_logps"]))
-    eps = float(getattr(args, "label_smoothing", 0.0) or 0.0)
-    loss = -(1 - eps) * torch.nn.functional.logsigmoid(m) - eps * torch.nn.functional.logsigmoid(-m)
-    return {"pairs": joined.height, "loss": float(loss.mean()), "reward_margin": float(m.mean()),
+    m = reward_margin(t["pc"], t["pr"], t["ref_chosen_logps"], t["ref_rejected_logps"], args.beta)
+    return {"pairs": joined.height, "sigmoid_loss": float(sigmoid_loss(m).mean()), "reward_margin": float(m.mean()),
             "reward_accuracy": float((m > 0).double().mean())}
 
 
@@ -335,8 +334,9 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
               end: dict | None = None, reference_check: dict | None = None) -> dict:
     """`summary.json` of one step.
 
-    `loss_end`, `reward_margin_end`, `reward_accuracy_end`: over the whole partition after the
-    step (`end`, from `end_of_step`); without `end`, the last logged training window (older runs).
+    `sigmoid_loss_end`, `reward_margin_end`, `reward_accuracy_end`: over the whole partition after
+    the step (`end`, from `end_of_step`); without `end`, `loss_end` = the last logged training
+    window's loss (older runs; `sdpo_kit.runs.read_step_summary` reads both).
     `loss_first` is the first logged loss (ln 2: the policy starts as its reference).
     """
     logs = trainer.state.log_history
@@ -352,7 +352,7 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
         note("sdpo train", f"WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
              "log-probs do not match the starting weights")
     end_values = {"reward_margin_end": end["reward_margin"], "reward_accuracy_end": end["reward_accuracy"],
-                  "loss_end": end["loss"]} if end else {
+                  "sigmoid_loss_end": end["sigmoid_loss"]} if end else {
         "reward_margin_end": last.get("rewards/margins"), "reward_accuracy_end": last.get("rewards/accuracies"),
         "loss_end": losses[-1] if losses else None}
     return {
@@ -367,7 +367,7 @@ def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp:
         "reward_margin_end": end_values["reward_margin_end"],
         "reward_accuracy_end": end_values["reward_accuracy_end"],
         "loss_first": losses[0] if losses else None,
-        "loss_end": end_values["loss_end"],
+        **{k: v for k, v in end_values.items() if k.endswith("loss_end")},
         "end_over": "partition" if end else "last_logged_window",
         "end_pairs": end["pairs"] if end else None,
         "train_loss": next((e["train_loss"] for e in reversed(logs) if "train_loss" in e), None),
