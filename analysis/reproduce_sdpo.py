@@ -338,7 +338,7 @@ def behaviour_markdown(by: dict[str, list[dict]]) -> list[str]:
 
 
 def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: str) -> None:
-    from sdpo_kit.report.html import write_report
+    from sdpo_kit.report.html import ReportConfig, write_report
 
     rows = [run_numbers(d) for d in run_dirs if (d / "eval" / "eval.json").is_file()]
     if not rows:
@@ -354,7 +354,7 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
             if (d / f).is_file():
                 (keep / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(d / f, keep / f)
-    write_report([str(d) for d in run_dirs], results / "report")
+    write_report(ReportConfig([str(d) for d in run_dirs], str(results / "report")))
     log(f"results: {results / 'table.md'}, {results / 'report' / 'report.html'}")
 
 

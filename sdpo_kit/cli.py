@@ -13,21 +13,32 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from typing import NamedTuple
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-# command -> "module:Config[,Config]", whose run(*configs) does the work (`sdpo_kit.config.run_command`).
+class Command(NamedTuple):
+    """One `sdpo` command: where its work and its configs are, and which parser reads its argv."""
+
+    configs: str  # "module:Config[,Config]": the module whose `run(...)` does the work, and its config classes
+    parser: str  # "module:function": (prog, config classes, argv) -> run's arguments, or None after --help
+
+
+GENERIC = "sdpo_kit.config:parse_run_args"  # flags and --config YAML over the config dataclasses
+# Every command, with its parser named (`sdpo_kit.config.run_command` calls it, then `run(*arguments)`).
 COMMANDS = {
-    ("data", "inspect"): "sdpo_kit.curate.inspect:InspectConfig",
-    ("data", "split"): "sdpo_kit.curate.heldout:HeldoutConfig",
-    ("data", "card"): "sdpo_kit.curate.card:CardConfig",
-    ("curate", "score"): "sdpo_kit.curate.score:ScoreFileConfig,ScoreConfig",
-    ("curate", "split"): "sdpo_kit.curate.split:SplitFileConfig,SplitConfig",
-    ("curate", "crossfit"): "sdpo_kit.curate.crossfit:CrossfitConfig",
-    ("train",): "sdpo_kit.train.run:StepwiseConfig",
-    ("eval",): "sdpo_kit.report.evaluate:EvalConfig",
-    ("report",): "sdpo_kit.report.html:ReportConfig",
+    ("data", "inspect"): Command("sdpo_kit.curate.inspect:InspectConfig", GENERIC),
+    ("data", "split"): Command("sdpo_kit.curate.heldout:HeldoutConfig", GENERIC),
+    ("data", "card"): Command("sdpo_kit.curate.card:CardConfig", GENERIC),
+    ("curate", "score"): Command("sdpo_kit.curate.score:ScoreFileConfig,ScoreConfig", GENERIC),
+    ("curate", "split"): Command("sdpo_kit.curate.split:SplitFileConfig,SplitConfig", GENERIC),
+    # TRL's parser with sdpo train's keys; run(cfg, keys, args, given)
+    ("curate", "crossfit"): Command("sdpo_kit.curate.crossfit:CrossfitConfig", "sdpo_kit.curate.crossfit:parse_run_args"),
+    # TRL's parser with trl.DPOConfig beside ours; run(cfg, args, given): `given` guards --resume
+    ("train",): Command("sdpo_kit.train.run:StepwiseConfig", "sdpo_kit.training.config:parse_run_args"),
+    ("eval",): Command("sdpo_kit.report.evaluate:EvalConfig", GENERIC),
+    ("report",): Command("sdpo_kit.report.html:ReportConfig", GENERIC),
 }
 GROUPS = {"data": "Inspect and split preference data; write data cards.",
           "curate": "Score pairs with a reference model; measure learning difficulty; split them into partitions."}
@@ -75,7 +86,7 @@ class SdpoGroup(TyperGroup):
             raise SystemExit(code) from None
 
 
-def _command(group: typer.Typer, words: tuple[str, ...], spec: str) -> None:
+def _command(group: typer.Typer, words: tuple[str, ...], spec: Command) -> None:
     from sdpo_kit import config  # stdlib only: the command's own module loads when it runs or shows help
 
     class Command(TyperCommand):  # the help is the config's docstring, read only when a help is shown

@@ -359,21 +359,35 @@ def parse(parser, argv: list[str], *, map_yaml=None, extra_keys: tuple[str, ...]
     return list(configs), given_flags(parser, argv) | set(config) - set(extra_keys)
 
 
-def load(spec: str):
-    """(module, [config classes]) of a `sdpo_kit.cli.COMMANDS` entry "module:Config[,Config]"."""
+def _attr(path: str):
+    """The object named by "module:name"."""
     import importlib
 
-    module = importlib.import_module(spec.partition(":")[0])
-    return module, [getattr(module, c) for c in spec.partition(":")[2].split(",")]
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def run_command(prog: str, spec: str, argv: list[str]) -> None:
-    """Parse `argv` into the command's configs (or print its --help) and call its module's `run`.
+def load(spec):
+    """(module, [config classes]) of a `sdpo_kit.cli.COMMANDS` entry (its "module:Config[,Config]")."""
+    import importlib
 
-    A module with its own `parse(argv)` (train: TRL's fields beside ours) parses for itself, and its
-    `run` also takes `given` (the settings the user set, which guard `--resume`)."""
+    configs = getattr(spec, "configs", spec)
+    module = importlib.import_module(configs.partition(":")[0])
+    return module, [getattr(module, c) for c in configs.partition(":")[2].split(",")]
+
+
+def parse_run_args(prog: str, classes, argv: list[str]):
+    """The generic parser of the registry: the configs `run(*configs)` takes, or None after --help."""
+    parsed = parse(Parser(prog, classes), argv)
+    return None if parsed is None else parsed[0]
+
+
+def run_command(prog: str, spec, argv: list[str]) -> None:
+    """Parse `argv` with the command's registered parser (or print its --help) and call its module's `run`.
+
+    `spec` is a `sdpo_kit.cli.Command`: its configs and the parser that turns argv into `run`'s
+    arguments (the configs; train's adds the settings the user set, which guard `--resume`)."""
     module, classes = load(spec)
-    own = getattr(module, "parse", None)
-    parsed = own(argv) if own else parse(Parser(prog, classes), argv)
-    if parsed is not None:
-        module.run(*parsed[0], given=parsed[1]) if own else module.run(*parsed[0])
+    arguments = _attr(spec.parser)(prog, classes, argv)
+    if arguments is not None:
+        module.run(*arguments)

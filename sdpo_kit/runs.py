@@ -17,6 +17,7 @@ from pathlib import Path
 from sdpo_kit.errors import InputError
 from sdpo_kit.io import read_json
 
+REFERENCE_KINDS = ("S", "M_{t-1}", "mix")  # what a step's reference is: the base model, the step's start, an average
 SCORER_KEY = "sdpo_kit.scorer"  # parquet footer: how the scored columns were made (scoring/frame.py provenance)
 REFERENCE_KEY = "sdpo_kit.reference"  # parquet footer of a step's reference scores
 
@@ -114,3 +115,68 @@ def read_step_summary(step_dir: str | Path) -> dict | None:
     if "sigmoid_loss_end" not in summary and summary.get("end_over") == "partition" and "loss_end" in summary:
         summary["sigmoid_loss_end"] = summary.pop("loss_end")
     return summary
+
+
+def write_run(run_dir: str | Path, run: dict) -> None:
+    """Write run.json (atomically): `sdpo train` records the run through here only."""
+    from sdpo_kit.io import write_json
+
+    write_json(Path(run_dir) / "run.json", run)
+
+
+def schedule_record(mode: str, schedule: str, mix_alpha: float | None, beta: float) -> dict:
+    """run.json's run-level record of how references were chosen: β, the effective schedule (null
+    under --mode dpo, whose one step is against S) and the mix weight (mix only)."""
+    return {"beta": beta, "reference_schedule": schedule if mode == "stepwise" else None, "ref_mix_alpha": mix_alpha}
+
+
+def reference_record(t: int, kind: str, path: str | Path, fingerprint: str | None) -> dict:
+    """Step t's reference as run.json records it (its step entry's "reference").
+
+    {"kind": one of REFERENCE_KINDS, "model": the name `sdpo eval` gives that model (S, M1, ...;
+    null for a weight average, which eval does not score), "path", "fingerprint"}.
+    """
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"reference kind {kind!r} is not one of {REFERENCE_KINDS}")
+    model = "S" if kind == "S" or (kind == "M_{t-1}" and t == 1) else f"M{t - 1}" if kind == "M_{t-1}" else None
+    return {"kind": kind, "model": model, "path": str(path), "fingerprint": fingerprint}
+
+
+def run_schedule(run: dict) -> str:
+    """The run's effective reference schedule: run.json's `reference_schedule`; `stepwise` for
+    --mode dpo (one step against its start, S) and for runs from before the schedule flag."""
+    return run.get("reference_schedule") or "stepwise"
+
+
+def step_references(run: dict) -> list[dict]:
+    """Every step's reference, [{"step", "kind", "model", "path", "fingerprint"}] in step order.
+
+    From each step's "reference" record; a step without one (runs written before the record, or
+    a step not trained yet) is derived here from the run's schedule, the one place that does so.
+    """
+    schedule, out = run_schedule(run), []
+    for s in sorted(run["steps"], key=lambda s: s["step"]):
+        t, rec = s["step"], s.get("reference")
+        if not isinstance(rec, dict):
+            kind = "S" if t == 1 or schedule == "fixed" else "mix" if schedule == "mix" else "M_{t-1}"
+            path = s.get("reference_model") or (run.get("base_model") if kind == "S" else None)
+            rec = reference_record(t, kind, path or "", s.get("reference_fingerprint"))
+        out.append({"step": t, **rec})
+    return out
+
+
+def run_scorer_settings(run: dict, run_dir: str | Path) -> dict:
+    """{"max_length", "truncation_mode"} the run trained (and scored its references) with.
+
+    From run.json's `settings.trl` (every value, defaults included). Runs written before that
+    record: the keys their config.yaml holds (it lists only values that differ from the defaults;
+    a missing one was TRL's default, which the scorer's defaults equal).
+    """
+    trl = (run.get("settings") or {}).get("trl")
+    if isinstance(trl, dict) and "max_length" in trl:
+        return {k: trl[k] for k in ("max_length", "truncation_mode") if k in trl}
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    stored = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    return {k: stored[k] for k in ("max_length", "truncation_mode") if k in stored}

@@ -51,7 +51,7 @@ def test_unscored_card_of_each_shared_dataset(tmp_path):
 
 def test_scored_parquet_card_shows_margins_per_source(length_proxy, tmp_path):
     out = tmp_path / "card"
-    write_dataset_card(length_proxy, out)
+    write_dataset_card(CardConfig(str(length_proxy), str(out)))
     card = DatasetCard.load(out / "README.md")
     df = pl.read_parquet(length_proxy)
     assert "mean_margin" in card.text and "mean_chosen_tokens" in card.text
@@ -63,7 +63,7 @@ def test_scored_parquet_card_shows_margins_per_source(length_proxy, tmp_path):
     assert (out / "plots" / "margin_hist.png").read_bytes()[:8] == PNG
     assert json.loads(card.text.split("```json\n")[1].split("```")[0]) == {"model": "none: length proxy"}
     with pytest.raises(FileExistsError):
-        write_dataset_card(length_proxy, out)
+        write_dataset_card(CardConfig(str(length_proxy), str(out)))
 
 
 def test_scored_card_with_the_tiny_model_on_a_subset(tiny_model_dir, tmp_path):

@@ -46,9 +46,15 @@ def _table(n=57, names=("S", "M1", "M2", "M3"), seed=0):
     return pairs, scored, gammas, sources
 
 
+def run_record(names: list[str], schedule: str = "stepwise") -> dict:
+    """A run.json of len(names) - 1 steps without per-step reference records (as runs before them)."""
+    return {"reference_schedule": schedule, "base_model": "S", "steps": [{"step": t, "dir": f"step_{t}"}
+                                                                         for t in range(1, len(names))]}
+
+
 def test_summary_equals_naive_loops():
     pairs, scored, gammas, sources = _table()
-    result = summarize(gamma_table(pairs, scored), list(gammas), beta=0.25)
+    result = summarize(gamma_table(pairs, scored), list(gammas), 0.25, run_record(list(gammas)))
     models, comps = _naive(gammas, sources, 0.25)
     for m in result["models"]:
         n, acc, mean, per = models[m["name"]]
@@ -79,7 +85,8 @@ def test_reference_margins_name_each_schedules_real_reference():
     s_gamma = float(np.mean(gammas["S"]))
     for schedule, want in [("stepwise", [(1, "S"), (2, "M1"), (3, "M2"), (4, "M3")]),
                            ("fixed", [(1, "S"), (2, "S"), (3, "S")]), ("mix", [(1, "S")])]:
-        refs = summarize(gamma_table(pairs, scored), list(gammas), 0.1, schedule)["reference_margins"]
+        refs = summarize(gamma_table(pairs, scored), list(gammas), 0.1, run_record(list(gammas), schedule))
+        refs = refs["reference_margins"]
         assert [(r["step"], r["reference"]) for r in refs] == want, schedule
         assert refs[0]["mean_margin"] == pytest.approx(s_gamma)
     models = [{"name": n, "mean_margin": -1.0, "sem": 0.1} for n in gammas]
@@ -88,6 +95,21 @@ def test_reference_margins_name_each_schedules_real_reference():
         assert "M_{t-1} is the reference" not in ax.get_xlabel() and "each step's reference" not in ax.get_title()
     assert "M_{t-1} is the reference of step t" in plots.plot_reference_margins(models, plt.figure().gca()).get_xlabel()
     plt.close("all")
+
+
+def test_reference_margins_follow_run_json_record_not_the_schedule():
+    """Eval names step t's reference from run.json's per-step record (runs.step_references): a run
+    whose record says S was step 2's reference gets S there, whatever its schedule's name says."""
+    from sdpo_kit.runs import reference_record
+
+    pairs, scored, gammas, _ = _table()
+    run = run_record(list(gammas))
+    run["steps"][0]["reference"] = reference_record(1, "S", "/m/S", "fp0")
+    run["steps"][1]["reference"] = reference_record(2, "S", "/m/S", "fp0")
+    run["steps"][2]["reference"] = reference_record(3, "mix", "/r/step_3/reference_model", "fpx")
+    refs = summarize(gamma_table(pairs, scored), list(gammas), 0.1, run)["reference_margins"]
+    assert [(r["step"], r["reference"]) for r in refs] == [(1, "S"), (2, "S"), (4, "M3")]
+    assert refs[1]["mean_margin"] == pytest.approx(float(np.mean(gammas["S"])))
 
 
 def test_gamma_table_keeps_pairs_every_model_scored_and_scalar_columns():
@@ -108,13 +130,18 @@ def test_select_models():
 
 
 def test_config_names_the_bad_value(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no run.json"):
-        EvalConfig(run=str(tmp_path), data=str(tmp_path))
-    (tmp_path / "run.json").write_text("{}")
+    EvalConfig(run=str(tmp_path / "nope"), data=str(tmp_path))  # values only: no file is read at construction
     with pytest.raises(ValueError, match="--limit must be >= 1, got 0"):
         EvalConfig(run=str(tmp_path), data=str(tmp_path), limit=0)
     result = CliRunner().invoke(app, ["eval", "--run", str(tmp_path / "nope"), "--data", str(tmp_path)])
     assert result.exit_code == 1 and "no run.json" in result.output  # an input error (exit 1)
+    # The scorer's dtypes and lengths, checked by the scorer's one check at parse time, before any run is read.
+    for flags, words in [(["--dtype", "float16"], "--dtype: must be one of float32, bfloat16"),
+                         (["--max_length", "1"], "--max_length: must be >= 2 tokens"),
+                         (["--truncation_mode", "middle"], "--truncation_mode: must be keep_start or keep_end")]:
+        result = CliRunner().invoke(app, ["eval", "--run", str(tmp_path / "nope"), "--data", str(tmp_path), *flags])
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "no run.json" not in result.output
 
 
 # --- end to end: score -> split -> 2-step train -> eval -> report, on the tiny model ---------------

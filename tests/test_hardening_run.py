@@ -410,6 +410,6 @@ def test_report_is_written_atomically_as_a_folder(tmp_path, monkeypatch):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(report, "summary_markdown", killed)
     with pytest.raises(KeyboardInterrupt):
-        report.write_report([run], out)
+        report.write_report(report.ReportConfig([run], str(out)))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report, untouched
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left

@@ -328,7 +328,7 @@ def test_report_has_the_length_figure_and_sentence(tmp_path):
 
     from sdpo_kit.length import eval_length_columns, eval_length_summary
     from sdpo_kit.plots import axes_series  # noqa: F401 - figures.json is axes_series output
-    from sdpo_kit.report.html import write_report
+    from sdpo_kit.report.html import ReportConfig, write_report
 
     run = write_contract_run(tmp_path, steps=1)
     table, scored, u = heldout_table()
@@ -343,7 +343,7 @@ def test_report_has_the_length_figure_and_sentence(tmp_path):
     manifest["length"] = {"key": "margin", "rho_key_length": -0.6, "rho_step_length": 0.5}
     manifest_path.write_text(json.dumps(manifest))
 
-    write_report([run], tmp_path / "report")
+    write_report(ReportConfig([run], str(tmp_path / "report")))
     figs = json.loads((tmp_path / "report" / "figures.json").read_text())
     bars, quint, scatter = figs["run_length"]["axes"]
     assert [b["values"] for b in bars["bars"]] == [[0.4, 1.0], [0.4, 0.0]]
@@ -380,13 +380,13 @@ def test_curate_score_prints_the_length_line_and_keys_the_cache_by_layout(tiny_m
 
 
 def test_dataset_card_of_scored_pairs_records_the_length_line(tmp_path):
-    from sdpo_kit.curate.card import write_dataset_card
+    from sdpo_kit.curate.card import CardConfig, write_dataset_card
 
-    bad = write_dataset_card(write_scored(tmp_path / "bad.parquet", length_driven()), tmp_path / "bad")
+    bad = write_dataset_card(CardConfig(str(write_scored(tmp_path / "bad.parquet", length_driven())), str(tmp_path / "bad")))
     text = bad.read_text()
     assert "- length: Spearman ρ with ln(chosen/rejected tokens): margin -0.9" in text
     assert "- warning: the order by `margin` is largely answer length" in text
-    fine = write_dataset_card(write_scored(tmp_path / "ok.parquet", length_driven(independent=True)), tmp_path / "ok")
+    fine = write_dataset_card(CardConfig(str(write_scored(tmp_path / "ok.parquet", length_driven(independent=True))), str(tmp_path / "ok")))
     assert "- length: Spearman ρ" in fine.read_text() and "warning:" not in fine.read_text()
 
 

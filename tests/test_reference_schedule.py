@@ -69,6 +69,8 @@ def test_stepwise_reference_is_previous_model(tmp_path, parts, tiny_model_dir):
         assert rec["reference_fingerprint"] == rec["start_fingerprint"] == previous
         assert summary(out, t)["reference_fingerprint"] == previous
         assert summary(out, t)["reference_schedule"] == "stepwise"
+        want = ("S", "S") if t == 1 else ("M_{t-1}", f"M{t - 1}")
+        assert (rec["reference"]["kind"], rec["reference"]["model"], rec["reference"]["fingerprint"]) == (*want, previous)
         assert_exact_first_log(out / f"step_{t}")
         previous = fingerprint(out / f"step_{t}" / "model")
 
@@ -82,6 +84,7 @@ def test_fixed_reference_is_S_start_is_previous(tmp_path, parts, tiny_model_dir)
     for t, rec in enumerate(run["steps"], 1):
         start = base if t == 1 else fingerprint(out / f"step_{t - 1}" / "model")
         assert rec["reference_fingerprint"] == base and rec["start_fingerprint"] == start
+        assert rec["reference"] == {"kind": "S", "model": "S", "path": str(tiny_model_dir), "fingerprint": base}
         s = summary(out, t)
         assert s["reference_fingerprint"] == base and s["reference_schedule"] == "fixed" and s["reference_exact"]
         # The log-probs TRL trained against are S's own on this step's pairs.
@@ -95,7 +98,7 @@ def test_fixed_reference_is_S_start_is_previous(tmp_path, parts, tiny_model_dir)
     rep = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "rep")])
     assert rep.exit_code == 0, rep.output
     md = (tmp_path / "rep" / "summary.md").read_text()
-    assert f"| 2 | fixed | {base} | True | re-scored 4 pairs" in md
+    assert f"| 2 | fixed | S | {base} | True | re-scored 4 pairs" in md  # the reference as run.json records it
 
 
 @pytest.mark.slow
@@ -117,6 +120,8 @@ def test_mix_reference_is_hand_computed_average(tmp_path, parts, tiny_model_dir)
         assert rec["reference_fingerprint"] == fingerprint(folder) == summary(out, t)["reference_fingerprint"]
         assert rec["reference_fingerprint"] not in (rec["start_fingerprint"], run["base_fingerprint"])
         assert summary(out, t)["reference_exact"] and summary(out, t)["reference_model"] == str(folder)
+        assert rec["reference"] == {"kind": "mix", "model": None, "path": str(folder),
+                                    "fingerprint": rec["reference_fingerprint"]}
         assert_reference_is(out, t, folder, parts / f"step_{t}.parquet")
         previous_ref = got
 
@@ -143,3 +148,27 @@ def test_resume_refuses_another_schedule_and_dpo_ignores_it(tmp_path, parts, tin
                                       str(dpo), "--mode", "dpo", "--reference-schedule", "fixed", *FAST])
     assert result.exit_code == 0 and "--reference_schedule/--ref_mix_alpha are ignored" in result.output
     assert json.loads((dpo / "run.json").read_text())["reference_schedule"] is None
+
+
+def test_old_runs_without_the_record_are_derived_once_in_runs_py():
+    """run.json before the per-step "reference" record: each schedule's definition, in sdpo_kit.runs only."""
+    from sdpo_kit.runs import reference_record, run_schedule, step_references
+
+    def old(schedule, mode="stepwise", steps=3):
+        return {"mode": mode, "base_model": "/m/S", "reference_schedule": schedule,
+                "steps": [{"step": t, "dir": f"step_{t}", "reference_fingerprint": f"fp{t}"} for t in range(1, steps + 1)]}
+
+    got = {sched: [(r["step"], r["kind"], r["model"]) for r in step_references(old(sched))]
+           for sched in ("stepwise", "fixed", "mix")}
+    assert got == {"stepwise": [(1, "S", "S"), (2, "M_{t-1}", "M1"), (3, "M_{t-1}", "M2")],
+                   "fixed": [(1, "S", "S"), (2, "S", "S"), (3, "S", "S")],
+                   "mix": [(1, "S", "S"), (2, "mix", None), (3, "mix", None)]}
+    assert step_references(old("fixed"))[1]["path"] == "/m/S" and step_references(old("fixed"))[2]["fingerprint"] == "fp3"
+    dpo = old(None, mode="dpo", steps=1)
+    assert run_schedule(dpo) == "stepwise" and [r["model"] for r in step_references(dpo)] == ["S"]
+    # A recorded reference wins over anything the schedule would say.
+    run = old("stepwise")
+    run["steps"][1]["reference"] = reference_record(2, "S", "/m/S", "fpS")
+    assert [r["model"] for r in step_references(run)] == ["S", "S", "M2"]
+    with pytest.raises(ValueError, match="not one of"):
+        reference_record(2, "M_t", "/x", None)

@@ -27,7 +27,7 @@ from typer.testing import CliRunner  # noqa: E402
 from sdpo_kit import plots  # noqa: E402
 from sdpo_kit.cli import app  # noqa: E402
 from sdpo_kit.report.evaluate import gamma_table, summarize  # noqa: E402
-from sdpo_kit.report.html import write_report  # noqa: E402
+from sdpo_kit.report.html import ReportConfig, write_report  # noqa: E402
 from sdpo_kit.report.load import load_run  # noqa: E402
 from sdpo_kit.stats import spearman  # noqa: E402
 
@@ -89,7 +89,8 @@ def write_contract_eval(run: Path, rng, steps: int, judge: bool, n: int = 40) ->
     base = rng.normal(-1.0, 2.0, n)
     scored = {m: pairs.select("pair_id").with_columns(margin=pl.Series(base + 0.7 * k + rng.normal(0, 0.3, n)))
               for k, m in enumerate(names)}
-    result = summarize(gamma_table(pairs, scored), names, beta=0.1)
+    steps = [{"step": t, "dir": f"step_{t}"} for t in range(1, len(names))]
+    result = summarize(gamma_table(pairs, scored), names, 0.1, {"reference_schedule": "stepwise", "steps": steps})
     (run / "eval").mkdir()
     result.pop("table").write_parquet(run / "eval" / "scores.parquet")
     result |= {"data": {"path": "heldout.parquet", "pairs": n, "rejected": 0}, "beta": 0.1}
@@ -173,7 +174,7 @@ def _figures(out: Path) -> dict:
 def test_report_from_contract_run_embeds_every_figure(tmp_path):
     run = write_contract_run(tmp_path, "sdpo", steps=2)
     out = tmp_path / "report"
-    paths = write_report([run], out)
+    paths = write_report(ReportConfig([run], str(out)))
     page = paths["html"].read_text()
     figs = _figures(out)
     expected = {"sdpo_reward_margin", "sdpo_loss_accuracy", "sdpo_partitions", "sdpo_reference_margins",
@@ -234,7 +235,7 @@ def test_report_compares_runs_grouped_by_label_and_seed(tmp_path):
     assert "different held-out pairs" not in (out / "summary.md").read_text()
     ev = json.loads((runs[2] / "eval" / "eval.json").read_text())
     (runs[2] / "eval" / "eval.json").write_text(json.dumps(ev | {"data": ev["data"] | {"path": "other.parquet"}}))
-    write_report(runs, out)
+    write_report(ReportConfig(runs, str(out)))
     assert "evaluated on different held-out pairs" in (out / "summary.md").read_text()
 
 
@@ -242,7 +243,7 @@ def test_report_without_eval_or_signal_says_what_is_missing(tmp_path):
     bare = write_contract_run(tmp_path, "bare", with_eval=False)
     nojudge = write_contract_run(tmp_path, "nojudge", judge=False)
     out = tmp_path / "report"
-    page = write_report([bare, nojudge], out)["html"].read_text()
+    page = write_report(ReportConfig([bare, nojudge], str(out)))["html"].read_text()
     assert "run `sdpo eval --run" in page and "no `judge_confidence` column" in page
     assert "bare_reference_margins" not in _figures(out) and "nojudge_reference_margins" in _figures(out)
 
@@ -276,7 +277,7 @@ def assert_not_blank(png: Path) -> None:
 
 def test_screenshot_of_contract_report(tmp_path):
     runs = [write_contract_run(tmp_path, "easy-seed1", seed=1), write_contract_run(tmp_path, "easy-seed2", seed=2)]
-    html = write_report(runs, tmp_path / "report")["html"]
+    html = write_report(ReportConfig(runs, str(tmp_path / "report")))["html"]
     assert_not_blank(screenshot_or_skip(html, tmp_path / "report" / "screenshot.png"))
 
 

@@ -74,20 +74,20 @@ def test_rescoring_hits_the_cache(tiny_model_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SDPO_KIT_CACHE", str(tmp_path / "cache"))
     data = write_input(tmp_path / "pairs.jsonl", n_extra=5)
-    first = score.score_file(data, tmp_path / "a.parquet", model=tiny_model_dir, config=ScoreConfig(max_length=96),
-                             progress=False)
+    first = score.score_file(score.ScoreFileConfig(data, tmp_path / "a.parquet", model=tiny_model_dir),
+                             ScoreConfig(max_length=96), progress=False)
 
     def no_forward(*args, **kwargs):
         raise AssertionError("a cached pair went through the model again")
 
     monkeypatch.setattr(logps.Scorer, "run", no_forward)
-    second = score.score_file(data, tmp_path / "b.parquet", model=tiny_model_dir, config=ScoreConfig(max_length=96),
-                              progress=False, shard_rows=3)
+    second = score.score_file(score.ScoreFileConfig(data, tmp_path / "b.parquet", model=tiny_model_dir, shard_rows=3),
+                              ScoreConfig(max_length=96), progress=False)
     assert pl.read_parquet(first).equals(pl.read_parquet(second))
     assert rejects_of(first) == rejects_of(second)
     with pytest.raises(AssertionError, match="cached pair"):  # other settings = other key = real work
-        score.score_file(data, tmp_path / "c.parquet", model=tiny_model_dir, config=ScoreConfig(max_length=64),
-                         progress=False)
+        score.score_file(score.ScoreFileConfig(data, tmp_path / "c.parquet", model=tiny_model_dir),
+                         ScoreConfig(max_length=64), progress=False)
 
 
 def _cli(data, out, model, *extra):

@@ -206,13 +206,14 @@ def test_sequential_order_keeps_partition_order(tmp_path, tiny_model_dir):
     from accelerate import PartialState
 
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.training.config import parse_train_args
+    from sdpo_kit.training.config import parse_train_args, scorer_config
     from sdpo_kit.training.step import score_reference
 
     parts = write_partitions(tmp_path, steps=1, pairs=12)
     _, args, _ = parse_train_args(["--partitions", str(parts), "--out", "x", *FAST])
     model, tokenizer = load_model(tiny_model_dir)
-    scored = score_reference([parts / "step_1.parquet"], model, tokenizer, args, model_fingerprint(model), tmp_path, PartialState())
+    scored = score_reference([parts / "step_1.parquet"], model, tokenizer, scorer_config(args), model_fingerprint(model),
+                             tmp_path, PartialState())
     expected = pl.Series(scored["ref_chosen_logps"]).cast(pl.Float32).to_list()
     sequential = _batch_refs("sequential", scored, tiny_model_dir, tmp_path)
     shuffled = _batch_refs("shuffled", scored, tiny_model_dir, tmp_path)

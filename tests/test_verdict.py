@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sdpo_kit.report.html import write_report
+from sdpo_kit.report.html import ReportConfig, write_report
 from sdpo_kit.stats import call, paired_bootstrap
 from test_report import write_contract_run
 
@@ -80,7 +80,7 @@ def test_report_opens_with_the_verdict_warnings_and_every_model(tmp_path):
         json.dumps({"file": "h.parquet", "row": i, "reason": "prompt_too_long", "model": m}) + "\n"
         for i in (1, 2, 3) for m in ("S", "M1")))
     out = tmp_path / "report"
-    paths = write_report([sdpo, dpo], out)
+    paths = write_report(ReportConfig([sdpo, dpo], str(out)))
     line = ("sdpo vs dpo on 40 held-out pairs: Δ mean γ +0.30 (95 % CI +0.30…+0.30), sdpo ahead. "
             "[n = 40 pairs; seeds 1 vs 1; Δ reward margin vs S = β·Δγ = +0.030]")
     md = paths["summary"].read_text()
@@ -111,11 +111,12 @@ def test_one_source_drops_the_per_source_panel_and_one_run_has_no_verdict(tmp_pa
     from sdpo_kit.report.evaluate import summarize
 
     names = ["S", "M1", "M2"]
-    result = summarize(scores.select("pair_id", "source", *[f"gamma_{n}" for n in names]), names, 0.1)
+    result = summarize(scores.select("pair_id", "source", *[f"gamma_{n}" for n in names]), names, 0.1,
+                       {"reference_schedule": "stepwise", "steps": [{"step": t, "dir": f"step_{t}"} for t in (1, 2)]})
     result.pop("table")
     result |= {"data": {"path": "heldout.parquet", "pairs": scores.height, "rejected": 0}, "beta": 0.1}
     (run / "eval" / "eval.json").write_text(json.dumps(result))
-    paths = write_report([run], tmp_path / "r")
+    paths = write_report(ReportConfig([run], str(tmp_path / "r")))
     figs = json.loads((tmp_path / "r" / "figures.json").read_text())
     assert len(figs["solo_reference_margins"]["axes"]) == 1
     assert "Preference accuracy per source left out: the held-out pairs have one source" in paths["html"].read_text()

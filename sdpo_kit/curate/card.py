@@ -39,19 +39,28 @@ class CardConfig:
     scored: bool = field(default=False, metadata={"help": "Score the pairs with --model first (margins in the card)."})
     model: str = field(default="default", metadata={"help": "Reference model for --scored."})
     sample: int | None = field(default=None, metadata={"help": "With --scored: score only this many pairs (seeded)."})
-    max_length: int | None = field(default=None, metadata={"help": "With --scored: the scorer's max_length."})
+    max_length: int | None = field(default=None, metadata={
+        "help": "With --scored: the scorer's max_length (0 = no truncation); default: the scorer's (1024)."})
     seed: int = field(default=0, metadata={"help": "Seed for --sample."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --out directory."})
 
     def __post_init__(self):
+        from sdpo_kit.scoring.frame import check_settings
+
         if self.sample is not None and self.sample < 1:
             raise UsageError(f"--sample must be >= 1 pair, got {self.sample}.")
+        check_settings(max_length=self.max_length)
+
+    def scorer(self):
+        """The `ScoreConfig` of `--scored`: the scorer's defaults, with --max_length when given."""
+        from sdpo_kit.scoring.frame import ScoreConfig
+
+        return ScoreConfig(**({} if self.max_length is None else {"max_length": self.max_length}))
 
 
 def run(cfg: CardConfig) -> Path:
     """`sdpo data card`: write the card, print where."""
-    path = write_dataset_card(cfg.data, cfg.out, scored=cfg.scored, model=cfg.model, sample=cfg.sample,
-                              max_length=cfg.max_length, seed=cfg.seed, overwrite=cfg.overwrite)
+    path = write_dataset_card(cfg)
     print(f"wrote {path}")
     return path
 
@@ -239,13 +248,12 @@ def _reject_counts(rejects) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int | None, max_length: int | None,
-                  seed: int) -> dict:
+def load_for_card(cfg: CardConfig) -> dict:
     """{pairs, scored, rows, rejects, score_rejects, scorer} for a dataset card: `pairs` = every valid
     pair, `scored` = the pairs with margins (all of them, a seeded subset, or None)."""
     from sdpo_kit.io import read_json_meta
 
-    path = Path(data)
+    path = Path(cfg.data)
     if path.suffix == ".parquet" and path.is_file() and "margin" in _parquet_schema(path):
         # Already scored: its rejects file (if any) sits beside it.
         pairs = read_parquet_checked(path)
@@ -258,10 +266,10 @@ def load_for_card(data: str | os.PathLike, scored: bool, model: str, sample: int
     loaded = load_pairs(path)
     card = {"pairs": loaded.pairs, "scored": None, "rows": loaded.rows, "rejects": _reject_counts(loaded.rejects),
             "score_rejects": {}, "scorer": None}
-    if scored:
+    if cfg.scored:
         from sdpo_kit.scoring.frame import score_sample
 
-        card["scored"], more, card["scorer"] = score_sample(loaded.pairs, model, sample, max_length, seed)
+        card["scored"], more, card["scorer"] = score_sample(loaded.pairs, cfg.model, cfg.scorer(), cfg.sample, cfg.seed)
         card["score_rejects"] = _reject_counts(more)
     return card
 
@@ -291,14 +299,13 @@ def _margins_section(card: dict) -> list[tuple]:
             *([_bullets(lines)] if lines else []), *signals]
 
 
-def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: bool = False, model: str = "default",
-                       sample: int | None = None, max_length: int | None = None, seed: int = 0,
-                       overwrite: bool = False) -> Path:
+def write_dataset_card(cfg: CardConfig) -> Path:
     """README.md + plots for a whole dataset, grouped by source; reference margins when scored."""
     from sdpo_kit.data.containers import list_files
 
+    data, out = cfg.data, cfg.out
     refuse_overwriting_input(list_files(data), out)  # --overwrite must never delete the data it describes
-    card = load_for_card(data, scored, model, sample, max_length, seed)
+    card = load_for_card(cfg)
     pairs = card["pairs"]
     if pairs.height == 0:
         raise InputError(f"{data}: no valid pairs to describe (rejects: {card['rejects']})")
@@ -312,7 +319,7 @@ def write_dataset_card(data: str | os.PathLike, out: str | os.PathLike, scored: 
     if card["score_rejects"]:
         rejected.append(("list", _counts(card["score_rejects"], " (scorer, among the scored pairs)")))
     everything = pairs.with_columns(pl.lit("all").alias("dataset"))
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, cfg.overwrite) as tmp:
         sections = [
             ("Per source", [_stats_table(group_stats(pairs, "source"))]),
             ("Whole dataset", [_stats_table(group_stats(everything, "dataset"))]),

@@ -86,6 +86,12 @@ def parse(argv: list[str]):
     return parse_config(parser, argv, map_yaml=from_yaml, extra_keys=IGNORED_KEYS)
 
 
+def parse_run_args(prog: str, classes, argv: list[str]):
+    """This command's parser in the registry (`sdpo_kit.cli.COMMANDS`): `[cfg, keys, args, given]` for `run`."""
+    parsed = parse(argv)
+    return None if parsed is None else [*parsed[0], parsed[1]]
+
+
 def run(cfg: CrossfitConfig, keys, args, given: set[str] | None = None) -> Path:
     """`sdpo curate crossfit`: every (seed, fold) run, then the difficulty file; returns its path."""
     if "sigmoid" not in [str(getattr(t, "value", t)) for t in args.loss_type] or len(args.loss_type) != 1:

@@ -20,6 +20,7 @@ from sdpo_kit.curate.folds import (assign_folds, check_disjoint, difficulty, dig
 from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_parquet_checked, sha256_file, write_parquet
+from sdpo_kit.training.config import scorer_config
 
 CROSSFIT_KEY = "sdpo_kit.crossfit"
 LAYOUT = 1  # bump when a run's files or the aggregation change: older runs are then redone
@@ -58,19 +59,12 @@ def score_base(frame: pl.DataFrame, model: str, args) -> tuple[pl.DataFrame, dic
     from sdpo_kit.scoring.cache import score_frame_cached
 
     m, tok = load_checked_model(model)
-    scored, rejects = score_frame_cached(frame, m, tok, score_config(args), progress=False)
+    scored, rejects = score_frame_cached(frame, m, tok, scorer_config(args), progress=False)
     if rejects:
         note(PROG, f"{len(rejects)} pair(s) S cannot score ({rejects[0].reason if hasattr(rejects[0], 'reason') else 'rejected'}"
             f"): no run scores them (n_runs 0)")
     base = {"model": str(resolve_model_path(model).resolve()), "fingerprint": model_fingerprint(m)}
     return scored.select("pair_id", "ref_chosen_logps", "ref_rejected_logps"), base
-
-
-def score_config(args):
-    from sdpo_kit.scoring.frame import ScoreConfig
-
-    return ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32",
-                       beta=args.beta)
 
 
 def make_stamp(data: Path, base: dict, cfg, step_cfg: dict, args) -> dict:
@@ -98,7 +92,7 @@ def one_run(folder: Path, frame, folds, s: int, f: int, s_scores, scorer_meta, c
     run_args = copy.deepcopy(args)
     run_args.seed = args.seed + s
     run_dir = train_fold(folder, train, scorer_meta, step_cfg, run_args)
-    margins = score_fold(run_dir, heldout, s_scores, score_config(args), args.beta)
+    margins = score_fold(run_dir, heldout, s_scores, scorer_config(args), args.beta)
     from sdpo_kit.runs import read_run
 
     step = read_run(run_dir)["steps"][0]

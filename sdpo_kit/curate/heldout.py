@@ -49,8 +49,6 @@ class HeldoutConfig:
         if not 0 <= self.validation < 1 or self.heldout + self.validation >= 1:
             raise UsageError(f"--validation {self.validation}: expected a share >= 0 with heldout + validation < 1 "
                              f"(here {self.heldout + self.validation:g}), so some pairs are left to train on")
-        if not Path(self.data).exists():
-            raise InputError(self.data, "no such file or folder")
 
 
 def assign_sides(keys: list[str], heldout: float, validation: float, seed: int) -> dict[str, list[str]]:
@@ -114,6 +112,8 @@ def run(cfg: HeldoutConfig) -> dict:
     from sdpo_kit.data import load_pairs, write_rejects
     from sdpo_kit.io import write_json, write_parquet
 
+    if not Path(cfg.data).exists():  # here, not in __post_init__: a config is values, no file is read to build it
+        raise InputError(cfg.data, "no such file or folder")
     loaded = load_pairs(cfg.data, format=cfg.format)
     pairs = loaded.pairs.with_columns(key_expr(cfg.by).alias("__key"))
     sides = assign_sides(pairs["__key"].to_list(), cfg.heldout, cfg.validation, cfg.seed)

@@ -1,6 +1,6 @@
 """What `sdpo data inspect` reports: format, row accounting, rejects per reason, sources, lengths.
 
-    python -c "from sdpo_kit.curate.inspect import inspect_data; print(inspect_data('data/dpo_en_demo.json'))"
+    python -c "from sdpo_kit.curate.inspect import InspectConfig, inspect_data; print(inspect_data(InspectConfig('data/dpo_en_demo.json'))[0])"
 
 Lengths are characters of message content (the prompt: all its messages together); with a
 tokenizer also tokens of the same text without a chat template (the scorer counts templated
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -67,9 +66,7 @@ def run(cfg: InspectConfig) -> dict:
     # A spinner on stderr: a large file with --model takes a while, and stdout stays one JSON object.
     status = Console(stderr=True).status(f"reading {cfg.path}" + (" and counting tokens" if cfg.model else ""))
     with status:  # errors: the CLI boundary answers them in one line
-        summary, bad = inspect_data(cfg.path, format=cfg.format, columns=cfg.columns(),
-                                    keep_duplicates=cfg.keep_duplicates, strict=cfg.strict, limit=cfg.limit,
-                                    tokenizer=tokenizer)
+        summary, bad = inspect_data(cfg, tokenizer)
     if cfg.rejects:
         refuse_overwriting_input(list_files(cfg.path), cfg.rejects, "--rejects")
         summary["rejects_file"] = str(write_rejects(bad, cfg.rejects))
@@ -109,12 +106,13 @@ def print_summary(s: dict) -> None:
         console.print(f"rejects written to {escape(s['rejects_file'])}")
 
 
-def inspect_data(path: str | Path, *, format: str | None = None, columns: dict[str, str] | None = None,
-                 keep_duplicates: bool = False, strict: bool = False, limit: int | None = None,
-                 tokenizer: Any = None) -> tuple[dict, list]:
-    """(summary dict, rejects) for the pairs behind `path`; `valid + sum(reasons) == rows` always."""
-    result = load_pairs(path, format=format, columns=columns, keep_duplicates=keep_duplicates,
-                        strict=strict, limit=limit)
+def inspect_data(cfg: InspectConfig, tokenizer: Any = None) -> tuple[dict, list]:
+    """(summary dict, rejects) for the pairs behind `cfg.path`; `valid + sum(reasons) == rows` always.
+
+    `tokenizer` (loaded from `cfg.model` by `run`) adds token lengths."""
+    path = cfg.path
+    result = load_pairs(path, format=cfg.format, columns=cfg.columns(), keep_duplicates=cfg.keep_duplicates,
+                        strict=cfg.strict, limit=cfg.limit)
     reasons = Counter(r.reason for r in result.rejects)
     pairs = result.pairs
     summary: dict[str, Any] = {

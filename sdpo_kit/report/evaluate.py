@@ -44,10 +44,11 @@ class EvalConfig:
         "help": "`all` (S and every M_t), `last` (S, M_{T-1} and M_T) or a comma list such as `S,M2`."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N held-out pairs."})
     max_length: int | None = field(default=None, metadata={
-        "help": "Scorer max_length in tokens; default: the run's training max_length (config.yaml), else TRL's."})
+        "help": "Scorer max_length in tokens (0 = no truncation); default: the run's (run.json settings)."})
     truncation_mode: str | None = field(default=None, metadata={
-        "help": "keep_start | keep_end; default: the run's training setting (config.yaml), else TRL's."})
-    dtype: str = field(default="float32", metadata={"help": "Dtype the models are loaded and scored in."})
+        "help": "keep_start | keep_end; default: the run's (run.json settings)."})
+    dtype: str = field(default="float32", metadata={"help": "Dtype the models are loaded and scored in: float32 "
+                                                             "(TRL-exact) or bfloat16."})
     out: str | None = field(default=None, metadata={"help": "Output folder; default RUN/eval."})
     generate: int = field(default=0, metadata={
         "help": "Behaviour: answer the first N distinct held-out prompts (seeded order) with S and each M_t; 0 = off."})
@@ -55,33 +56,26 @@ class EvalConfig:
     sample_seed: int | None = field(default=None, metadata={
         "help": "--generate: sample with this seed instead of greedy decoding."})
 
-    def __post_init__(self):
-        if not (Path(self.run) / "run.json").is_file():
-            raise FileNotFoundError(f"--run {self.run}: no run.json there; pass a directory written by `sdpo train`.")
-        if not Path(self.data).exists():
-            raise FileNotFoundError(f"--data {self.data}: no such file or folder.")
+    def __post_init__(self):  # values only: the run and the data are read by `evaluate`
+        from sdpo_kit.scoring.frame import check_settings
+
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be >= 1, got {self.limit}.")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UsageError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
-        if self.max_length is not None and self.max_length < 2:
-            raise UsageError(f"--max_length must be >= 2 tokens, got {self.max_length}.")
+        check_settings(max_length=self.max_length, truncation_mode=self.truncation_mode, dtype=self.dtype)
         if self.generate < 0 or self.max_new_tokens < 1:
             raise UsageError(f"--generate must be >= 0 and --max_new_tokens >= 1, got {self.generate}, "
                              f"{self.max_new_tokens}.")
         self.out = self.out or str(Path(self.run) / "eval")
-        # Score held-out pairs as the run trained: same max_length and truncation, unless overridden.
-        trained = _run_config(self.run)
-        self.max_length = self.max_length or trained.get("max_length")
-        self.truncation_mode = self.truncation_mode or trained.get("truncation_mode")
 
+    def scorer(self, run: dict):
+        """The `ScoreConfig` held-out pairs are scored with: the run's max_length and truncation_mode
+        (`sdpo_kit.runs.run_scorer_settings`) unless given here, in `dtype`."""
+        from sdpo_kit.runs import run_scorer_settings
+        from sdpo_kit.scoring.frame import ScoreConfig
 
-def _run_config(run: str | Path) -> dict:
-    """The run's resolved config.yaml (StepwiseConfig + DPOConfig overrides), {} when absent."""
-    import yaml
-
-    path = Path(run) / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        given = {"max_length": self.max_length, "truncation_mode": self.truncation_mode}
+        settings = run_scorer_settings(run, self.run) | {k: v for k, v in given.items() if v is not None}
+        return ScoreConfig(**settings, dtype=self.dtype)
 
 
 def run_models(run_dir: str | Path) -> tuple[list[dict], dict]:
@@ -124,38 +118,34 @@ def data_key(pairs) -> str:
     return hashlib.sha256("\n".join(pairs["pair_id"].to_list()).encode()).hexdigest()[:16]
 
 
-def score_model(model: dict, pairs, cfg: EvalConfig, out: Path) -> tuple[Any, list[dict]]:
+def score_model(model: dict, pairs, cfg: EvalConfig, scorer, out: Path) -> tuple[Any, list[dict]]:
     """The scorer's frame of one model on the held-out pairs and its rejects (dicts).
 
     Scores through `sdpo_kit.scoring.files.score_file`, so finished pairs land in the scorer's
     per-pair cache keyed by the weights' fingerprint: S, shared by every run of a comparison,
     costs one forward pass in all. A sidecar `NAME.json` ({fingerprint, key}) lets a rerun skip
-    even loading the model when nothing changed.
+    even loading the model when nothing changed. `scorer`: the `ScoreConfig` (`EvalConfig.scorer`).
     """
     import polars as pl
 
     from sdpo_kit.data import rejects_path
     from sdpo_kit.models import load_model, model_fingerprint
-    from sdpo_kit.scoring.frame import ScoreConfig
 
     path = out / "models" / f"{model['name']}.parquet"
     sidecar = path.with_suffix(".json")
-    settings = {"max_length": cfg.max_length, "truncation_mode": cfg.truncation_mode}
-    settings = {k: v for k, v in settings.items() if v is not None}  # unset: the scorer's default
-    key = {"data": data_key(pairs), "dtype": cfg.dtype, **settings}
+    key = {"data": data_key(pairs), **scorer.settings()}
     if not model["fingerprint"]:  # run.json lacks it: hashing the weights is cheap next to scoring
-        model["fingerprint"] = model_fingerprint(load_model(model["path"], dtype=cfg.dtype)[0])
+        model["fingerprint"] = model_fingerprint(load_model(model["path"], dtype=scorer.dtype)[0])
     done = sidecar.is_file() and path.is_file() and read_json(sidecar) == {"fingerprint": model["fingerprint"], "key": key}
     if done:
         note("sdpo eval", f"{model['name']}: cached ({path})")
     else:
-        from sdpo_kit.scoring.files import score_file
         from sdpo_kit.models import verify_model
+        from sdpo_kit.scoring.files import ScoreFileConfig, score_file
 
         verify_model(model)  # never score other weights than the run recorded
         note("sdpo eval", f"scoring {model['name']} ({model['path']}) on {pairs.height} pairs ...")
-        score_file(cfg.data, path, model=model["path"], config=ScoreConfig(dtype=cfg.dtype, **settings),
-                   limit=cfg.limit, resume=False)
+        score_file(ScoreFileConfig(cfg.data, str(path), model=model["path"], limit=cfg.limit, resume=False), scorer)
         write_json(sidecar, {"fingerprint": model["fingerprint"], "key": key})
     scored = pl.read_parquet(path)
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
@@ -185,21 +175,21 @@ def _stats(x) -> dict[str, float]:
             "sem": float(x.std() / n**0.5) if n > 1 else 0.0}
 
 
-def reference_margins(names: list[str], models: list[dict], schedule: str) -> list[dict]:
+def reference_margins(names: list[str], models: list[dict], run: dict) -> list[dict]:
     """Step t's reference and its held-out mean γ, for the evaluated models that were one.
 
-    stepwise: M_{t-1} is step t's reference (S of step 1; the last model would be step T+1's);
-    fixed: S is every step's reference; mix: S is step 1's, later references are weight averages
-    that `sdpo eval` does not score, so they are left out rather than named after a model.
+    Each step's reference is read from `run` (run.json) through `sdpo_kit.runs.step_references`:
+    S, M_{t-1}, or a weight average that `sdpo eval` does not score (left out rather than named
+    after a model). Under the stepwise schedule the last model is also shown as the reference
+    step T+1 would have (the paper's Figure 2 has every model).
     """
+    from sdpo_kit.runs import run_schedule, step_references
+
     gamma = {n: m["mean_margin"] for n, m in zip(names, models)}
-    steps = [int(n[1:]) for n in names if n != "S"]
-    if schedule == "fixed":
-        pairs = [(t, "S") for t in range(1, max(steps, default=0) + 1)]
-    elif schedule == "mix":
-        pairs = [(1, "S")]
-    else:
-        pairs = [((0 if n == "S" else int(n[1:])) + 1, n) for n in names]
+    references = step_references(run)
+    pairs = [(r["step"], r["model"]) for r in references]
+    if run_schedule(run) == "stepwise" and references:
+        pairs.append((references[-1]["step"] + 1, f"M{references[-1]['step']}"))
     return [{"step": t, "reference": r, "mean_margin": gamma[r]} for t, r in pairs if r in gamma]
 
 
@@ -207,11 +197,11 @@ def _grouped(table, column: str) -> dict[str, dict]:
     return {src: _stats(g[column]) for (src,), g in sorted(table.group_by("source"), key=lambda kv: str(kv[0][0]))}
 
 
-def summarize(table, names: list[str], beta: float, schedule: str = "stepwise") -> dict[str, Any]:
+def summarize(table, names: list[str], beta: float, run: dict) -> dict[str, Any]:
     """Every number of eval.json from the gamma table (columns gamma_S, gamma_M1, ...).
 
     Adds reward_margin_P_vs_R = β·(γ_P − γ_R) columns to `table` for M_t vs S and vs M_{t-1}.
-    `schedule` (run.json's reference_schedule) names each step's reference in `reference_margins`.
+    `run` (run.json) names each step's reference for `reference_margins`.
     """
     import polars as pl
 
@@ -234,7 +224,7 @@ def summarize(table, names: list[str], beta: float, schedule: str = "stepwise") 
                                 "sem": s["sem"], "per_source": {
                                     k: {"pairs": v["pairs"], "reward_margin_mean": v["mean_margin"],
                                         "reward_accuracy": v["accuracy"]} for k, v in _grouped(table, col).items()}})
-    refs = reference_margins(names, models, schedule)
+    refs = reference_margins(names, models, run)
     return {"models": models, "comparisons": comparisons, "reference_margins": refs, "table": table}
 
 
@@ -291,10 +281,13 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from sdpo_kit.data import load_pairs
     from sdpo_kit.io import check_out_dir
 
+    models, meta = run_models(cfg.run)  # a missing or damaged run.json: one InputError line
+    if not Path(cfg.data).exists():
+        raise InputError(f"--data {cfg.data}", "no such file or folder")
     out = Path(cfg.out)
     check_out_dir(out)  # before any model is loaded or scored
-    models, meta = run_models(cfg.run)
     models = select_models(models, cfg.models)
+    scorer = cfg.scorer(meta)
     loaded = load_pairs(cfg.data, limit=cfg.limit)
     pairs = loaded.pairs
     if pairs.height == 0:
@@ -307,17 +300,16 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     seen = {(r["file"], r["row"]) for r in rejects}
     scored = {}
     for m in models:
-        scored[m["name"]], model_rejects = score_model(m, pairs, cfg, out)
+        scored[m["name"]], model_rejects = score_model(m, pairs, cfg, scorer, out)
         rejects += [{"model": m["name"], **r} for r in model_rejects if (r.get("file"), r.get("row")) not in seen]
     names = [m["name"] for m in models]
-    result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)),
-                       meta.get("reference_schedule") or "stepwise")
+    result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)), meta)
     table = result.pop("table")
     table, result["length"] = _length(table, scored, names)
     for m, stats in zip(models, result["models"]):
         stats.update(step=m["step"], path=str(m["path"]), fingerprint=m["fingerprint"],
                      scores=f"models/{m['name']}.parquet")
-    result = {"run": str(cfg.run), "beta": float(meta.get("beta", 0.1)), "config": asdict(cfg),
+    result = {"run": str(cfg.run), "beta": float(meta.get("beta", 0.1)), "config": asdict(cfg) | scorer.settings(),
               "data": {"path": str(cfg.data), "pairs": table.height, "loaded": pairs.height,
                        "rejected": len(loaded.rejects) + pairs.height - table.height, "key": data_key(pairs),
                        "overlap_with_training": overlap}, **result}

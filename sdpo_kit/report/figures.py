@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sdpo_kit import plots
 from sdpo_kit.report.load import final_vs_s
+from sdpo_kit.runs import run_schedule
 
 
 def _figure(name: str, caption: str, ncols: int, draw) -> dict:
@@ -17,7 +18,7 @@ def _figure(name: str, caption: str, ncols: int, draw) -> dict:
     return {"name": name, "caption": caption, "ncols": ncols, "draw": draw}
 
 
-def run_figures(run: dict, signal: str = "judge_confidence") -> tuple[list[dict], list[str]]:
+def run_figures(run: dict, signal: str) -> tuple[list[dict], list[str]]:
     """The figures of one run, and notes for those whose inputs are missing."""
     figs, notes = _training_figures(run)
     held_figs, held_notes = _heldout_figures(run, signal)
@@ -59,8 +60,8 @@ def _heldout_figures(run: dict, signal: str) -> tuple[list[dict], list[str]]:
     if ev is None:
         notes.append(f"No eval results: run `sdpo eval --run {run['dir']} --data HELDOUT` for the held-out figures.")
         return figs, notes
-    schedule = run["meta"].get("reference_schedule") or "stepwise"
-    refs = plots.REFERENCE_WORDS.get(schedule, plots.REFERENCE_WORDS["stepwise"])
+    schedule = run_schedule(run["meta"])
+    refs = plots.REFERENCE_WORDS[schedule]
     n_sources = len({s for m in ev["models"] for s in m.get("per_source", {})})
     if n_sources <= 1:  # one source: the per-source panel would repeat the overall accuracy
         notes.append("Preference accuracy per source left out: the held-out pairs have one source "

@@ -35,6 +35,7 @@ from sdpo_kit.io import write_json, write_text
 from sdpo_kit.report import verdict
 from sdpo_kit.report.figures import comparison_figures, run_figures
 from sdpo_kit.report.load import final_vs_s, load_run
+from sdpo_kit.runs import run_schedule, step_references
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ReportConfig:
 
 def run(cfg: ReportConfig) -> dict[str, Path]:
     """`sdpo report`: write the report folder, print where the page and the summary went."""
-    paths = write_report(cfg.runs, cfg.out, signal=cfg.signal)  # bad input: one line from the CLI boundary
+    paths = write_report(cfg)  # bad input: one line from the CLI boundary
     print(f"report: {paths['html']}")
     print(f"summary: {paths['summary']}")
     return paths
@@ -66,7 +67,7 @@ def run(cfg: ReportConfig) -> dict[str, Path]:
 STEP_KEYS = ("pairs", "ref_margin_mean", "loss_first", "sigmoid_loss_end", "reward_margin_end", "reward_accuracy_end")
 
 
-def run_blocks(r: dict, signal: str = "judge_confidence") -> list[tuple]:
+def run_blocks(r: dict, signal: str) -> list[tuple]:
     """One run's text: settings, per-step training numbers, reference schedule, held-out numbers,
     behaviour, difficulty and length."""
     meta = r["meta"]
@@ -111,7 +112,7 @@ def comparison_blocks(runs: list[dict]) -> list[tuple]:
         "reward margin vs S", "reward accuracy vs S"], rows)]
 
 
-def summary_markdown(runs: list[dict], signal: str = "judge_confidence", verdict_md: str = "") -> str:
+def summary_markdown(runs: list[dict], signal: str, verdict_md: str = "") -> str:
     """The report's short text: the verdict, run comparison, then per run its training and held-out numbers."""
     return "\n".join(["# sDPO report", "", verdict_md, to_markdown(comparison_blocks(runs))]
                      + [to_markdown(run_blocks(r, signal)) for r in runs])
@@ -127,21 +128,25 @@ def schedule_label(meta: dict) -> str:
     """The run's reference schedule in words: `stepwise`, `fixed`, `mix α=0.5`, or `S (dpo)`."""
     if meta.get("mode") == "dpo":
         return "S (dpo)"
-    schedule = meta.get("reference_schedule") or "stepwise"  # runs before the schedule flag were stepwise
+    schedule = run_schedule(meta)
     return f"mix α={meta.get('ref_mix_alpha')}" if schedule == "mix" else schedule
 
 
 def reference_blocks(r: dict) -> list[tuple]:
-    """Per step: the reference's schedule, fingerprint and how its exactness was checked."""
-    rows = []
+    """Per step: the schedule, the reference as run.json records it (`runs.step_references`: S, M_{t-1}
+    or a mix average), its fingerprint and how its exactness was checked."""
+    refs, rows = {ref["step"]: ref for ref in step_references(r["meta"])}, []
     for s in r["steps"]:
-        summary = s["summary"]
+        summary, ref = s["summary"], refs.get(s["step"], {})
         check = summary.get("reference_check") or {}
         how = (f"re-scored {check.get('pairs')} pairs, max |Δ| {check.get('max_abs_diff', 0):.2g}"
                if check.get("kind") == "rescored" else "first-step rewards 0 (reference = start)")
-        rows.append([str(v) for v in (s["step"], schedule_label(r["meta"]), summary.get("reference_fingerprint"),
+        name = ref.get("model") or ("average of M_{t-1} and ref_{t-1}" if ref.get("kind") == "mix" else None)
+        rows.append([str(v) for v in (s["step"], schedule_label(r["meta"]), name,
+                                      ref.get("fingerprint") or summary.get("reference_fingerprint"),
                                       summary.get("reference_exact"), how)])
-    return [("table", ["step", "reference schedule", "reference fingerprint", "exact", "check"], rows)] if rows else []
+    head = ["step", "reference schedule", "reference", "reference fingerprint", "exact", "check"]
+    return [("table", head, rows)] if rows else []
 
 
 def behaviour_blocks(r: dict) -> list[tuple]:
@@ -228,8 +233,9 @@ def length_blocks(r: dict) -> list[tuple]:
 REPORT_FILES = (".png", ".html", ".md", ".json")
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "judge_confidence") -> dict[str, Path]:
-    """Write report.html (images inline), one PNG per figure, figures.json and summary.md into `out`.
+def write_report(cfg: ReportConfig) -> dict[str, Path]:
+    """Write report.html (images inline), one PNG per figure, figures.json and summary.md into `cfg.out`
+    for the runs `cfg.runs` (`cfg.signal`: the held-out difficulty column).
 
     Atomically as a folder: everything goes to a temporary sibling folder that replaces `out` at
     the end, so a kill leaves the old report (or none) and no PNG of an older report survives. An
@@ -237,7 +243,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
     """
     from sdpo_kit.io import atomic_dir, check_out_dir
 
-    final = Path(out)
+    final = Path(cfg.out)
     if final.exists() and not final.is_dir():
         raise InputError(f"--out {final}", "is a file, not a folder: pass a folder for the report")
     entries = list(final.iterdir()) if final.is_dir() else []
@@ -245,14 +251,14 @@ def write_report(run_dirs: list[str | Path], out: str | Path, signal: str = "jud
     if entries and not is_report:
         raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
                          "pass a new or empty folder")
-    runs = [load_run(d) for d in run_dirs]  # bad runs fail before anything is written
+    runs = [load_run(d) for d in cfg.runs]  # bad runs fail before anything is written
     check_out_dir(final.parent, flag=f"--out {final}: its folder")
     with atomic_dir(final, overwrite=True) as tmp:
-        paths = _write_report(runs, tmp, signal)
+        paths = _write_report(runs, tmp, cfg.signal)
     return {k: final / Path(v).name for k, v in paths.items()}
 
 
-def _write_report(runs: list[dict], out: Path, signal: str = "judge_confidence") -> dict[str, Path]:
+def _write_report(runs: list[dict], out: Path, signal: str) -> dict[str, Path]:
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise UsageError(f"two run directories share a name ({names}): figure files would collide.")

@@ -1,6 +1,6 @@
 """Scoring a whole file: shards, the pair cache, resume, accelerate (`sdpo curate score`, `sdpo eval`).
 
-    python -c "from sdpo_kit.scoring.files import score_file; score_file('data/dpo_en_demo.json', '/tmp/s.parquet', limit=4)"
+    python -c "from sdpo_kit.scoring.files import ScoreFileConfig, score_file; score_file(ScoreFileConfig('data/dpo_en_demo.json', '/tmp/s.parquet', limit=4))"
 
 The input is read in chunks of `shard_rows` rows (`sdpo_kit.data.iter_pairs`); chunk k becomes
 `X.parquet.parts/shard_k.parquet` (+ its rejects), written atomically, so memory stays flat and a
@@ -16,7 +16,9 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 
@@ -47,14 +49,53 @@ def _kept_rows(data: Path, start: int, chunk) -> list[int]:
     return [r for r in range(start + 1, start + chunk.rows + 1) if r not in dropped][: chunk.pairs.height]
 
 
-def score_file(data, out, *, model="default", config: ScoreConfig | None = None, policy=None, resume: bool = True,
-               limit: int | None = None, format: str | None = None, columns: dict | None = None,
-               shard_rows: int = 512, cache: bool = True, progress: bool = True) -> Path:
-    """Score every pair of `data` with `model` (the reference; `policy` optional) into `out`.
+@dataclass
+class ScoreFileConfig:
+    """Score every pair with a reference model: log-probs, margins, token counts, truncation flags.
+
+    The scorer's settings (max_length, truncation_mode, dtype, ...: `ScoreConfig`) come after these.
+    """
+
+    # The command batches more tokens per forward than the library default: faster on a CPU; batching moves
+    # numbers by float noise only (frame.py TOKEN_BUDGET_DEFAULT), and token_budget is not in the provenance.
+    cli_defaults: ClassVar[dict] = {"token_budget": 4096}
+
+    data: str = field(metadata={"help": "Preference data: any file or folder `sdpo data inspect` reads.",
+                                "positional": True})
+    out: str = field(metadata={"help": "Scored parquet to write (rejects go beside it)."})
+    model: str = field(default="default", metadata={"help": "Reference model: `default` or a local folder."})
+    reference: str | None = field(default=None, metadata={"help": "Same as --model (reads better beside --policy)."})
+    policy: str | None = field(default=None, metadata={
+        "help": "Also score this model and add its implicit reward margin."})
+    limit: int | None = field(default=None, metadata={"help": "Read only the first N input rows."})
+    format: str | None = field(default=None, metadata={"help": "Force the input format (default: detected)."})
+    shard_rows: int = field(default=512, metadata={"help": "Input rows per shard (the unit of resume)."})
+    resume: bool = field(default=True, metadata={
+        "help": "Keep finished shards of an interrupted run with the same input, --limit, --shard_rows, model "
+                "and settings (else start afresh, saying why)."})
+    cache: bool = field(default=True, metadata={"help": "Reuse pairs already scored with the same model and settings."})
+
+    def __post_init__(self):
+        if self.reference is not None and self.model not in ("default", self.reference):
+            raise UsageError(f"--model {self.model!r} and --reference {self.reference!r} disagree; pass one of them")
+        if self.shard_rows < 1 or (self.limit is not None and self.limit < 0):
+            raise UsageError(f"--shard_rows {self.shard_rows} / --limit {self.limit}: need shard_rows >= 1 and "
+                             "limit >= 0")
+
+    @property
+    def reference_model(self) -> str:
+        """The reference model to load: --reference, else --model."""
+        return self.reference or self.model
+
+
+
+def score_file(cfg: ScoreFileConfig, config: ScoreConfig | None = None, *, progress: bool = True) -> Path:
+    """Score every pair of `cfg.data` with `cfg.reference_model` (and `cfg.policy`) into `cfg.out`.
 
     Writes `out` (scored columns, provenance under the parquet metadata key `sdpo_kit.scorer`)
     and its rejects file (the data layer's rejects and `prompt_too_long`), returns `out`.
     `resume=False` discards finished shards of an earlier run; `cache=False` bypasses the cache.
+    `config`: the scorer's settings (None: its defaults); `progress`: a pairs/s bar on stderr.
     """
     from accelerate import PartialState
 
@@ -64,32 +105,30 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     from sdpo_kit.models import cache_dir, load_model
 
     config = config or ScoreConfig()
-    data, out, state = Path(data), Path(out), PartialState()
+    data, out, state = Path(cfg.data), Path(cfg.out), PartialState()
     # Everything about the input and --out is checked before the model loads (seconds to minutes).
     inputs = list_files(data)
     check_out(data, inputs, out)
-    if shard_rows < 1 or (limit is not None and limit < 0):
-        raise UsageError(f"--shard_rows {shard_rows} / --limit {limit}: need shard_rows >= 1 and limit >= 0")
-    run = {"input_sha256": input_fingerprint(inputs), "limit": limit, "shard_rows": shard_rows, "format": format,
-           "columns": columns or {}}
+    run = {"input_sha256": input_fingerprint(inputs), "limit": cfg.limit, "shard_rows": cfg.shard_rows,
+           "format": cfg.format, "columns": {}}  # "columns": part of the stamp since issue 11
     if state.is_main_process:
         _lock(out)
     device = None if state.device.type == "cpu" else str(state.device)
-    models = [load_model(model, config.dtype, device)]
-    if policy is not None:
-        models.append(load_model(policy, config.dtype, device))
+    models = [load_model(cfg.reference_model, config.dtype, device)]
+    if cfg.policy is not None:
+        models.append(load_model(cfg.policy, config.dtype, device))
     tokenizer = models[0][1]
     meta = provenance(*models[0], config)  # the reference's, at the top level (docs/ARCHITECTURE.md)
-    if policy is not None:
+    if cfg.policy is not None:
         meta |= {"policy": provenance(*models[1], config), "beta": config.beta}
     key = cache_key(meta)
-    parts = _prepare_parts(out, {"key": key, **run}, resume, state)
-    store = PairCache(cache_dir() / "scores" / key if cache else None)
-    read = {"format": format, "columns": columns, "limit": limit}
+    parts = _prepare_parts(out, {"key": key, **run}, cfg.resume, state)
+    store = PairCache(cache_dir() / "scores" / key if cfg.cache else None)
+    read = {"format": cfg.format, "limit": cfg.limit}
     mine = lambda k: k % state.num_processes == state.process_index  # noqa: E731
-    bar = _bar(data, read, shard_rows, mine, progress and state.is_main_process and main_process())
+    bar = _bar(data, read, cfg.shard_rows, mine, progress and state.is_main_process and main_process())
     start = 0
-    for k, chunk in enumerate(iter_pairs(data, batch_rows=shard_rows, **read)):
+    for k, chunk in enumerate(iter_pairs(data, batch_rows=cfg.shard_rows, **read)):
         shard, rows = parts / f"shard_{k:06d}.parquet", _kept_rows(data, start, chunk)
         start += chunk.rows
         if not mine(k) or _shard_done(shard):
@@ -101,8 +140,8 @@ def score_file(data, out, *, model="default", config: ScoreConfig | None = None,
     bar and bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
-        meta["input"] = {"path": str(data), "format": format, "limit": limit, "sha256": run["input_sha256"],
-                         "shard_rows": shard_rows}
+        meta["input"] = {"path": str(data), "format": cfg.format, "limit": cfg.limit, "sha256": run["input_sha256"],
+                         "shard_rows": cfg.shard_rows}
         _merge(parts, out, meta)
         _lock_path(out).unlink(missing_ok=True)
     state.wait_for_everyone()

@@ -45,21 +45,52 @@ POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl
 
 
 DTYPES = ("float32", "bfloat16")
+TRUNCATION_MODES = ("keep_start", "keep_end")
+MAX_LENGTH_DEFAULT = 1024  # TRL 1.16's DPOConfig.max_length: the scorer and the trainer agree by default
+# The library's batching; `sdpo curate score` batches 4096 (`ScoreFileConfig.cli_defaults`). Batching moves a
+# summed log-prob by float noise only (4e-5 nats on 1 of 21 demo pairs, 512 vs 4096), but that noise reaches
+# the trained weights: one value for both would change every run's numbers, so both stay as they were.
+TOKEN_BUDGET_DEFAULT = 512
+
+
+def check_settings(max_length: int | None = None, truncation_mode: str | None = None, dtype: str | None = None,
+                   *, prefix: str = "--") -> int | None:
+    """The one check of the scorer's settings (those given, not None); returns `max_length` with 0 -> None.
+
+    One meaning everywhere: `max_length` 0 or None = no truncation, else >= 2 tokens (a prompt
+    token and a completion token). A config whose own field is an optional override (eval's, the
+    data card's: None = "not given") checks what it got here, at parse time. Every problem is one
+    UsageError line naming the flag (`prefix` + field name).
+    """
+    if truncation_mode is not None and truncation_mode not in TRUNCATION_MODES:
+        raise UsageError(f"{prefix}truncation_mode", f"must be keep_start or keep_end, got {truncation_mode!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"{prefix}dtype", f"must be one of {', '.join(DTYPES)} (the scorer's dtypes), got {dtype!r}")
+    if max_length is None or max_length == 0:
+        return None
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise UsageError(f"{prefix}max_length", "must be >= 2 tokens (a prompt token and a completion token), "
+                         f"or 0 for no truncation; got {max_length!r}")
+    return max_length
 
 
 @dataclass
 class ScoreConfig:
-    """How pairs are tokenised and scored; the fields that change the numbers go into provenance."""
+    """How pairs are tokenised and scored; the fields that change the numbers go into provenance.
 
-    max_length: int | None = field(default=1024, metadata={
-        "help": "Max tokens of prompt+completion per sequence (TRL's `max_length`); none (or 0) = no truncation."})
+    It owns max_length / truncation_mode / dtype: every job that scores builds one of these (train:
+    `sdpo_kit.training.config.scorer_config`; eval: from run.json's settings) and hands it down.
+    """
+
+    max_length: int | None = field(default=MAX_LENGTH_DEFAULT, metadata={
+        "help": "Max tokens of prompt+completion per sequence (TRL's `max_length`); 0 (or none) = no truncation."})
     truncation_mode: str = field(default="keep_start", metadata={
         "help": "TRL's `truncation_mode`: 'keep_start' cuts the end (pairs whose prompt alone fills max_length "
                 "become `prompt_too_long` rejects), 'keep_end' cuts the beginning."})
     dtype: str = field(default="float32", metadata={
         "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
                 "for ordering only). The model passed in must already have this dtype."})
-    token_budget: int = field(default=512, metadata={
+    token_budget: int = field(default=TOKEN_BUDGET_DEFAULT, metadata={
         "help": "Sequences of similar length (within 1/32) are batched, right-padded, up to this many tokens "
                 "per forward counting padding; a longer sequence runs alone."})
     beta: float = field(default=0.1, metadata={
@@ -71,14 +102,8 @@ class ScoreConfig:
         "help": "Positions projected through the LM head at once (bounds the chunk x vocab logits memory)."})
 
     def __post_init__(self):
-        if self.max_length == 0:  # `--max_length 0`: the command line's "no truncation"
-            self.max_length = None
-        if self.max_length is not None and self.max_length < 2:
-            raise UsageError(f"max_length must be >= 2 or None, got {self.max_length}")
-        if self.truncation_mode not in ("keep_start", "keep_end"):
-            raise UsageError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        self.max_length = check_settings(max_length=self.max_length, truncation_mode=self.truncation_mode,
+                                         dtype=self.dtype)
         if self.share_prefix < 0:
             raise UsageError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
         if self.token_budget < 1 or self.head_chunk < 1:
@@ -258,7 +283,7 @@ def provenance(model, tokenizer, config: ScoreConfig) -> dict[str, Any]:
     }
 
 
-def score_sample(pairs: pl.DataFrame, model: str, sample: int | None = None, max_length: int | None = None,
+def score_sample(pairs: pl.DataFrame, model: str, config: ScoreConfig, sample: int | None = None,
                  seed: int = 0) -> tuple[pl.DataFrame, list, dict]:
     """`sdpo data card --scored`: (scored frame, rejects, provenance) of the pairs under `model`.
 
@@ -269,9 +294,8 @@ def score_sample(pairs: pl.DataFrame, model: str, sample: int | None = None, max
     total = pairs.height
     if sample is not None and sample < total:
         pairs = pairs.with_row_index("__i").sample(sample, seed=seed).sort("__i").drop("__i")
-    cfg = ScoreConfig(**({"max_length": max_length} if max_length else {}))
-    m, tok = load_model(model)
-    scored, rejects = score_frame(pairs, m, tok, cfg)
-    scorer = {**provenance(m, tok, cfg), "model_arg": str(model), "scored_pairs": pairs.height, "of_pairs": total,
+    m, tok = load_model(model, config.dtype)
+    scored, rejects = score_frame(pairs, m, tok, config)
+    scorer = {**provenance(m, tok, config), "model_arg": str(model), "scored_pairs": pairs.height, "of_pairs": total,
               "sample_seed": seed if pairs.height < total else None}
     return scored, list(rejects), scorer

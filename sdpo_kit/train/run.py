@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdpo_kit.training.config import StepwiseConfig, parse, prepare  # noqa: F401  (parse: TRL's fields beside ours)
+from sdpo_kit.training.config import (StepwiseConfig, _overrides, default_dpo_config, parse,  # noqa: F401  (parse: tests)
+                                      prepare)
 from sdpo_kit.training.loop import train_stepwise
 
 
-def run(cfg, args, given: set[str] | None = None) -> Path:
-    """`sdpo train`: every step into `cfg.out`; `given` (the settings this command set) guards --resume."""
+def run(cfg: StepwiseConfig, args=None, given: set[str] | None = None) -> Path:
+    """`sdpo train`: every step into `cfg.out`; returns the run folder.
+
+    `args`: the `trl.DPOConfig` (None: `sdpo train`'s defaults, as with no TRL flag); `given`: the
+    settings the command line set (the CLI passes them; None: those differing from the defaults),
+    which keep the partitions' max_length unless set and guard `--resume`.
+    """
     import os
 
-    given = set(given or ())
-    overrides = prepare(cfg, args, given)
+    if args is None:
+        args = default_dpo_config(cfg)
+    # Without the command line's record, a TRL setting that differs from our defaults counts as set.
+    overrides = prepare(cfg, args, set(given) if given is not None else set(_overrides(args)))
     run_dir = train_stepwise(cfg, args, overrides, given=given)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")

@@ -86,6 +86,17 @@ class StepwiseConfig:
         if not 0.0 <= self.lora_dropout < 1.0:
             raise UsageError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
+    @property
+    def schedule(self) -> str:
+        """The reference schedule the run follows, resolved here once: --reference_schedule under
+        --mode stepwise; `stepwise` under --mode dpo (its one step's reference is its start, S)."""
+        return self.reference_schedule if self.mode == "stepwise" else "stepwise"
+
+    @property
+    def mix_alpha(self) -> float | None:
+        """--ref_mix_alpha where it applies (the mix schedule), else None."""
+        return self.ref_mix_alpha if self.schedule == "mix" else None
+
 
 def _check_schedule(cfg) -> None:
     from sdpo_kit.training.reference import SCHEDULES
@@ -137,6 +148,17 @@ def parse(argv: list[str]):
 
     argv = ["--help" if a == "--fields" else a for a in argv]  # `--fields`: the old spelling of --help
     return parse_config(train_parser(), argv, map_yaml=from_trl)
+
+
+def default_dpo_config(cfg: StepwiseConfig):
+    """The `trl.DPOConfig` `sdpo train` uses when no TRL setting is given (our CPU defaults included)."""
+    return train_parser().parse_args_into_dataclasses(["--partitions", str(cfg.partitions), "--out", str(cfg.out)])[1]
+
+
+def parse_run_args(prog: str, classes, argv: list[str]):
+    """`sdpo train`'s parser in the command registry: `[cfg, args, given]` for `run`, None after --help."""
+    parsed = parse(argv)
+    return None if parsed is None else [*parsed[0], parsed[1]]
 
 
 def parse_train_args(argv: list[str]):
@@ -272,11 +294,10 @@ def _check_values(args) -> None:
     """DPO settings that would train the wrong way or not at all, refused before run.json is written.
 
     Generic checks (finite floats, seeds in [0, 2**32 - 1]) are the parser's (`sdpo_kit.config`)."""
-    if args.max_length is not None and args.max_length < 2:
-        raise UsageError("--max_length", f"must be >= 2 tokens (a prompt token and a completion token), "
-                         f"got {args.max_length}")
-    if args.truncation_mode not in ("keep_start", "keep_end"):
-        raise UsageError("--truncation_mode", f"must be keep_start or keep_end, got {args.truncation_mode!r}")
+    from sdpo_kit.scoring.frame import check_settings
+
+    # The scorer's one check of max_length / truncation_mode (0 = no truncation, TRL's None).
+    args.max_length = check_settings(max_length=args.max_length, truncation_mode=args.truncation_mode)
     if not args.beta > 0:  # β <= 0 rewards the rejected answer (or nothing) while eval's margins look fine
         raise UsageError("--beta", f"must be > 0 (the DPO temperature), got {args.beta}")
     if not 0 <= args.label_smoothing < 0.5:  # at 0.5 the loss ignores the preference, above it inverts it
@@ -293,6 +314,16 @@ def _check_values(args) -> None:
     from sdpo_kit.training.options import check_dpo_options
 
     check_dpo_options(args)
+
+
+def scorer_config(args):
+    """The run's one `ScoreConfig`: max_length/truncation_mode as TRL's collator truncates (after the
+    partitions' values were taken, `prepare`), float32 (TRL-exact), the run's β. Built once per run and
+    handed to every scoring pass of a step: the reference, its check and the end-of-step numbers."""
+    from sdpo_kit.scoring.frame import ScoreConfig
+
+    return ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32",
+                       beta=args.beta)
 
 
 def resolved_settings(cfg, args) -> dict:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import check_out_dir, read_json, write_json, write_text
+from sdpo_kit.io import check_out_dir, write_text
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
+from sdpo_kit.runs import partition_files, partitions_digest, read_run, schedule_record, write_run
 from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, prepare, resolved_settings,
-                                   train_parser)
-from sdpo_kit.runs import partition_files, partitions_digest, read_run
+                                      scorer_config, train_parser)
 from sdpo_kit.training.step import run_step
 
 
@@ -105,9 +105,8 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         "mode": cfg.mode, "base_model": str(resolve_model_path(cfg.model).resolve()), "base_model_given": cfg.model,
         "base_fingerprint": base_fingerprint, "partitions": str(Path(cfg.partitions).resolve()),
         "partitions_sha256": partitions_digest(cfg.partitions, files),
-        "beta": args.beta, "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
-        "reference_schedule": cfg.reference_schedule if cfg.mode == "stepwise" else None,
-        "ref_mix_alpha": cfg.ref_mix_alpha if cfg.mode == "stepwise" and cfg.reference_schedule == "mix" else None,
+        **schedule_record(cfg.mode, cfg.schedule, cfg.mix_alpha, args.beta),
+        "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
         "steps": [
             {"step": t, "dir": f"step_{t}", "partition": [str(Path(f).resolve()) for f in files],
              "reference_fingerprint": None, "start_fingerprint": None, "model_fingerprint": None,
@@ -118,7 +117,7 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
     if state.is_main_process:
         resolved = {**dataclasses.asdict(cfg), "resume": False, **overrides}
         write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        write_json(run_dir / "run.json", run)
+        write_run(run_dir, run)
     state.wait_for_everyone()
     return run
 
@@ -171,21 +170,21 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
         note("sdpo train", "--mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
     progress = _run_progress(plan, args, world)  # refuses a step with no optimiser step before run.json
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
+    scorer = scorer_config(args)  # the run's one scorer config, handed to every step
     current = run["base_model"]  # absolute since run.json records it so: the same S from any folder
     for t, step_files in enumerate(plan, 1):
         done = run["steps"][t - 1]["status"] == "done" and (run_dir / f"step_{t}" / "model" / "config.json").is_file()
         if done:
             note("sdpo train", f"step {t}/{len(plan)} already done, skipping")
         else:
-            schedule = run.get("reference_schedule") or "stepwise"
-            what = "reference and start" if schedule == "stepwise" else f"start (reference: {schedule})"
+            what = "reference and start" if cfg.schedule == "stepwise" else f"start (reference: {cfg.schedule})"
             note("sdpo train", f"step {t}/{len(plan)}: {what} = {current}")
-            run_step(t, step_files, current, cfg, args, run, state, progress)
+            run_step(t, step_files, current, cfg, args, scorer, run, state, progress)
         current = run_dir / f"step_{t}" / "model"
     progress.close()
     run["status"] = "done"
     if state.is_main_process:
-        write_json(run_dir / "run.json", run)
+        write_run(run_dir, run)
     return run_dir
 
 

@@ -23,23 +23,25 @@ CHECK_PAIRS = 4  # pairs re-scored without any cache to check a reference that i
 CHECK_TOLERANCE = 1e-4  # nats on a summed log-prob: float32 batching noise, far below any model change
 
 
-def reference_for_step(t: int, start: str | Path, cfg, run: dict, state) -> Path:
-    """The model folder whose log-probs are step t's reference under `cfg.reference_schedule`.
+def reference_for_step(t: int, start: str | Path, cfg, run: dict, state) -> tuple[Path, str]:
+    """(model folder, kind) of step t's reference under the run's schedule (`cfg.schedule`).
 
-    `start` is M_{t-1} (S at t = 1). `--mode dpo` has one step against S: the schedule is moot.
-    For `mix` the averaged model is written once (main process) to `step_t/reference_model/`.
+    `start` is M_{t-1} (S at t = 1); kind is one of `sdpo_kit.runs.REFERENCE_KINDS`: "S" at
+    t = 1 and under `fixed`, "M_{t-1}" under `stepwise`, "mix" under `mix` (t > 1; the averaged
+    model is written once, by the main process, to `step_t/reference_model/`).
     """
-    schedule = cfg.reference_schedule if cfg.mode == "stepwise" else "stepwise"
-    if schedule == "stepwise" or t == 1:
-        return Path(start)
-    if schedule == "fixed":
-        return Path(run["base_model"])
+    if t == 1:
+        return Path(start), "S"
+    if cfg.schedule == "stepwise":
+        return Path(start), "M_{t-1}"
+    if cfg.schedule == "fixed":
+        return Path(run["base_model"]), "S"
     out = Path(cfg.out) / f"step_{t}" / "reference_model"
     previous = Path(run["base_model"]) if t == 2 else Path(cfg.out) / f"step_{t - 1}" / "reference_model"
     if not (out / "config.json").is_file() and state.is_main_process:
         mix_models(start, previous, cfg.ref_mix_alpha, out)
     state.wait_for_everyone()
-    return out
+    return out, "mix"
 
 
 def mix_models(policy: str | Path, reference: str | Path, alpha: float, out: Path) -> str:
@@ -61,19 +63,18 @@ def mix_models(policy: str | Path, reference: str | Path, alpha: float, out: Pat
     return model_fingerprint(model)
 
 
-def check_reference_logps(scored, model, tokenizer, args) -> dict:
+def check_reference_logps(scored, model, tokenizer, scorer) -> dict:
     """Re-score the first pairs of `scored` with `model` (the reference) without any cache.
 
     For a reference that is not the step's start the first loss is not ln 2, so exactness is
     checked directly: the log-probs TRL trains against must be this model's. Returns
     {pairs, max_abs_diff, exact}.
     """
-    from sdpo_kit.scoring.frame import ScoreConfig, score_frame
+    from sdpo_kit.scoring.frame import score_frame
 
     head = scored.head(CHECK_PAIRS)
     columns = [c for c in ("pair_id", "prompt", "chosen", "rejected", "tools", "chat_template_kwargs") if c in head.columns]
-    config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
-    fresh, _ = score_frame(head.select(columns), model, tokenizer, config, progress=False)
+    fresh, _ = score_frame(head.select(columns), model, tokenizer, scorer, progress=False)
     joined = head.select("pair_id", "ref_chosen_logps", "ref_rejected_logps").join(
         fresh.select("pair_id", "ref_chosen_logps", "ref_rejected_logps"), on="pair_id", suffix="_fresh")
     diffs = [abs(r[c] - r[f"{c}_fresh"]) for r in joined.iter_rows(named=True)

@@ -27,6 +27,7 @@ from sdpo_kit.console import note
 from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
+from sdpo_kit.runs import reference_record, write_run
 from sdpo_kit.training.reference import check_reference_logps, reference_for_step
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -34,10 +35,12 @@ CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset colu
 REFERENCE_META_KEY = "sdpo_kit.reference"
 
 
-def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict, state, progress=None) -> Path:
+def run_step(t: int, files: list[Path], start: str | Path, cfg, args, scorer, run: dict, state,
+             progress=None) -> Path:
     """Step t: M_{t-1} = `start` trains on `files` against its schedule's reference; returns M_t's folder.
 
-    `cfg` is the run's `StepwiseConfig`, `args` its `trl.DPOConfig`; `run` is run.json's dict
+    `cfg` is the run's `StepwiseConfig`, `args` its `trl.DPOConfig`, `scorer` its one `ScoreConfig`
+    (`training.config.scorer_config`); `run` is run.json's dict
     (this step's record is updated and written as the step goes); `progress` the run's one bar.
     """
     from transformers import set_seed
@@ -53,7 +56,8 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     set_seed(args.seed)  # peft draws the fresh adapter before the Trainer seeds anything
 
     # 1. Score the reference: the schedule's reference model on this step's pairs.
-    scored, ref_fp, ref_check = score_step_reference(t, files, start, model, begin_fp, tokenizer, cfg, args, run, state)
+    scored, ref_fp, ref_check = score_step_reference(t, files, start, model, begin_fp, tokenizer, cfg, scorer, run,
+                                                       state)
     if scored.height == 0:
         raise InputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
                          "(see reference.rejects.jsonl).")
@@ -72,7 +76,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     if t == 1 and not run.get("base_fingerprint"):
         run["base_fingerprint"] = begin_fp
     if state.is_main_process:
-        write_json(run_dir / "run.json", run)
+        write_run(run_dir, run)
 
     # 3. Train (from the step's newest checkpoint when resuming).
     checkpoint = latest_checkpoint(step_dir / "checkpoints") if cfg.resume else None
@@ -82,11 +86,11 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, run: dict,
     trainer.train(resume_from_checkpoint=checkpoint)
 
     # 4. Save M_t, the trainer state and summary.json; run.json marks the step done once they exist.
-    save_step(t, trainer, scored, tokenizer, cfg, args, run, state, began, ref_fp, ref_check)
+    save_step(t, trainer, scored, tokenizer, cfg, scorer, run, state, began, ref_fp, ref_check)
     return step_dir / "model"
 
 
-def save_step(t: int, trainer, scored, tokenizer, cfg, args, run: dict, state, began: float, ref_fp: str,
+def save_step(t: int, trainer, scored, tokenizer, cfg, scorer, run: dict, state, began: float, ref_fp: str,
               ref_check: dict | None) -> None:
     """Step t's end: M_t, its trainer state and summary.json saved, then run.json marks the step done.
 
@@ -98,7 +102,7 @@ def save_step(t: int, trainer, scored, tokenizer, cfg, args, run: dict, state, b
     step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
     final = final_model(trainer)
     model_fp = model_fingerprint(final)
-    end = end_of_step(scored, final, tokenizer, args, state)  # every process: the scorer gathers
+    end = end_of_step(scored, final, tokenizer, scorer, state)  # every process: the scorer gathers
     if state.is_main_process:
         save_model(final, tokenizer, step_dir / "model")
         with atomic_path(step_dir / "trainer_state.json") as tmp:
@@ -110,7 +114,7 @@ def save_step(t: int, trainer, scored, tokenizer, cfg, args, run: dict, state, b
         summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
         write_json(step_dir / "summary.json", summary)
         rec.update(status="done", model_fingerprint=model_fp)
-        write_json(run_dir / "run.json", run)  # the step counts as done only once its files exist
+        write_run(run_dir, run)  # the step counts as done only once its files exist
     state.wait_for_everyone()
     if state.is_main_process:
         shutil.rmtree(step_dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per step
@@ -126,7 +130,7 @@ def _check_start(t: int, fingerprint: str, start, run: dict) -> None:
                          f"run.json has {want}); train into a new --out")
 
 
-def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args, run, state):
+def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, scorer, run, state):
     """Step t's reference log-probs under the schedule: `(scored, reference fingerprint, check)`.
 
     When the reference is the start (`stepwise`, and step 1 of every schedule) the start model
@@ -135,19 +139,21 @@ def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args,
     (`check`), and freed before training.
     """
     step_dir, rec = Path(cfg.out) / f"step_{t}", run["steps"][t - 1]
-    reference = reference_for_step(t, start, cfg, run, state)
+    reference, kind = reference_for_step(t, start, cfg, run, state)
     rec["reference_model"] = str(reference)
     if reference == Path(start):
-        return score_reference(files, model, tokenizer, args, start_fp, step_dir, state), start_fp, None
+        rec["reference"] = reference_record(t, kind, reference, start_fp)
+        return score_reference(files, model, tokenizer, scorer, start_fp, step_dir, state), start_fp, None
     ref_model = load_checked_model(reference)[0]
     ref_fp = model_fingerprint(ref_model)
-    want = run.get("base_fingerprint") if cfg.reference_schedule == "fixed" else rec.get("reference_fingerprint")
+    want = run.get("base_fingerprint") if cfg.schedule == "fixed" else rec.get("reference_fingerprint")
     if want and ref_fp != want:
         raise InputError(reference, f"reference weights have fingerprint {ref_fp}, but run.json records {want}; "
                          "train into a new --out")
+    rec["reference"] = reference_record(t, kind, reference, ref_fp)
     ref_model.to(state.device)
-    scored = score_reference(files, ref_model, tokenizer, args, ref_fp, step_dir, state)
-    check = check_reference_logps(scored, ref_model, tokenizer, args)
+    scored = score_reference(files, ref_model, tokenizer, scorer, ref_fp, step_dir, state)
+    check = check_reference_logps(scored, ref_model, tokenizer, scorer)
     if not check["exact"]:
         note("sdpo train", f"WARNING step {t}: reference log-probs differ from a fresh pass of {reference} by "
              f"{check['max_abs_diff']:.3g}")
@@ -155,7 +161,7 @@ def score_step_reference(t, files, start, model, start_fp, tokenizer, cfg, args,
     return scored, ref_fp, check
 
 
-def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str, step_dir: Path, state):
+def score_reference(files: list[Path], model, tokenizer, scorer, fingerprint: str, step_dir: Path, state):
     """The partition files scored by `model` (the step's reference), cached in `step_dir/reference.parquet`.
 
     The cache is reused only if it was written for the same weights and tokenisation settings.
@@ -164,17 +170,14 @@ def score_reference(files: list[Path], model, tokenizer, args, fingerprint: str,
     """
     import polars as pl
 
-    from sdpo_kit.scoring.frame import ScoreConfig
-
     from sdpo_kit.scoring.cache import score_frame_cached
 
     path = step_dir / "reference.parquet"
-    settings = {"fingerprint": fingerprint, "max_length": args.max_length, "truncation_mode": args.truncation_mode}
+    settings = {"fingerprint": fingerprint, "max_length": scorer.max_length, "truncation_mode": scorer.truncation_mode}
     if not _cache_matches(path, settings):  # every process looks before anything is written
-        config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
         parts, rejects = [], []
         for file in files:
-            scored, dropped = score_frame_cached(read_parquet_checked(file), model, tokenizer, config, file=str(file),
+            scored, dropped = score_frame_cached(read_parquet_checked(file), model, tokenizer, scorer, file=str(file),
                                                  accelerator=state, progress=state.is_main_process)
             parts.append(scored)
             rejects += [asdict(r) if is_dataclass(r) else dict(r) for r in dropped]
@@ -298,7 +301,7 @@ def final_model(trainer):
     return model
 
 
-def end_of_step(scored, model, tokenizer, args, state) -> dict:
+def end_of_step(scored, model, tokenizer, scorer, state) -> dict:
     """DPO loss, reward margin and reward accuracy of M_t over its WHOLE partition, after the step.
 
     One scorer pass of M_t (`model`) on the step's pairs (through the pair cache, split over the
@@ -313,19 +316,17 @@ def end_of_step(scored, model, tokenizer, args, state) -> dict:
 
     from sdpo_kit.scoring.cache import score_frame_cached
     from sdpo_kit.scoring.dpo import reward_margin, sigmoid_loss
-    from sdpo_kit.scoring.frame import ScoreConfig
 
     model.eval()  # no dropout in a measurement
-    config = ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32")
     columns = [c for c in ("pair_id", "prompt", "chosen", "rejected", "tools", "chat_template_kwargs")
                if c in scored.columns]
-    policy, _ = score_frame_cached(scored.select(columns), model, tokenizer, config, file="end_of_step",
+    policy, _ = score_frame_cached(scored.select(columns), model, tokenizer, scorer, file="end_of_step",
                                    accelerator=state, progress=False)
     joined = scored.select("pair_id", *REF_COLUMNS).join(
         policy.select("pair_id", pl.col("ref_chosen_logps").alias("pc"), pl.col("ref_rejected_logps").alias("pr")),
         on="pair_id", how="inner")
     t = {c: torch.tensor(joined[c].to_list(), dtype=torch.float64) for c in ("pc", "pr", *REF_COLUMNS)}
-    m = reward_margin(t["pc"], t["pr"], t["ref_chosen_logps"], t["ref_rejected_logps"], args.beta)
+    m = reward_margin(t["pc"], t["pr"], t["ref_chosen_logps"], t["ref_rejected_logps"], scorer.beta)
     return {"pairs": joined.height, "sigmoid_loss": float(sigmoid_loss(m).mean()), "reward_margin": float(m.mean()),
             "reward_accuracy": float((m > 0).double().mean())}
 
