@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from sdpo_kit import __version__, config
 from sdpo_kit.cli import COMMANDS, app
+from sdpo_kit.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,3 +228,30 @@ def test_train_reads_max_length_from_the_partitions_and_resumes(tmp_path, tiny_m
     assert json.loads((out / "run.json").read_text())["settings"] == run["settings"]
     changed = invoke("train", "--partitions", parts, "--out", out, "--resume", "--max_length", "32")
     assert changed.exit_code == 2 and "max_length 64 -> 32" in changed.stderr
+
+
+def test_max_length_zero_means_no_truncation_everywhere(tmp_path):
+    """One meaning of 0 (and none): no truncation, in the scorer, `sdpo train`, `sdpo eval` and the data card;
+    eval's own default is the run's value from run.json settings (not config.yaml), and one check refuses 1."""
+    from sdpo_kit.curate.card import CardConfig
+    from sdpo_kit.report.evaluate import EvalConfig
+    from sdpo_kit.scoring.frame import ScoreConfig
+    from sdpo_kit.training.config import parse_train_args, scorer_config
+
+    assert ScoreConfig(max_length=0).max_length is None and ScoreConfig(max_length=None).max_length is None
+    assert CardConfig("d", "o", max_length=0).scorer().max_length is None
+    assert CardConfig("d", "o").scorer().max_length == ScoreConfig().max_length
+    _, args, _ = parse_train_args(["--partitions", str(tmp_path), "--out", str(tmp_path / "o"), "--max_length", "0"])
+    assert args.max_length is None and scorer_config(args).max_length is None
+    run = {"settings": {"trl": {"max_length": 64, "truncation_mode": "keep_end"}}}
+    (tmp_path / "config.yaml").write_text("max_length: 999\n")  # diff-only config.yaml: not what eval reads
+    assert EvalConfig(str(tmp_path), "d").scorer(run).settings() == {
+        "max_length": 64, "truncation_mode": "keep_end", "dtype": "float32"}
+    assert EvalConfig(str(tmp_path), "d", max_length=0).scorer(run).max_length is None
+    assert EvalConfig(str(tmp_path), "d", max_length=32).scorer(run).max_length == 32
+    assert EvalConfig(str(tmp_path), "d").scorer({}).max_length == 999  # a run without settings: config.yaml
+    for build in (lambda: ScoreConfig(max_length=1), lambda: CardConfig("d", "o", max_length=1),
+                  lambda: EvalConfig("r", "d", max_length=1),
+                  lambda: parse_train_args(["--partitions", str(tmp_path), "--out", "o", "--max_length", "1"])):
+        with pytest.raises(UsageError, match="max_length: must be >= 2 tokens"):
+            build()
