@@ -166,7 +166,9 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
     if cfg.resume and (run_dir / "run.json").exists():
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
-    if cfg.mode == "dpo" and (cfg.reference_schedule, cfg.ref_mix_alpha) != ("stepwise", 0.5):
+    unset = {f.name: f.default for f in dataclasses.fields(StepwiseConfig)
+             if f.name in ("reference_schedule", "ref_mix_alpha")}
+    if cfg.mode == "dpo" and any(getattr(cfg, k) != v for k, v in unset.items()):
         note("sdpo train", "--mode dpo trains once against S: --reference_schedule/--ref_mix_alpha are ignored")
     progress = _run_progress(plan, args, world)  # refuses a step with no optimiser step before run.json
     run = _start_run(cfg, args, overrides or {}, plan, state, files)
