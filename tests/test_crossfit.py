@@ -178,6 +178,9 @@ def test_bad_settings_are_one_line(scored, tmp_path):
     assert result.exit_code == 1 and "none.parquet" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["curate", "crossfit", str(scored), "--out", str(scored)])
     assert result.exit_code == 2 and "would overwrite the input" in result.output
+    result = CliRunner().invoke(app, ["curate", "crossfit", str(scored), "--out", str(tmp_path / "x.parquet"),
+                                      "--folds", "11"])
+    assert result.exit_code == 1 and "10 distinct prompt(s) cannot fill --folds 11" in result.output
 
 
 def test_train_cpu_yaml_sets_the_training(monkeypatch):

@@ -32,14 +32,21 @@ def crossfit(cfg, step_cfg: dict, args, given: set[str]) -> Path:
     from sdpo_kit.data import prompt_text
     from sdpo_kit.training.config import take_scorer_settings
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would run every fold
+        raise UsageError(PROG, "runs in one process (its runs are sequential); launch it without accelerate")
     data, out, work = check_paths(cfg)
     frame, meta = read_input(data)
+    keys = frame.select(prompt_text()).to_series().to_list()
+    if len(set(keys)) < cfg.folds:
+        raise InputError(data, f"{len(set(keys))} distinct prompt(s) cannot fill --folds {cfg.folds} (folds are by "
+                         "prompt); use fewer folds or more pairs")
     scorer_meta = json.loads(meta["sdpo_kit.scorer"]) if "sdpo_kit.scorer" in meta else None
     take_scorer_settings(args, given, scorer_meta, data, PROG, "pairs")
     s_scores, base = score_base(frame, step_cfg["model"], args)
     stamp = make_stamp(data, base, cfg, step_cfg, args)
     prepare_work(work, stamp, cfg.resume)
-    keys = frame.select(prompt_text()).to_series().to_list()
     assignment, runs, records = {}, [], []
     for s in range(cfg.seeds):
         folds = assign_folds(keys, cfg.folds, args.seed + s)
