@@ -24,7 +24,7 @@ from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import check_out_dir, write_text
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
 from sdpo_kit.runs import partition_files, partitions_digest, read_run, schedule_record, write_run
-from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, prepare, resolved_settings,
+from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, resolved_settings,
                                       scorer_config, train_parser)
 from sdpo_kit.training.step import run_step
 
