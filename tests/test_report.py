@@ -295,7 +295,7 @@ def test_report_config_runs_the_command_and_the_page_is_html_not_markdown(tmp_pa
     assert capsys.readouterr().out == f"report: {paths['html']}\nsummary: {paths['summary']}\n"
     page = paths["html"].read_text()
     assert "<h2>a`b&lt;i&gt;|x</h2>" in page and "label <code>a`b&lt;i&gt;|x</code>, seed 0" in page
-    assert "<th>γ_ref mean (under M_{t-1})</th>" in page and "<td>first-step rewards 0 (reference = start)</td>" in page
+    assert "<th>γ_ref mean (under the step&#x27;s reference)</th>" in page and "<td>first-step rewards 0 (reference = start)</td>" in page
     assert "**" not in page and "|---" not in page and "\\|" not in page and "\\`" not in page
     md = paths["summary"].read_text()
     assert "## a\\`b&lt;i&gt;\\|x" in md and "label `a\\`b&lt;i&gt;\\|x`, seed 0" in md

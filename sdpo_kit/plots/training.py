@@ -27,7 +27,8 @@ def plot_reward_margin_timeline(steps: list[dict], ax):
     `steps`: [{"step": t, "log_history": TRL's log_history}], in step order. Step t's curve
     starts where step t-1 ended, so the x axis counts optimizer steps of the whole run; dashed
     lines mark the step boundaries. The margin of each step is measured against its own
-    reference (M_{t-1}), so each curve starts near 0.
+    reference (M_{t-1} under the stepwise schedule: each curve starts near 0; S or a weight
+    average under fixed / mix, where a step may start away from 0).
     """
     offset = 0.0
     for s in steps:

@@ -75,9 +75,9 @@ def run_blocks(r: dict, signal: str) -> list[tuple]:
            ("p", "mode `{}`, base model `{}`, β = {}, status `{}`, label `{}`, seed {}", meta.get("mode"),
             meta.get("base_model"), meta.get("beta"), meta.get("status"), r["label"], text(r["seed"])),
            ("p", "End-of-step loss, reward margin and accuracy are over the whole partition after the step "
-                 "(M_t against M_{t-1})."),
-           ("table", ["step", "pairs", "γ_ref mean (under M_{t-1})", "loss first", "sigmoid loss end", "reward margin end",
-                      "reward accuracy end"],
+                 "(M_t against the step's reference, as run.json records it: the reference table below)."),
+           ("table", ["step", "pairs", "γ_ref mean (under the step's reference)", "loss first", "sigmoid loss end",
+                      "reward margin end", "reward accuracy end"],
             [[text(v) for v in (s["step"], *map(s["summary"].get, STEP_KEYS))] for s in r["steps"]])]
     out += reference_blocks(r)
     ev = r["eval"]

@@ -35,7 +35,7 @@ def _step_partition(run_dir: Path, step: dict) -> dict:
     """γ_ref and source counts of the pairs step t trained on.
 
     From the partition files run.json names (margins under S, as in the data card) when they
-    carry a `margin` column, else from the step's reference.parquet (under M_{t-1}).
+    carry a `margin` column, else from the step's reference.parquet (under the step's reference: M_{t-1}, S or a mix).
     """
     import polars as pl
 
