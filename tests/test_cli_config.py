@@ -255,3 +255,16 @@ def test_max_length_zero_means_no_truncation_everywhere(tmp_path):
                   lambda: parse_train_args(["--partitions", str(tmp_path), "--out", "o", "--max_length", "1"])):
         with pytest.raises(UsageError, match="max_length: must be >= 2 tokens"):
             build()
+
+
+@pytest.mark.parametrize("words", list(COMMANDS), ids=" ".join)
+def test_configs_are_values_no_file_is_read_to_build_one(words, tmp_path):
+    """Every command's config builds from paths that do not exist: files are read by `run`, never by
+    `__post_init__` (a notebook can build a config before its inputs exist, and `--help` stays cheap)."""
+    missing = str(tmp_path / "nope")
+    for cls in config.load(COMMANDS[words])[1]:
+        required = {f.name: ([missing] if "list" in str(f.type) else missing) for f in dataclasses.fields(cls)
+                    if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        paths = {f.name: missing for f in dataclasses.fields(cls) if f.name in ("run", "data", "partitions", "out")}
+        paths |= {"runs": [missing]} if "runs" in {f.name for f in dataclasses.fields(cls)} else {}
+        cls(**{**paths, **required})
