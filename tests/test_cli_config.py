@@ -268,3 +268,16 @@ def test_configs_are_values_no_file_is_read_to_build_one(words, tmp_path):
         paths = {f.name: missing for f in dataclasses.fields(cls) if f.name in ("run", "data", "partitions", "out")}
         paths |= {"runs": [missing]} if "runs" in {f.name for f in dataclasses.fields(cls)} else {}
         cls(**{**paths, **required})
+
+
+@pytest.mark.parametrize("words", list(COMMANDS), ids=" ".join)
+def test_every_command_is_run_of_its_configs(words):
+    """The Python API: `run(*configs)` with the registry's config classes; anything more (train's and
+    crossfit's DPOConfig, the command line's `given`) has a default."""
+    import inspect
+
+    module, classes = config.load(COMMANDS[words])
+    params = list(inspect.signature(module.run).parameters.values())
+    assert len(params) >= len(classes)
+    assert all(p.default is not inspect.Parameter.empty for p in params[len(classes):]), (words, params)
+    assert all(p.default is inspect.Parameter.empty for p in params[:len(classes)]), (words, params)

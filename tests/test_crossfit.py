@@ -194,3 +194,14 @@ def test_train_cpu_yaml_sets_the_training(monkeypatch):
                                                                                   "default", 4)
     assert (args.beta, args.learning_rate, args.per_device_train_batch_size, args.seed) == (0.1, 2e-5, 2, 0)
     assert {"beta", "learning_rate", "lora_r", "out", "data"} <= given
+
+
+def test_python_api_run_with_defaults(scored, tiny_model_dir, tmp_path):
+    """`run(CrossfitConfig(...))` from Python: the DPOConfig is the command's default (as with no TRL flag),
+    max_length comes from the input's scorer settings as on the command line."""
+    from sdpo_kit.curate.crossfit import CrossfitConfig, _train_keys, run
+
+    out = run(CrossfitConfig(str(scored), str(tmp_path / "d.parquet"), seeds=1), keys=_train_keys()(model=str(tiny_model_dir)))
+    frame = pl.read_parquet(out)
+    assert frame.height == pl.read_parquet(scored).height and frame["val_loss"].is_not_null().sum() > 0
+    assert meta(out)["settings"]["trl"]["max_length"] == 64

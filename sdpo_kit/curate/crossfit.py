@@ -92,12 +92,22 @@ def parse_run_args(prog: str, classes, argv: list[str]):
     return None if parsed is None else [*parsed[0], parsed[1]]
 
 
-def run(cfg: CrossfitConfig, keys, args, given: set[str] | None = None) -> Path:
-    """`sdpo curate crossfit`: every (seed, fold) run, then the difficulty file; returns its path."""
+def run(cfg: CrossfitConfig, keys=None, args=None, given: set[str] | None = None) -> Path:
+    """`sdpo curate crossfit`: every (seed, fold) run, then the difficulty file; returns its path.
+
+    `keys` (`sdpo train`'s model/order/lora_* settings) and `args` (the trl.DPOConfig): None = the
+    command's defaults, as with no such flag; `given`: the settings the command line set (None: the
+    TRL settings that differ from the defaults), which keep the input's max_length unless set."""
+    from sdpo_kit.training.config import _overrides
+
+    if keys is None or args is None:
+        (_, default_keys, default_args), _ = parse(["--data", str(cfg.data), "--out", str(cfg.out)])
+        keys, args = keys or default_keys, args or default_args
+    given = set(given) if given is not None else set(_overrides(args))
     if "sigmoid" not in [str(getattr(t, "value", t)) for t in args.loss_type] or len(args.loss_type) != 1:
         raise UsageError("--loss_type", f"crossfit measures the sigmoid DPO loss; got {args.loss_type}")
     step_cfg = {k: getattr(keys, k) for k in TRAIN_KEYS}
     from sdpo_kit.training.config import StepwiseConfig
 
     StepwiseConfig(**step_cfg, partitions="-", out="-", mode="dpo")  # their checks, once, before any work
-    return crossfit(cfg, step_cfg, args, set(given or ()))
+    return crossfit(cfg, step_cfg, args, given)
