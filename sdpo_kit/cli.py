@@ -56,8 +56,28 @@ def user_error(err: BaseException) -> tuple[int, str] | None:
         # OSError("x: no such file") keeps its own words; OSError(2, "No such ...", "x") becomes "x: no such ...".
         if err.filename is None or err.strerror is None:
             return 1, str(err)
+        from sdpo_kit.io import special_file
+
         where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
-        return 1, f"{where}: {err.strerror}"
+        return 1, f"{where}: {special_file(err.filename) or err.strerror}"  # "File exists" on a link loop misleads
+    return library_error(err)
+
+
+DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def library_error(err: BaseException) -> tuple[int, str] | None:
+    """A library's wrapping of the user's file-system trouble: safetensors' or torch's write error on a
+    full disk (during `train` or its `--resume`), pathlib's RuntimeError for an `--out` through a
+    symbolic link loop (Python 3.11). Anything else stays a bug."""
+    text = str(err)
+    if any(words in text for words in DISK_FULL) or "file write failed" in text:
+        first = " ".join(text.split())[:200]
+        return 1, (f"the disk is full ({type(err).__name__}: {first}): free space or write to another disk, then "
+                   "rerun (`sdpo train --resume` continues a run from its last finished step)")
+    if isinstance(err, RuntimeError) and text.startswith("Symlink loop from "):
+        return 1, f"{text.removeprefix('Symlink loop from ').strip(chr(39))}: a symbolic link loop (following it never reaches a " \
+                  "file or folder): pass a real path"
     if "yaml" in sys.modules and isinstance(err, sys.modules["yaml"].YAMLError):
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""

@@ -6,7 +6,10 @@ A source name, a run folder or a file name is data: it must never become markup.
 HTML text and attribute values, `md_cell` for one cell of a markdown table (also safe inline in
 markdown prose), `md_table`/`html_table` for whole tables (the only table writers), `mpl_label`
 for matplotlib titles, tick labels and legend entries (no mathtext, and a leading underscore does
-not hide the legend entry), `term` for one line on a terminal.
+not hide the legend entry), `term` for one line on a terminal. All of them show invisible and
+bidi characters (zero-width spaces, right-to-left overrides, other Unicode Cf/Cc) as `term` does,
+as Python escapes (`\\u200b`, `\\u202e`): two sources that differ only by one never read alike,
+and an override never reverses the text after it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ def md_cell(s: object) -> str:
 
     A `|` would start a new column, a newline ends the row, and `<script>` is live HTML in most
     markdown renderers (the Hugging Face hub included)."""
-    text = html(s).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
-    return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+    text = html(visible(s)).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return text
 
 
 def md_table(header: list, rows: list[list], cell=md_cell) -> str:
@@ -40,16 +43,17 @@ def md_table(header: list, rows: list[list], cell=md_cell) -> str:
 
 
 def html_table(header: list, rows: list[list]) -> str:
-    """An HTML table: every header and row cell through `html`."""
+    """An HTML table: every header and row cell through `html`, row cells `visible` first."""
     head = "".join(f"<th>{html(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html(visible(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def mpl_label(s: object) -> str:
     """`s` as literal matplotlib text: `$` escaped so mathtext never parses data (an unbalanced
-    `$...$` aborts the figure), and a leading `_` kept visible (matplotlib hides such legend entries)."""
-    text = str(s).replace("$", r"\$")
+    `$...$` aborts the figure), a leading `_` kept visible (matplotlib hides such legend entries), and
+    invisible, bidi and control characters shown as `term` shows them."""
+    text = term(s).replace("$", r"\$")
     return " " + text if text.startswith("_") else text
 
 
@@ -60,3 +64,13 @@ def term(s: object) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def visible(s: object) -> str:
+    """`s` as one line of visible text: line breaks as spaces (a cell keeps its row), every other
+    invisible, bidi or control character as `term` shows it (`a\\u200bb`, `\\u202eevil`)."""
+    text = str(s)
+    if text.isprintable():
+        return text
+    return term(" ".join(text.splitlines()) if any(c in text for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
+                else text)

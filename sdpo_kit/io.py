@@ -195,7 +195,7 @@ def check_out_dir(folder: str | os.PathLike, flag: str = "--out", keep: bool = F
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".sdpo-probe-"):
             pass
     except OSError as err:
-        raise InputError(f"{flag} {folder}", f"cannot write there ({err.strerror or err})") from None
+        raise InputError(f"{flag} {folder}", special_file(folder) or f"cannot write there ({err.strerror or err})") from None
     if not existed and not keep:
         folder.rmdir()  # a refused run leaves nothing behind; the writers create it again
 
@@ -215,12 +215,37 @@ def refuse_overwriting_input(inputs, out: str | os.PathLike, flag: str = "--out"
             raise UsageError(f"{flag} {out}", f"would overwrite the input {src}; write somewhere else")
 
 
+def special_file(path: str | os.PathLike) -> str:
+    """What `path` is when it is there but is neither a regular file nor a folder ('' otherwise): a FIFO
+    would block the reader (or be drained by the fingerprint before the rows are read), /dev/zero
+    never ends, a symbolic link loop or dangling link leads nowhere; each is refused as what it is,
+    not as a missing folder, an existing file or an empty one."""
+    import errno
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "is a symbolic link loop (following it never reaches a file or folder): pass a real path"
+        if os.path.islink(path):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist: pass a real path"
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    return f"is {kind}, not a regular file: write the data to a file first"
+
+
 def check_parquet(path: str | os.PathLike, hint: str = "") -> Path:
     """`path` if it looks like a whole parquet file, else an InputError saying what it is instead
     (missing, a folder, empty, another format, truncated). `hint` says what to do about it."""
     from sdpo_kit.errors import InputError
 
     path = Path(path)
+    if special_file(path):
+        raise InputError(path, special_file(path))
     if path.is_dir():
         inside = "an empty folder" if not any(path.iterdir()) else "a folder"
         raise InputError(path, f"is {inside}, not a parquet file" + (f"; {hint}" if hint else ""))

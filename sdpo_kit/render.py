@@ -8,8 +8,9 @@ A block is a tuple whose first item is its kind:
   data value (escaped for the format) and backticks mark code; the template itself is our own
   text. `warn` is a bold paragraph, `note` a side remark (HTML class `note`, markdown plain).
 - `("call" | "alert", line)`: a verdict line and a verdict warning, written out whole (they are
-  also verdict.json's strings): HTML-escaped as a whole, markdown as written (bold call, "⚠ "
-  alert). In HTML the call's text from " [" on is its smaller detail.
+  also verdict.json's strings, and carry run names): escaped as a whole for either format, our
+  own backticks kept as code in markdown (bold call, "⚠ " alert). In HTML the call's text from
+  " [" on is its smaller detail.
 - `("table", header, rows)`: cells are display text (numbers already formatted), escaped for the format.
 - `("list", [(template, *data), ...])`: a bulleted list, one template per item.
 - `("image", alt, path)`, `("code", language, text)`: a figure file and a fenced code block.
@@ -57,7 +58,7 @@ def html_fill(template: str, data: tuple) -> str:
                 code = not code
             out.append(escape.html(chunk))
         if i < len(data):
-            out.append(escape.html(data[i]))
+            out.append(escape.html(escape.visible(data[i])))
     return "".join(out)
 
 
@@ -73,8 +74,9 @@ def _md_block(b: tuple) -> str:
         return f"![{b[1]}]({b[2]})"
     if kind == "code":
         return f"```{b[1]}\n{b[2]}\n```"
-    if kind in ("call", "alert"):
-        return f"**{b[1]}**" if kind == "call" else f"⚠ {b[1]}"
+    if kind in ("call", "alert"):  # they carry run names (data): escaped, our own backticks kept as code
+        line = escape.md_cell(b[1]).replace("\\`", "`")
+        return f"**{line}**" if kind == "call" else f"⚠ {line}"
     filled = md_fill(b[1], b[2:])
     return f"**{filled}**" if kind == "warn" else filled
 
@@ -87,7 +89,7 @@ def to_markdown(blocks: list[tuple]) -> str:
 def _html_block(b: tuple) -> str:
     kind = b[0]
     if kind in ("h1", "h2", "h3"):
-        return f"<{kind}>{escape.html(b[1])}</{kind}>"
+        return f"<{kind}>{escape.html(escape.visible(b[1]))}</{kind}>"
     if kind == "table":
         return escape.html_table(b[1], b[2])
     if kind == "list":
@@ -97,11 +99,11 @@ def _html_block(b: tuple) -> str:
     if kind == "code":
         return f"<pre><code>{escape.html(b[2])}</code></pre>"
     if kind == "call":  # the call in bold, its n / seeds / reward-margin detail smaller
-        call, _, detail = b[1].partition(" [")
+        call, _, detail = escape.visible(b[1]).partition(" [")
         detail = f" <span class='detail'>[{escape.html(detail)}</span>" if detail else ""
         return f"<p class='call'>{escape.html(call)}{detail}</p>"
     if kind == "alert":
-        return f"<p class='warn'>⚠ {escape.html(b[1])}</p>"
+        return f"<p class='warn'>⚠ {escape.html(escape.visible(b[1]))}</p>"
     filled = html_fill(b[1], b[2:])
     return {"warn": f"<p class='note'><strong>{filled}</strong></p>",
             "note": f"<p class='note'>{filled}</p>"}.get(kind, f"<p>{filled}</p>")

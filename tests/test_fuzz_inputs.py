@@ -11,6 +11,10 @@ A flipped bit may land on bytes that change nothing (a parquet statistic, paddin
 command must succeed with exactly the clean input's result. sdpo_kit writes parquet page
 checksums, so a flip in the data itself is always an error (checked: most seeds are errors).
 Plain JSONL is left out on purpose: a damaged line there is one row's reject, by design.
+
+Round 3 (issue 22): seeded JSONL with lone surrogates, invisible/bidi characters and pairs identical
+once those are removed (each row a pair or a reject with the expected reason; cards show nothing
+invisible raw), and alias-bomb YAML or a FIFO as any command's --config or data input (one line).
 """
 
 from __future__ import annotations
@@ -257,3 +261,114 @@ def test_eval_on_corrupted_run(clean, tmp_path, kind):
 def test_report_on_corrupted_run(clean, tmp_path, kind):
     run = corrupted_run(tmp_path, kind)
     assert_answered(["report", run, "--out", tmp_path / "report"], run)
+
+
+# --- round 3 (issue 22): text that is not what it seems, configs that explode, files that are not files
+
+
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202e", "\u202d", "\u2066", "\u2069",
+             "\u200e", "\u200f", "\x07", "\x1b"]
+
+
+def _sprinkle(text: str, r: random.Random, k: int) -> str:
+    for _ in range(k):
+        i = r.randrange(len(text) + 1)
+        text = text[:i] + r.choice(INVISIBLE) + text[i:]
+    return text
+
+
+def _round3_rows(seed: int) -> tuple[list[str], dict[int, str]]:
+    """JSONL lines of random pairs, some damaged on purpose, and the reason expected for each damaged row.
+
+    Kinds: a lone surrogate escape (`\\ud800`..`\\udfff` without its partner) in any field -> non_utf8;
+    rejected = chosen with invisible/bidi characters inserted -> identical; invisible characters in
+    every field of a real pair (sources too) -> still a valid pair; a valid surrogate pair (emoji) -> valid."""
+    r = random.Random(seed)
+    lines, expected = [], {}
+    for i in range(40):
+        row = {"prompt": f"Q{i} {r.choice(TEXT)}?", "chosen": f"Yes {i} {r.choice(TEXT)} {r.choice(TEXT)}",
+               "rejected": f"No {i} {r.choice(TEXT)}", "source": r.choice(["oasst", "koala", "vicuna"])}
+        kind = r.choice(["clean", "surrogate", "invisible_copy", "sprinkled", "emoji"])
+        if kind == "invisible_copy":
+            row["rejected"] = _sprinkle(row["chosen"], r, r.randint(1, 3))
+            expected[i + 1] = "identical"
+        elif kind == "sprinkled":
+            row = {k: _sprinkle(v, r, r.randint(1, 2)) for k, v in row.items()}
+        line = json.dumps(row)
+        if kind == "surrogate":
+            field = r.choice(["prompt", "chosen", "rejected", "source"])
+            escape = f"\\u{r.randrange(0xD800, 0xE000):04x}"
+            line = line.replace(f'"{field}": "', f'"{field}": "{escape}', 1)
+            expected[i + 1] = "non_utf8"
+        elif kind == "emoji":
+            line = line.replace('"chosen": "', '"chosen": "\\ud83d\\ude00 ', 1)
+        lines.append(line)
+    return lines, expected
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_round3_text_kinds_are_rows_or_counted_rejects(tmp_path, seed):
+    """Lone surrogates, invisible/bidi characters and pairs identical once those are removed: every row
+    a pair or a reject with its stable reason; the split and its card show no invisible character raw."""
+    lines, expected = _round3_rows(seed)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    before = digest(data)
+    code, out, err = invoke(["data", "inspect", data, "--json"])
+    assert code == 0 and "Traceback" not in err, err
+    report = json.loads(out)
+    reasons: dict[str, int] = {}
+    for reason in expected.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    assert report["rows"] == 40 and report["valid"] == 40 - len(expected) and report["reasons"] == reasons
+    loaded = load_pairs(data)
+    assert {x.row: x.reason for x in loaded.rejects} == expected
+    json.dumps([x.to_dict() for x in loaded.rejects], ensure_ascii=False).encode("utf-8")  # rejects are real text
+    scored = write_parquet(tmp_path / "scored.parquet", loaded.pairs.with_columns(
+        pl.Series("margin", [float((i * 7) % 5) - 2 for i in range(loaded.pairs.height)]),
+        pl.lit(False).alias("chosen_truncated"), pl.lit(False).alias("rejected_truncated")))
+    for args in (["curate", "split", scored, "--out", tmp_path / "parts", "--strategy", "by-source"],
+                 ["data", "card", scored, "--out", tmp_path / "card"]):
+        code, out, err = invoke(args)
+        assert code == 0 and "Traceback" not in err, err
+    for card in (tmp_path / "parts" / "README.md", tmp_path / "card" / "README.md"):
+        text = card.read_text(encoding="utf-8")
+        body = text.split("\n---\n", 1)[1]  # the markdown under the YAML front matter
+        assert not [c for c in body if c in INVISIBLE], card
+    assert digest(data) == before
+
+
+def _alias_bomb(r: random.Random) -> str:
+    width, depth = r.randint(6, 12), r.randint(5, 8)
+    names = [f"n{k}" for k in range(depth)]
+    text = f"{names[0]}: &{names[0]} [{', '.join(['x'] * width)}]\n"
+    for prev, name in zip(names, names[1:]):
+        text += f"{name}: &{name} [{', '.join([f'*{prev}'] * width)}]\n"
+    return text
+
+
+COMMANDS = [["data", "inspect"], ["data", "split"], ["data", "card"], ["curate", "score"], ["curate", "split"],
+            ["train"], ["eval"], ["report"]]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_round3_alias_bombs_and_fifos_in_every_command(tmp_path, seed):
+    """A YAML alias bomb (width^depth values from a few hundred bytes) as any command's --config, and a
+    FIFO as its --config or data input: one `error:` line each, nothing written, never a hang."""
+    import os
+
+    r = random.Random(seed)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(r))
+    assert bomb.stat().st_size < 1000
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    for words in COMMANDS:
+        assert_answered([*words, "--config", bomb], bomb)
+        assert_answered([*words, "--config", fifo], tmp_path / "bomb.yaml")
+    for args in (["data", "inspect", fifo], ["data", "split", fifo, "--out", out],
+                 ["curate", "score", fifo, "--out", out / "s.parquet", "--model", tmp_path],
+                 ["curate", "split", fifo, "--out", out], ["data", "card", fifo, "--out", out]):
+        assert_answered(args, tmp_path / "bomb.yaml")
+    assert not out.exists()

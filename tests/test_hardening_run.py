@@ -386,7 +386,8 @@ def test_report_escapes_run_names_and_data(tmp_path):
     assert "onerror='alert(1)" not in md  # the verdict's models table too (it escaped only `|` before)
     figures = json.loads((tmp_path / "rep" / "figures.json").read_text())
     mix = figures[f"{evil}_partitions"]["axes"][1]["bars"]
-    assert [b["label"] for b in mix] == ["\\$\\alpha\\$ | <script>alert(2)</script>\nnext"]  # literal text, no mathtext
+    # literal text, no mathtext; the newline shown as `\n`, as on the terminal (issue 22)
+    assert [b["label"] for b in mix] == ["\\$\\alpha\\$ | <script>alert(2)</script>\\nnext"]
     assert figures[f"{evil}_difficulty"]["axes"][0]["xlabel"].startswith("\\$x\\$")
 
 

@@ -86,7 +86,8 @@ def test_report_opens_with_the_verdict_warnings_and_every_model(tmp_path):
     md = paths["summary"].read_text()
     page = paths["html"].read_text()
     assert md.startswith("# sDPO report\n\n## Verdict\n\n**" + line + "**")
-    assert "Only 40 held-out pairs (< 100)" in md and "One seed per configuration" in md
+    # Verdict and warning lines carry run names, so they are escaped as markdown (`<` as `&lt;`, rendered `<`).
+    assert "Only 40 held-out pairs (&lt; 100)" in md and "One seed per configuration" in md
     assert "sdpo: 3 of 43 held-out pairs dropped (prompt_too_long 3)" in md
     # The verdict box comes before every figure and table of the page; strings are escaped.
     call, _, detail = line.partition(" [")

@@ -249,7 +249,8 @@ def _chunk_stratified(ordered: pl.DataFrame, sizes: list[int], col: str = "sourc
 def _by_source(df: pl.DataFrame, steps: int) -> pl.DataFrame:
     order = source_order(df)["source"].to_list()
     if steps > len(order):
-        raise InputError(f"by-source: steps={steps} but only {len(order)} sources ({', '.join(order)})")
+        names = ", ".join(order[:8]) + (", ..." if len(order) > 8 else "")
+        raise InputError(f"by-source: steps={steps} but only {len(order)} sources ({names})")
     # Neighbouring sources in accuracy order share a step when there are fewer steps than sources.
     groups = np.array_split(np.arange(len(order)), steps)
     mapping = pl.DataFrame(
@@ -286,10 +287,20 @@ def _kmeans(df: pl.DataFrame, cfg: SplitConfig, steps: int) -> pl.DataFrame:
     return df.join(rank.select("__cluster", "step"), on="__cluster", how="left").drop("__cluster")
 
 
+MAX_SOURCE_STEPS = 32  # by-source without --steps: one step per source; the paper used a handful
+
+
 def resolve_steps(df: pl.DataFrame, cfg: SplitConfig) -> int:
     if cfg.steps is not None:
         return cfg.steps
-    return df["source"].n_unique() if cfg.strategy == "by-source" else 2
+    if cfg.strategy != "by-source":
+        return 2
+    n = df["source"].n_unique()
+    if n > MAX_SOURCE_STEPS:  # each step is a whole training run of its own: 10,000 sources are not a plan
+        raise UsageError("--strategy by-source", f"{n:,} distinct sources would make {n:,} training steps "
+                         f"(at most {MAX_SOURCE_STEPS} without --steps): pass --steps N to let neighbouring "
+                         "sources share a step, or use --strategy easy-to-hard --stratify source")
+    return n
 
 
 def assign_steps(df: pl.DataFrame, cfg: SplitConfig) -> pl.DataFrame:

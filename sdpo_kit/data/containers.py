@@ -26,8 +26,10 @@ from typing import Any, Iterator
 from sdpo_kit.errors import InputError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
-# Lone surrogates are what `errors="surrogateescape"` makes of bytes that are not UTF-8.
-_SURROGATE = re.compile("[\udc80-\udcff]")
+# Lone surrogates are what `errors="surrogateescape"` makes of bytes that are not UTF-8, or what a
+# JSON escape such as "\ud800" without its partner decodes to: neither is text (UTF-8 cannot hold it).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # only such an escape can put one into a JSON line
 
 
 @dataclass
@@ -64,7 +66,11 @@ def stem_of(path: Path) -> str:
 
 def list_files(path: str | Path) -> list[Path]:
     """The data files behind `path`, in reading order."""
+    from sdpo_kit.io import special_file
+
     path = Path(path)
+    if special_file(path):
+        raise InputError(path, special_file(path))
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
@@ -116,6 +122,8 @@ def _parse_line(text: str, row: int) -> tuple[int, dict | RawError]:
         return row, RawError("unparsable", f"invalid JSON: {e}", text.rstrip("\r\n"))
     if not isinstance(value, dict):
         return row, RawError("unparsable", f"expected a JSON object, got {type(value).__name__}", value)
+    if _SURROGATE_ESCAPE.search(text):  # a valid pair (an emoji) decodes to one character: look at the value
+        return _json_element(row, value)
     return row, value
 
 
@@ -158,9 +166,16 @@ def _json_element(row: int, value: Any) -> tuple[int, dict | RawError]:
     if not isinstance(value, dict):
         return row, RawError("unparsable", f"expected a JSON object, got {type(value).__name__}", value)
     dumped = json.dumps(value, ensure_ascii=False)
-    if _SURROGATE.search(dumped):
-        raw = json.loads(dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-        return row, RawError("non_utf8", "text holds bytes that are not UTF-8", raw)
+    found = _SURROGATE.search(dumped)
+    if found:
+        char = found.group()
+        try:  # bytes that were not UTF-8 (surrogateescape) come back as U+FFFD in the raw row
+            raw = json.loads(dumped.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+            detail = "text holds bytes that are not UTF-8"
+        except UnicodeEncodeError:  # an escaped lone surrogate: only that row is lost, shown as U+FFFD
+            raw = json.loads(_SURROGATE.sub("\ufffd", dumped))
+            detail = f"text holds a lone surrogate \\u{ord(char):04x} (half of a UTF-16 pair, not a character)"
+        return row, RawError("non_utf8", detail, raw)
     return row, value
 
 

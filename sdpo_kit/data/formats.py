@@ -9,7 +9,8 @@ Four layouts map onto one (`prompt`, `chosen`, `rejected`) triple of message lis
 - `sharegpt` (LLaMA-Factory): `conversations` of `{from, value}` plus single `chosen`/`rejected`
   messages, roles `human`/`gpt`/`system`;
 - `hh` (Anthropic raw): `chosen`/`rejected` dialogues `\\n\\nHuman: ...\\n\\nAssistant: ...`.
-Content is never altered; only the comparison for `identical` ignores surrounding whitespace.
+Content is never altered; only the comparison for `identical` ignores surrounding whitespace and
+invisible characters (zero-width, bidi: `without_invisible`).
 """
 
 from __future__ import annotations
@@ -118,6 +119,31 @@ def check_pair(prompt: list[Message], chosen: list[Message], rejected: list[Mess
         raise RowError("identical", "chosen and rejected answers are identical")
     if c.strip() == r.strip():
         raise RowError("identical", "chosen and rejected answers are identical after stripping surrounding whitespace")
+    if not (_plain(c) and _plain(r)):  # only then can invisible characters be the difference
+        seen_c, seen_r = without_invisible(c), without_invisible(r)
+        if seen_c[0].strip() == seen_r[0].strip():
+            hidden = ", ".join(f"U+{ord(ch):04X}" for ch in sorted(seen_c[1] | seen_r[1])[:4])
+            raise RowError("identical", f"chosen and rejected answers differ only by invisible characters ({hidden})")
+
+
+def _plain(text: str) -> bool:
+    """No character but printable ones, line breaks and tabs (C speed: the common case skips the scan)."""
+    return text.isprintable() or text.replace("\n", "").replace("\r", "").replace("\t", "").isprintable()
+
+
+def without_invisible(text: str) -> tuple[str, set[str]]:
+    """`text` without format and control characters other than line breaks and tabs (zero-width
+    spaces and joiners, bidi marks and overrides, soft hyphens: Unicode Cf/Cc), and the set removed.
+    Two answers equal but for these read the same to a person: no preference between them."""
+    import unicodedata
+
+    kept, removed = [], set()
+    for ch in text:
+        if ch not in "\n\r\t" and unicodedata.category(ch) in ("Cf", "Cc"):
+            removed.add(ch)
+        else:
+            kept.append(ch)
+    return "".join(kept), removed
 
 
 def pair_id(prompt: list[Message], chosen: list[Message], rejected: list[Message]) -> str:

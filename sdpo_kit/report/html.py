@@ -57,8 +57,8 @@ class ReportConfig:
 def run(cfg: ReportConfig) -> dict[str, Path]:
     """`sdpo report`: write the report folder, print where the page and the summary went."""
     paths = write_report(cfg)  # bad input: one line from the CLI boundary
-    print(f"report: {paths['html']}")
-    print(f"summary: {paths['summary']}")
+    print(f"report: {escape.term(paths['html'])}")
+    print(f"summary: {escape.term(paths['summary'])}")
     return paths
 
 
@@ -252,10 +252,25 @@ def write_report(cfg: ReportConfig) -> dict[str, Path]:
         raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
                          "pass a new or empty folder")
     runs = [load_run(d) for d in cfg.runs]  # bad runs fail before anything is written
+    check_signal(runs, cfg.signal)
     check_out_dir(final.parent, flag=f"--out {final}: its folder")
     with atomic_dir(final, overwrite=True) as tmp:
         paths = _write_report(runs, tmp, cfg.signal)
     return {k: final / Path(v).name for k, v in paths.items()}
+
+
+def check_signal(runs: list[dict], signal: str) -> None:
+    """`--signal` must name a numeric held-out column where present (a rank correlation with γ):
+    a text column such as `source` is one UsageError line, not a plotting traceback."""
+    import polars as pl
+
+    for r in runs:
+        scores = r["scores"]
+        if scores is not None and signal in scores.columns:
+            dtype = scores.schema[signal]
+            if not (dtype.is_numeric() or dtype == pl.Boolean):
+                raise UsageError(f"--signal {signal}", f"{r['dir']}/eval/scores.parquet holds it as {dtype}, not "
+                                 "numbers: pick a numeric held-out column (default judge_confidence)")
 
 
 def _write_report(runs: list[dict], out: Path, signal: str) -> dict[str, Path]:
@@ -273,9 +288,9 @@ def _write_report(runs: list[dict], out: Path, signal: str) -> dict[str, Path]:
             drawn = plots.save_figure(f["draw"], png, ncols=f["ncols"])
             index[png.stem] = {"png": png.name, "caption": f["caption"], "axes": drawn["series"]}
             b64 = base64.b64encode(drawn["png"]).decode()
-            stem = escape.html(png.stem)  # the run folder's name is data: never markup in an attribute
+            stem = escape.html(escape.visible(png.stem))  # the run folder's name is data: never markup in an attribute
             body.append(f"<figure id='{stem}'><img alt='{stem}' src='data:image/png;base64,{b64}'>"
-                        f"<figcaption>{escape.html(f['caption'])}</figcaption></figure>")
+                        f"<figcaption>{escape.html(escape.visible(f['caption']))}</figcaption></figure>")
         sections.append("<section>" + "\n".join(body) + "</section>")
     md = summary_markdown(runs, signal, verdict.markdown(answer))
     write_json(out / "verdict.json", answer)

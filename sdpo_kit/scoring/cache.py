@@ -108,8 +108,9 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
                                       progress=bar or False, file=file, accelerator=accelerator)
         fresh = pl.concat([scored.select(["pair_id", *_score_cols(scored)]),
                            pl.DataFrame({"pair_id": [todo["pair_id"][r.row - 1] for r in rejects],
-                                         "_reject": [r.detail for r in rejects]},
-                                        schema={"pair_id": pl.String, "_reject": pl.String})],
+                                         "_reject": [r.detail for r in rejects],
+                                         "_reason": [r.reason for r in rejects]},
+                                        schema={"pair_id": pl.String, "_reject": pl.String, "_reason": pl.String})],
                           how="diagonal_relaxed")
         if accelerator is None or accelerator.is_main_process:  # every process holds the gathered whole
             cache.put(fresh)
@@ -117,16 +118,17 @@ def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config
     if bar is not None:
         bar.update(pairs.height - todo.height + (len(rejects) if todo.height else 0))
     table = pl.concat(tables, how="diagonal_relaxed").unique("pair_id", keep="first", maintain_order=True)
-    if "_reject" not in table.columns:
-        table = table.with_columns(pl.lit(None, pl.String).alias("_reject"))
+    for col in ("_reject", "_reason"):  # `_reason` since scored_layout 3; before, every reject was prompt_too_long
+        if col not in table.columns:
+            table = table.with_columns(pl.lit(None, pl.String).alias(col))
     stale = [c for c in table.columns if c != "pair_id" and c in pairs.columns]  # e.g. a scored partition
     joined = pairs.drop(stale).with_columns(pl.Series("_row", rows, dtype=pl.Int64)).join(
         table, on="pair_id", how="left", maintain_order="left")
     bad = joined["_reject"].is_not_null()
-    rejects = [Reject(file, r["_row"], "prompt_too_long", r["_reject"],
+    rejects = [Reject(file, r["_row"], r["_reason"] or "prompt_too_long", r["_reject"],
                       {k: r[k] for k in ("pair_id", "prompt", "chosen", "rejected")})
                for r in joined.filter(bad).iter_rows(named=True)]
-    return joined.filter(~bad).drop("_row", "_reject"), rejects
+    return joined.filter(~bad).drop("_row", "_reject", "_reason"), rejects
 
 
 def _score_cols(frame: pl.DataFrame) -> list[str]:

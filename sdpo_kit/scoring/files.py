@@ -26,7 +26,7 @@ from sdpo_kit.console import say
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import sha256_file
 from sdpo_kit.scoring.cache import META_KEY, PairCache, _score_chunk, cache_key
-from sdpo_kit.scoring.frame import ScoreConfig, provenance
+from sdpo_kit.scoring.frame import ScoreConfig, context_warning, provenance
 
 
 def parts_dir(out: Path) -> Path:
@@ -118,6 +118,9 @@ def score_file(cfg: ScoreFileConfig, config: ScoreConfig | None = None, *, progr
     if cfg.policy is not None:
         models.append(load_model(cfg.policy, config.dtype, device))
     tokenizer = models[0][1]
+    warning = context_warning(models[0][0], config)
+    if warning and state.is_main_process and main_process():
+        say(warning)
     meta = provenance(*models[0], config)  # the reference's, at the top level (docs/ARCHITECTURE.md)
     if cfg.policy is not None:
         meta |= {"policy": provenance(*models[1], config), "beta": config.beta}

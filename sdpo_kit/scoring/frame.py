@@ -37,7 +37,7 @@ SCORED_COLUMNS = {
 
 # Part of the provenance, hence of the pair cache key and the resume stamp: bump it whenever the
 # scored columns change, so pairs cached before a column existed are never served as complete.
-SCORED_LAYOUT = 2
+SCORED_LAYOUT = 3  # 3: `identical_truncated` and `too_long` rejects (such pairs were cached as scored before)
 
 
 POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl.Float64,
@@ -116,7 +116,28 @@ class ScoreConfig:
         return {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
 
 
-def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, row_offset: int):
+def model_context(model) -> int | None:
+    """The longest sequence the model's positions cover (config.max_position_embeddings), if it says."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def context_warning(model, config: ScoreConfig) -> str | None:
+    """One line when `max_length` (or no truncation) lets sequences pass the model's context."""
+    context = model_context(model)
+    if context is None or (config.max_length is not None and config.max_length <= context):
+        return None
+    what = "--max_length 0 (no truncation)" if config.max_length is None else f"--max_length {config.max_length}"
+    return (f"warning: {what} exceeds the model's context of {context:,} tokens (max_position_embeddings): pairs "
+            f"longer than that become `too_long` rejects; pass --max_length {context} or less to truncate them instead")
+
+
+def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, row_offset: int,
+               context: int | None = None):
     """Per input row: the truncated (chosen, rejected) sequences plus token counts, or a `Reject`."""
     from sdpo_kit.data import Reject
 
@@ -133,6 +154,19 @@ def _pair_rows(pairs: pl.DataFrame, tokenizer, config: ScoreConfig, file: str, r
             continue
         seqs = (truncate(p, c, config.max_length, config.truncation_mode),
                 truncate(p, r, config.max_length, config.truncation_mode))
+        raw = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+        longest = max(len(seqs[0].ids), len(seqs[1].ids))
+        if context is not None and longest > context:  # past the positions it was trained on (or a 200k-token pass)
+            detail = (f"{longest} tokens after truncation (max_length={config.max_length}) exceed the model's context "
+                      f"of {context} tokens (max_position_embeddings): pass --max_length {context} or less")
+            out.append(Reject(file, row_offset + i + 1, "too_long", detail, raw))
+            continue
+        if seqs[0].ids == seqs[1].ids:  # both answers cut to the same tokens: γ = 0, nothing to prefer
+            detail = (f"chosen and rejected are the same {len(seqs[0].ids)} tokens after truncation to "
+                      f"max_length={config.max_length} ({config.truncation_mode}; answers {len(c)} and {len(r)} "
+                      "tokens): raise --max_length to keep the part where they differ")
+            out.append(Reject(file, row_offset + i + 1, "identical_truncated", detail, raw))
+            continue
         out.append((seqs, (len(p), len(c), len(r))))
     return out
 
@@ -205,7 +239,7 @@ def score_frame(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfig, *, p
     _check_dtype(model, config, "reference")
     if policy is not None:
         _check_dtype(policy, config, "policy")
-    items = _pair_rows(pairs, tokenizer, config, file, row_offset)
+    items = _pair_rows(pairs, tokenizer, config, file, row_offset, model_context(model))
     rejects = [it for it in items if isinstance(it, Reject)]
     keep = [i for i, it in enumerate(items) if not isinstance(it, Reject)]
     seqs = [items[i][0] for i in keep]
