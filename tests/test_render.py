@@ -20,7 +20,7 @@ def test_verdict_kinds_tables_lists_code_images():
               ("table", ["k", "v"], [["x|y", "1"]]), ("list", [("`{}`: {}", "too_long", 2)]),
               ("code", "json", '{"a": 1}'), ("image", "hist", "plots/h.png"), ("warn", "careful {}", "<i>")]
     assert to_markdown(blocks) == (
-        "**a vs b: a ahead. [n = 4 pairs]**\n\n⚠ Only 4 pairs (< 100)\n\n| k | v |\n|---|---|\n| x\\|y | 1 |\n\n"
+        "**a vs b: a ahead. [n = 4 pairs]**\n\n⚠ Only 4 pairs (&lt; 100)\n\n| k | v |\n|---|---|\n| x\\|y | 1 |\n\n"
         "- `too_long`: 2\n\n```json\n{\"a\": 1}\n```\n\n![hist](plots/h.png)\n\n**careful &lt;i&gt;**\n")
     html = to_html(blocks)
     assert html[0] == "<p class='call'>a vs b: a ahead. <span class='detail'>[n = 4 pairs]</span></p>"
@@ -30,6 +30,11 @@ def test_verdict_kinds_tables_lists_code_images():
     assert html[4] == "<pre><code>{&quot;a&quot;: 1}</code></pre>"
     assert html[6] == "<p class='note'><strong>careful &lt;i&gt;</strong></p>"
     assert to_markdown([]) == "" and to_html([]) == []
+    # A call or alert carries run names (issue 22): a newline, markup or bidi override in one stays text.
+    evil = [("call", "a\n# x <img src=y> vs b\u202e: `b` ahead. [n = 4]"), ("alert", "r\u200bun|x: dropped")]
+    assert to_markdown(evil) == "**a # x &lt;img src=y&gt; vs b\\\\u202e: `b` ahead. [n = 4]**\n\n⚠ r\\\\u200bun\\|x: dropped\n"
+    assert to_html(evil) == ["<p class='call'>a # x &lt;img src=y&gt; vs b\\u202e: `b` ahead. "
+                             "<span class='detail'>[n = 4]</span></p>", "<p class='warn'>⚠ r\\u200bun|x: dropped</p>"]
 
 
 def test_page_has_the_one_stylesheet_once():
