@@ -205,3 +205,20 @@ def test_python_api_run_with_defaults(scored, tiny_model_dir, tmp_path):
     frame = pl.read_parquet(out)
     assert frame.height == pl.read_parquet(scored).height and frame["val_loss"].is_not_null().sum() > 0
     assert meta(out)["settings"]["trl"]["max_length"] == 64
+
+
+def test_difficulty_from_hand_margins_with_missing_runs():
+    """A pair the scorer dropped in one run has n_runs 1 (sd null); one dropped everywhere has no loss."""
+    from sdpo_kit.curate.folds import difficulty
+
+    runs = [(0, pl.DataFrame({"pair_id": ["a", "b"], "reward_margin": [0.5, -1.0]})),
+            (1, pl.DataFrame({"pair_id": ["a"], "reward_margin": [-0.25]}))]
+    got = difficulty(["a", "b", "c"], runs, seeds=2).to_dicts()
+    la, lb = [math.log1p(math.exp(-m)) for m in (0.5, -0.25)], math.log1p(math.exp(1.0))
+    assert got[0]["val_loss"] == pytest.approx(sum(la) / 2, abs=1e-15)
+    assert got[0]["val_loss_sd"] == pytest.approx(statistics.stdev(la), abs=1e-15)
+    assert (got[0]["learned_share"], got[0]["n_runs"], got[0]["crossfit_margins"]) == (0.5, 2, [0.5, -0.25])
+    assert got[1] == {"pair_id": "b", "val_loss": pytest.approx(lb, abs=1e-15), "val_loss_sd": None,
+                      "learned_share": 0.0, "n_runs": 1, "crossfit_margins": [-1.0, None]}
+    assert got[2] == {"pair_id": "c", "val_loss": None, "val_loss_sd": None, "learned_share": None, "n_runs": 0,
+                      "crossfit_margins": [None, None]}

@@ -5,7 +5,7 @@
 For each seed the pairs are split into `--folds` folds by prompt (seeded; no prompt in two folds); for
 each fold, plain DPO of S on the other folds (the trainer, `--mode dpo`), then the held-out fold is
 scored by that model M against S (the scorer). Per pair, over the runs that held it out (one per seed):
-`val_loss` = mean of TRL's sigmoid loss −log σ(β(γ_M − γ_S)) (cDPO form when label_smoothing > 0),
+`val_loss` = mean of TRL's sigmoid loss −log σ(β(γ_M − γ_S)) (TRL 1.16 ignores label_smoothing there; so do we),
 `val_loss_sd`, `learned_share` (share of runs with implicit reward margin > 0), `n_runs` and
 `crossfit_margins` (the margins, one per seed). Gao et al. (ICML 2025) average over 3 seeds x 2 halves
 and 5 checkpoints; here each run's final model. Every input column is kept, so

@@ -121,10 +121,11 @@ def check_assignment(record: dict, frame: pl.DataFrame, folds, f: int) -> None:
 
 def write_output(out: Path, frame, meta: dict, runs, records, assignment, stamp, cfg, args) -> Path:
     """The input's rows and columns + the difficulty columns; the record under the footer key `sdpo_kit.crossfit`."""
-    diff = difficulty(frame["pair_id"].to_list(), runs, cfg.seeds, args.label_smoothing)
-    agreement = seed_agreement(diff, cfg.seeds, args.label_smoothing)
+    diff = difficulty(frame["pair_id"].to_list(), runs, cfg.seeds)
+    agreement = seed_agreement(diff, cfg.seeds)
     record = {**stamp, "input": {"path": str(Path(cfg.data)), "sha256": stamp["input_sha256"]},
-              "seed": args.seed, "beta": args.beta, "label_smoothing": args.label_smoothing,
+              "seed": args.seed, "beta": args.beta,
+              "loss": "-log sigmoid(m): TRL 1.16's sigmoid loss (label_smoothing not applied, as in its training)",
               "assignment": {"by": "prompt", "folds_per_seed": assignment},
               "runs": [{"seed_index": r["seed_index"], "seed": r["seed"], "fold": r["fold"],
                         "model_fingerprint": r["model_fingerprint"], "trained_pairs": len(r["trained_pair_ids"]),

@@ -116,11 +116,11 @@ def check_disjoint(records: list[dict]) -> None:
                              f"(e.g. {sorted(both)[0]}); its run folder is damaged: delete it and rerun")
 
 
-def difficulty(pair_ids: list[str], runs: list[tuple[int, pl.DataFrame]], seeds: int,
-               label_smoothing: float) -> pl.DataFrame:
-    """Per pair (in `pair_ids` order): val_loss (mean over runs of the DPO sigmoid loss of the held-out
-    margin), val_loss_sd (sample sd; null with one run), learned_share (share of runs with margin > 0),
-    n_runs, and the per-seed margins. `runs`: (seed index, pair_id + reward_margin frame)."""
+def difficulty(pair_ids: list[str], runs: list[tuple[int, pl.DataFrame]], seeds: int) -> pl.DataFrame:
+    """Per pair (in `pair_ids` order): val_loss = mean over runs of the held-out margin's −log σ(m) (TRL 1.16's
+    sigmoid loss, which ignores label_smoothing), val_loss_sd (sample sd; null with one run), learned_share
+    (share of runs with margin > 0), n_runs, and the per-seed margins. `runs`: (seed index, pair_id +
+    reward_margin frame)."""
     from sdpo_kit.scoring.dpo import sigmoid_loss
 
     table = np.full((len(pair_ids), seeds), np.nan)
@@ -130,7 +130,7 @@ def difficulty(pair_ids: list[str], runs: list[tuple[int, pl.DataFrame]], seeds:
             table[where[p], s] = m
     seen = ~np.isnan(table)
     n = seen.sum(axis=1)
-    loss = np.where(seen, sigmoid_loss(np.where(seen, table, 0.0), label_smoothing), np.nan)
+    loss = np.where(seen, sigmoid_loss(np.where(seen, table, 0.0)), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(n > 0, np.nansum(loss, axis=1) / np.maximum(n, 1), np.nan)
         sd = np.where(n > 1, np.sqrt(np.nansum((loss - mean[:, None]) ** 2, axis=1) / np.maximum(n - 1, 1)), np.nan)
@@ -141,13 +141,13 @@ def difficulty(pair_ids: list[str], runs: list[tuple[int, pl.DataFrame]], seeds:
                         schema_overrides={MARGINS: pl.List(pl.Float64)}).fill_nan(None)
 
 
-def seed_agreement(frame: pl.DataFrame, seeds: int, label_smoothing: float) -> list[dict]:
+def seed_agreement(frame: pl.DataFrame, seeds: int) -> list[dict]:
     """Spearman ρ of the per-seed val_loss between every two seeds (each pair is held out once per seed)."""
     from sdpo_kit.scoring.dpo import sigmoid_loss
     from sdpo_kit.stats import spearman
 
     per_seed = np.array([[np.nan if v is None else v for v in row] for row in frame[MARGINS].to_list()]).reshape(-1, seeds)
-    loss = sigmoid_loss(per_seed, label_smoothing)
+    loss = sigmoid_loss(per_seed)
     return [{"seeds": [a, b], "spearman": spearman(loss[:, a], loss[:, b])}
             for a in range(seeds) for b in range(a + 1, seeds)]
 
