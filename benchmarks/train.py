@@ -1,13 +1,21 @@
-"""Seconds per optimisation step and peak memory: `sdpo train` vs a plain DPOTrainer with a reference model.
+"""Seconds per optimiser step, peak memory, real tokens/s, padding and roofline: sdpo vs TRL, fp32 vs bf16.
 
-    python benchmarks/train.py --pairs 32 --max-length 192 --batch 4
+    python benchmarks/train.py --pairs 32 --max-length 192 --batch 4     # the four configurations
+    python benchmarks/train.py --pairs 4 --configs sdpo-fp32,sdpo-bf16    # smoke
 
-Both sides train the default model (SmolLM2-135M-Instruct) for one epoch on the same real
-AlpacaEval pairs with the same DPOConfig. `sdpo` is one stepwise step (T=1): the curation
-scorer computes the reference log-probs, then a DPOTrainer trains with no reference model.
-`plain` is what users run today: `DPOTrainer(model, args)` that loads the reference model
-beside the policy and runs it at every step. Each side runs in its own process so its peak
-RSS (ru_maxrss) is its own. Prints the figures and the machine load (`uptime`).
+Every configuration trains the default model (SmolLM2-135M-Instruct) for one epoch on the same
+real AlpacaEval pairs with the same DPOConfig, in its own process (its peak RSS is its own):
+- `sdpo-*`: one stepwise step (T=1) of `sdpo train`: the scorer computes the reference log-probs
+  (in the trainer's precision), then a DPOTrainer trains with no reference model;
+- `trl-*`: a plain `DPOTrainer(model, args)` that holds a reference model and runs it every step;
+- `*-bf16`: `--bf16 true` (float32 master weights, accelerate's bf16 autocast), `*-fp32` plain;
+- `*-grouped` (sdpo only): `--train_sampling_strategy group_by_length` (batches of similar length);
+- `*-trim` (sdpo only): `--trim_padding true` (each batch's rows in two length groups without their padding;
+  the padding column still shows the collator's batches, of which the trimmed forward skips part).
+Real tokens are the attention-mask ones of the batches the trainer ran (`training_step`'s inputs),
+padding the rest; % of roofline counts 6 x parameters FLOPs per real token (forward + backward of
+the policy only) against `--peak-fp32` / `--peak-bf16` GFLOP/s (the 2-core AVX-512 CPU's matmul
+rates, `benchmarks/score.py` measures them). Writes benchmarks/results/train.{json,md}.
 """
 
 from __future__ import annotations
@@ -24,6 +32,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "alpaca_eval_pairs.parquet"
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = {  # name: (side, precision, extra sdpo/TRL flags)
+    "sdpo-fp32": ("sdpo", "fp32", []), "sdpo-bf16": ("sdpo", "bf16", []),
+    "trl-fp32": ("trl", "fp32", []), "trl-bf16": ("trl", "bf16", []),
+    "sdpo-fp32-grouped": ("sdpo", "fp32", ["--train_sampling_strategy", "group_by_length"]),
+    "sdpo-bf16-grouped": ("sdpo", "bf16", ["--train_sampling_strategy", "group_by_length"]),
+    "sdpo-fp32-trim": ("sdpo", "fp32", ["--trim_padding", "true"]),
+    "sdpo-bf16-trim": ("sdpo", "bf16", ["--trim_padding", "true"]),
+}
+DEFAULT = "sdpo-fp32,sdpo-bf16,trl-fp32,trl-bf16"
 
 
 def write_partition(out: Path, pairs: int) -> Path:
@@ -40,23 +58,42 @@ def write_partition(out: Path, pairs: int) -> Path:
     return out
 
 
-def dpo_flags(a) -> list[str]:
+def dpo_flags(a, precision: str, extra: list[str]) -> list[str]:
     return ["--max_length", str(a.max_length), "--per_device_train_batch_size", str(a.batch),
             "--num_train_epochs", "1", "--learning_rate", "1e-6", "--logging_steps", "1",
-            "--report_to", "none", "--save_strategy", "no", "--seed", "0"]
+            "--report_to", "none", "--save_strategy", "no", "--seed", "0",
+            "--bf16", "true" if precision == "bf16" else "false", *extra]
 
 
-def run_sdpo(a, work: Path) -> dict:
+def count_tokens() -> dict:
+    """Patch the Trainer's `training_step` to add up the real and padded tokens of every batch it runs."""
+    from transformers import Trainer
+
+    counts = {"real": 0, "padded": 0}
+    original = Trainer.training_step
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        mask = inputs["attention_mask"]
+        counts["real"] += int(mask.sum())
+        counts["padded"] += mask.numel()
+        return original(self, model, inputs, *args, **kwargs)
+
+    Trainer.training_step = training_step
+    return counts
+
+
+def run_sdpo(a, work: Path, flags: list[str]) -> dict:
     from sdpo_kit.training.config import parse_train_args
     from sdpo_kit.training.loop import train_stepwise
 
-    cfg, args, over = parse_train_args(["--partitions", str(work / "parts"), "--model", "default",
-                                        "--out", str(work / "run"), *dpo_flags(a)])
+    out = work / f"run_{a.worker}"
+    cfg, args, over = parse_train_args(["--partitions", str(work / "parts"), "--model", "default", "--out", str(out),
+                                        *flags])
     train_stepwise(cfg, args, over)
-    return json.loads((work / "run" / "step_1" / "trainer_state.json").read_text())
+    return json.loads((out / "step_1" / "trainer_state.json").read_text())
 
 
-def run_plain(a, work: Path) -> dict:
+def run_trl(a, work: Path, flags: list[str]) -> dict:
     import polars as pl
     from datasets import Dataset
     from trl import DPOTrainer
@@ -64,9 +101,9 @@ def run_plain(a, work: Path) -> dict:
     from sdpo_kit.models import load_model
     from sdpo_kit.training.config import parse_train_args
 
-    _, args, _ = parse_train_args(["--partitions", str(work / "parts"), "--out", "x", *dpo_flags(a)])
+    _, args, _ = parse_train_args(["--partitions", str(work / "parts"), "--out", "x", *flags])
     args.precompute_ref_log_probs = False  # TRL's default: a live reference model
-    args.output_dir = str(work / "plain")
+    args.output_dir = str(work / f"out_{a.worker}")
     model, tokenizer = load_model("default")
     frame = pl.read_parquet(work / "parts" / "step_1.parquet").select("prompt", "chosen", "rejected")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(frame.to_dicts()),
@@ -77,15 +114,46 @@ def run_plain(a, work: Path) -> dict:
 
 
 def worker(a) -> None:
+    from sdpo_kit.models import load_model
+
+    side, precision, extra = CONFIGS[a.worker]
+    params = sum(p.numel() for p in load_model("default")[0].parameters())
+    counts = count_tokens()
     began = time.time()
-    state = (run_sdpo if a.worker == "sdpo" else run_plain)(a, Path(a.work))
+    state = (run_sdpo if side == "sdpo" else run_trl)(a, Path(a.work), dpo_flags(a, precision, extra))
     end = next(e for e in reversed(state["log_history"]) if "train_runtime" in e)
+    first = next((e["loss"] for e in state["log_history"] if "loss" in e), None)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({
-        "side": a.worker, "wall_s": time.time() - began, "train_runtime_s": end["train_runtime"],
-        "steps": state["global_step"], "peak_rss_mib": usage.ru_maxrss / 1024,
+        "config": a.worker, "side": side, "precision": precision, "wall_s": time.time() - began,
+        "train_runtime_s": end["train_runtime"], "steps": state["global_step"], "loss_first": first,
+        "peak_rss_mib": usage.ru_maxrss / 1024, "params": params, **{f"{k}_tokens": v for k, v in counts.items()},
         "cpu_s": usage.ru_utime + usage.ru_stime,  # less sensitive than wall time to other users' load
     }))
+
+
+def figures(r: dict, a) -> dict:
+    """Per-step and roofline figures of one worker's record."""
+    peak = a.peak_bf16 if r["precision"] == "bf16" else a.peak_fp32
+    seconds = r["train_runtime_s"]
+    return {"s_per_step": seconds / r["steps"], "real_tok_s": r["real_tokens"] / seconds,
+            "padding": 1 - r["real_tokens"] / r["padded_tokens"],
+            "roofline": 6 * r["params"] * r["real_tokens"] / seconds / 1e9 / peak}
+
+
+def table(results: list[dict], a) -> str:
+    base = {r["config"]: figures(r, a)["s_per_step"] for r in results}
+    lines = ["| configuration | s per optimiser step | vs sdpo fp32 | vs TRL same precision | real tokens/s | padding "
+             "| % of roofline | peak RSS | first loss |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        f = figures(r, a)
+        ratio = lambda name: f"x{f['s_per_step'] / base[name]:.2f}" if name in base else "-"  # noqa: E731
+        peak = a.peak_bf16 if r["precision"] == "bf16" else a.peak_fp32
+        lines.append(f"| {r['config']} | {f['s_per_step']:.2f} s | {ratio('sdpo-fp32')} | "
+                     f"{ratio('trl-' + r['precision']) if r['side'] == 'sdpo' else '-'} | {f['real_tok_s']:.0f} | "
+                     f"{f['padding']:.1%} | {f['roofline']:.1%} of {peak:.0f} GFLOP/s | "
+                     f"{r['peak_rss_mib'] / 1024:.2f} GiB ({r['peak_rss_mib']:,.0f} MiB) | {r['loss_first']:.6f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -93,31 +161,43 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--max-length", dest="max_length", type=int, default=192)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--worker", choices=["sdpo", "plain"], help=argparse.SUPPRESS)
+    p.add_argument("--configs", default=DEFAULT, help=f"comma-separated, of {', '.join(CONFIGS)}")
+    p.add_argument("--peak-fp32", dest="peak_fp32", type=float, default=190.0, help="fp32 matmul GFLOP/s")
+    p.add_argument("--peak-bf16", dest="peak_bf16", type=float, default=410.0, help="bf16 matmul GFLOP/s")
+    p.add_argument("--out", default=str(RESULTS / "train"), help="writes OUT.json and OUT.md")
+    p.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return worker(a)
+    names = [c.strip() for c in a.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        p.error(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    results = []
+    load_before, results = os.getloadavg(), []
     with tempfile.TemporaryDirectory(prefix="sdpo_bench_train_") as tmp:
         write_partition(Path(tmp) / "parts", a.pairs)
-        for side in ("plain", "sdpo"):
-            cmd = [sys.executable, __file__, "--worker", side, "--work", tmp, "--pairs", str(a.pairs),
+        for name in names:
+            cmd = [sys.executable, __file__, "--worker", name, "--work", tmp, "--pairs", str(a.pairs),
                    "--max-length", str(a.max_length), "--batch", str(a.batch)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode:
-                sys.exit(f"{side} failed:\n{out.stderr[-4000:]}")
+                sys.exit(f"{name} failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{a.pairs} AlpacaEval pairs, default model, max_length {a.max_length}, batch {a.batch}, 1 epoch, fp32 CPU")
-    print(f"{'side':<6} {'s/opt step':>10} {'train s':>8} {'wall s':>7} {'CPU s':>7} {'steps':>5} {'peak RSS MiB':>12}")
-    for r in results:
-        print(f"{r['side']:<6} {r['train_runtime_s'] / r['steps']:>10.2f} {r['train_runtime_s']:>8.1f} "
-              f"{r['wall_s']:>7.1f} {r['cpu_s']:>7.1f} {r['steps']:>5} {r['peak_rss_mib']:>12.0f}")
-    plain, ours = results
-    print(f"sdpo/plain: time per step x{ours['train_runtime_s'] / plain['train_runtime_s']:.2f}, "
-          f"peak RSS x{ours['peak_rss_mib'] / plain['peak_rss_mib']:.2f} (sdpo wall includes its scoring pass)")
-    print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+            print(f"{name}: {figures(results[-1], a)['s_per_step']:.2f} s per optimiser step", flush=True)
+    head = (f"{a.pairs} AlpacaEval pairs, default model, max_length {a.max_length}, batch {a.batch}, 1 epoch, CPU; "
+            f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+    md = (f"`python benchmarks/train.py --pairs {a.pairs} --max-length {a.max_length} --batch {a.batch} "
+          f"--configs {','.join(names)}`\n\n{head}\n\n{table(results, a)}\n\nsdpo's seconds exclude its scoring "
+          "passes (the reference before the step, the end-of-step pass after it); TRL's include its reference "
+          "model's forward at every step.\n")
+    print(md)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out + ".md").write_text(md)
+    Path(a.out + ".json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k not in ("worker", "work")},
+                                                 "load": [load_before, os.getloadavg()], "results": results}, indent=1))
+    print(f"wrote {a.out}.md and {a.out}.json")
 
 
 if __name__ == "__main__":

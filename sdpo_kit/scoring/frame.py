@@ -45,6 +45,7 @@ POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl
 
 
 DTYPES = ("float32", "bfloat16")
+AUTOCASTS = ("bfloat16", "float16")  # torch.autocast dtypes: a trainer's --bf16 / --fp16 mixed precision
 TRUNCATION_MODES = ("keep_start", "keep_end")
 MAX_LENGTH_DEFAULT = 1024  # TRL 1.16's DPOConfig.max_length: the scorer and the trainer agree by default
 # The library's batching; `sdpo curate score` batches 4096 (`ScoreFileConfig.cli_defaults`). Batching moves a
@@ -90,6 +91,10 @@ class ScoreConfig:
     dtype: str = field(default="float32", metadata={
         "help": "Model dtype: 'float32' (TRL-exact) or 'bfloat16' (faster, moves sums by up to ~1.5 nats: "
                 "for ordering only). The model passed in must already have this dtype."})
+    autocast: str | None = field(default=None, metadata={
+        "help": "Run the forward under torch.autocast in this dtype ('bfloat16' or 'float16') over float32 weights, "
+                "as a trainer with --bf16/--fp16 runs its policy (`sdpo train` sets it from its precision, so each "
+                "step's reference matches the policy's first forward); none = plain float32 arithmetic."})
     token_budget: int = field(default=TOKEN_BUDGET_DEFAULT, metadata={
         "help": "Sequences of similar length (within 1/32) are batched, right-padded, up to this many tokens "
                 "per forward counting padding; a longer sequence runs alone."})
@@ -104,6 +109,13 @@ class ScoreConfig:
     def __post_init__(self):
         self.max_length = check_settings(max_length=self.max_length, truncation_mode=self.truncation_mode,
                                          dtype=self.dtype)
+        if self.autocast in ("", "none"):  # the command line's spelling of "no autocast"
+            self.autocast = None
+        if self.autocast is not None and self.autocast not in AUTOCASTS:
+            raise UsageError("--autocast", f"must be one of {', '.join(AUTOCASTS)} or none, got {self.autocast!r}")
+        if self.autocast is not None and self.dtype != "float32":
+            raise UsageError("--autocast", f"{self.autocast} runs over float32 weights (mixed precision), "
+                             f"got --dtype {self.dtype}: pass one of the two")
         if self.share_prefix < 0:
             raise UsageError(f"share_prefix must be >= 0 (0 = never share), got {self.share_prefix}")
         if self.token_budget < 1 or self.head_chunk < 1:
@@ -112,8 +124,21 @@ class ScoreConfig:
             raise UsageError(f"beta must be > 0, got {self.beta}")
 
     def settings(self) -> dict:
-        """The fields that change the numbers (the cache key and the provenance)."""
-        return {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
+        """The fields that change the numbers (the cache key and the provenance).
+
+        `autocast` appears only when set, so float32 scores keep the keys (and caches) they always had."""
+        out = {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
+        return out | ({"autocast": self.autocast} if self.autocast else {})
+
+    def precision(self, device_type: str):
+        """The context every forward of this config runs in: `torch.autocast` or nothing."""
+        import contextlib
+
+        import torch
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=getattr(torch, self.autocast))
 
 
 def model_context(model) -> int | None:
@@ -191,7 +216,7 @@ def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: S
     bar = tqdm(total=len(pairs), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress
     scorers = [Scorer(m, 2 * len(pairs), config.head_chunk) for m in models]
     halves = [0] * len(pairs)  # segments done per pair: the bar counts whole pairs
-    with torch.inference_mode():
+    with torch.inference_mode(), config.precision(scorers[0].device.type):
         for item in items:
             for scorer in scorers:
                 scorer.run(item, pairs)

@@ -64,6 +64,11 @@ class StepwiseConfig:
     ref_mix_alpha: float = field(
         default=0.5, metadata={"help": "`mix` schedule: weight of M_{t-1} in the averaged reference, in [0, 1]."}
     )
+    trim_padding: bool = field(
+        default=False, metadata={"help": "Run each batch's rows (chosen and rejected) in two length groups, each cut "
+                                 "to its longest real row: the same numbers up to float rounding, less padding "
+                                 "computed (sdpo_kit/training/padding.py)."}
+    )
     resume: bool = field(
         default=False, metadata={"help": "Continue the run in --out: skip finished steps, resume the current one "
                                  "from its latest checkpoint."}
@@ -225,6 +230,10 @@ def _overrides(args) -> dict:
 
 def _finish(cfg, args) -> None:
     args.precompute_ref_log_probs = True  # the reference is always the scorer's, never a live model
+    strategy = _plain(args.train_sampling_strategy)
+    if cfg.order == "sequential" and strategy not in ("random", "sequential"):
+        raise UsageError("--order sequential", f"keeps the partition's row order; --train_sampling_strategy "
+                         f"{strategy} would reorder it: pass one of the two")
     if cfg.order == "sequential":
         args.train_sampling_strategy = "sequential"  # transformers' public, order-preserving sampler
 
@@ -316,14 +325,23 @@ def _check_values(args) -> None:
     check_dpo_options(args)
 
 
+def trainer_autocast(args) -> str | None:
+    """The autocast dtype of the trainer's forward (accelerate's mixed precision), None in float32.
+
+    TRL/accelerate keep float32 master weights and run every forward under `torch.autocast` when
+    `--bf16`/`--fp16` is on, on CPU as on GPU (issue 23)."""
+    return "bfloat16" if args.bf16 else "float16" if args.fp16 else None
+
+
 def scorer_config(args):
     """The run's one `ScoreConfig`: max_length/truncation_mode as TRL's collator truncates (after the
-    partitions' values were taken, `prepare`), float32 (TRL-exact), the run's β. Built once per run and
-    handed to every scoring pass of a step: the reference, its check and the end-of-step numbers."""
+    partitions' values were taken, `prepare`), float32 weights under the trainer's autocast (so each step's
+    reference is scored as the policy's first forward runs), the run's β. Built once per run and handed to
+    every scoring pass of a step: the reference, its check and the end-of-step numbers."""
     from sdpo_kit.scoring.frame import ScoreConfig
 
     return ScoreConfig(max_length=args.max_length, truncation_mode=args.truncation_mode, dtype="float32",
-                       beta=args.beta)
+                       beta=args.beta, autocast=trainer_autocast(args))
 
 
 def resolved_settings(cfg, args) -> dict:

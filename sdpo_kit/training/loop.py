@@ -25,7 +25,7 @@ from sdpo_kit.io import check_out_dir, write_text
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
 from sdpo_kit.runs import partition_files, partitions_digest, read_run, schedule_record, write_run
 from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, resolved_settings,
-                                      scorer_config, train_parser)
+                                      scorer_config, train_parser, trainer_autocast)
 from sdpo_kit.training.step import run_step
 
 
@@ -107,6 +107,8 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         "partitions_sha256": partitions_digest(cfg.partitions, files),
         **schedule_record(cfg.mode, cfg.schedule, cfg.mix_alpha, args.beta),
         "seed": args.seed, "status": "running", "settings": resolved_settings(cfg, args),
+        # float32, or the autocast dtype of the policy's forward, which every scoring pass of the run shares
+        "precision": trainer_autocast(args) or "float32",
         "steps": [
             {"step": t, "dir": f"step_{t}", "partition": [str(Path(f).resolve()) for f in files],
              "reference_fingerprint": None, "start_fingerprint": None, "model_fingerprint": None,

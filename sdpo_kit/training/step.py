@@ -28,6 +28,7 @@ from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 from sdpo_kit.runs import reference_record, write_run
+from sdpo_kit.training.padding import pair_widths, with_lengths
 from sdpo_kit.training.reference import check_reference_logps, reference_for_step
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -67,7 +68,8 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, scorer, ru
     start_fp = begin_fp if lora else None  # peft wraps the model in place: fingerprint it before
     args.output_dir = str(step_dir / "checkpoints")
     with library_bars_off():  # TRL's pass over our precomputed reference draws its own bar in __init__
-        trainer = build_trainer(model, tokenizer, to_dataset(scored, step_dir / "dataset", state), args, lora)
+        dataset = to_dataset(scored, step_dir / "dataset", state, args.length_column_name, args.max_length)
+        trainer = build_trainer(model, tokenizer, dataset, args, lora, trim=cfg.trim_padding)
     if progress is not None:  # the run's one bar replaces the trainer's own bar and log printer
         use_run_progress(trainer, progress)
         progress.start_step(t)
@@ -174,6 +176,7 @@ def score_reference(files: list[Path], model, tokenizer, scorer, fingerprint: st
 
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": scorer.max_length, "truncation_mode": scorer.truncation_mode}
+    settings |= {"autocast": scorer.autocast} if scorer.autocast else {}  # fp32 runs keep their old stamps
     if not _cache_matches(path, settings):  # every process looks before anything is written
         parts, rejects = [], []
         for file in files:
@@ -209,8 +212,12 @@ def lora_config(cfg):
     )
 
 
-def to_dataset(scored, folder: Path, state):
+def to_dataset(scored, folder: Path, state, length_column: str = "length", max_length: int | None = None):
     """A file-backed `datasets.Dataset` of TRL-conversational pairs plus the scorer's `sdpo_ref_*`.
+
+    Where the scorer's token counts are present, `length_column` holds each pair's padded width in a
+    batch (prompt + the longer completion, at most `max_length`): transformers' length-grouped
+    samplers (`--train_sampling_strategy group_by_length`) read it, as TRL's rows carry no `input_ids`.
 
     File-backed on purpose: TRL's precompute pass hands its results from the main process to
     the others through a cache file beside the dataset, and an in-memory dataset puts that file
@@ -220,8 +227,10 @@ def to_dataset(scored, folder: Path, state):
 
     if state.is_main_process:
         shutil.rmtree(folder, ignore_errors=True)  # stale TRL cache files belong to old fingerprints
-        columns = ["prompt", "chosen", "rejected", *REF_COLUMNS]
-        Dataset.from_list(scored.select(columns).rename(CARRIED).to_dicts()).save_to_disk(str(folder))
+        frame = scored.select(["prompt", "chosen", "rejected", *REF_COLUMNS]).rename(CARRIED)
+        widths = pair_widths(scored, max_length)
+        frame = frame if widths is None else frame.with_columns(widths.alias(length_column))
+        Dataset.from_list(frame.to_dicts()).save_to_disk(str(folder))
     state.wait_for_everyone()
     return load_from_disk(str(folder))
 
@@ -259,11 +268,16 @@ def trainer_class():
                 return inputs["ref_chosen_logps"].to(device), inputs["ref_rejected_logps"].to(device)
             return super().compute_ref_log_probs(model, inputs)
 
+        def _get_train_sampler(self, train_dataset=None):  # transformers' hook: see padding.with_lengths
+            return super()._get_train_sampler(with_lengths(self, train_dataset))
+
     return PrecomputedReferenceDPOTrainer
 
 
-def build_trainer(model, tokenizer, dataset, args, peft_config=None):
-    """A fresh DPO trainer for one step; `args` must have `precompute_ref_log_probs=True`."""
+def build_trainer(model, tokenizer, dataset, args, peft_config=None, trim: bool = False):
+    """A fresh DPO trainer for one step; `args` must have `precompute_ref_log_probs=True`.
+
+    `trim`: the policy's forward runs each batch in length groups without their padding (`padding.py`)."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     assert args.precompute_ref_log_probs, "the step trainer reads precomputed reference log-probs"
@@ -277,7 +291,7 @@ def build_trainer(model, tokenizer, dataset, args, peft_config=None):
         truncation_mode=args.truncation_mode,
         pad_to_multiple_of=args.pad_to_multiple_of,
     )
-    return trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -285,6 +299,11 @@ def build_trainer(model, tokenizer, dataset, args, peft_config=None):
         data_collator=PrecomputedReferenceCollator(base),
         peft_config=peft_config,
     )
+    if trim:  # after TRL patched its fused LM head onto the model, before accelerate wraps the forward
+        from sdpo_kit.training.padding import trim_forward
+
+        trim_forward(trainer.model)
+    return trainer
 
 
 def latest_checkpoint(folder: Path) -> str | None:

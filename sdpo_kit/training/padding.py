@@ -1,0 +1,94 @@
+"""Less padding per DPO batch: `--trim_padding` (row groups cut to their longest row) and length-grouped batches.
+
+    python -m pytest -q tests/test_padding.py -k trim
+
+TRL's collator pads the chosen and the rejected rows of a batch (2B rows, right padding) to the
+longest of all of them, and AlpacaEval answers differ 2-4x in length, so a large share of every
+forward is padding. Under causal attention with right padding a real token sees only earlier real
+tokens, so cutting a row's trailing pads changes no number beyond float rounding. `trim_forward`
+wraps the fused-LM-head forward TRL patches onto the policy (`trl.trainer.utils.add_fused_lm_head`):
+the rows are sorted by real length and run in `groups` forwards, each cut to its own longest row;
+the per-token outputs are padded back with zeros (what TRL's head writes where the label is -100)
+and put back in row order. Anything else (no attention mask, positional arguments, MoE router
+logits, left padding) runs the original forward unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+
+
+def pair_widths(scored, max_length: int | None):
+    """Each pair's width in a TRL batch (prompt + the longer completion, at most `max_length`) from the
+    scorer's token counts; None without them. `to_dataset` stores it for the length-grouped samplers."""
+    import polars as pl
+
+    if not {"prompt_tokens", "chosen_tokens", "rejected_tokens"} <= set(scored.columns):
+        return None
+    width = scored["prompt_tokens"] + scored.select(pl.max_horizontal("chosen_tokens", "rejected_tokens")).to_series()
+    return width if max_length is None else width.clip(upper_bound=max_length)
+
+
+def with_lengths(trainer, train_dataset):
+    """The dataset transformers' `_get_train_sampler` should read: it is handed the rows with TRL's unused
+    columns already dropped (the length column among them); `trainer.train_dataset` holds the same rows, in
+    the same order, with it, which `--train_sampling_strategy group_by_length` needs."""
+    name, full = trainer.args.length_column_name, trainer.train_dataset
+    if (train_dataset is not None and name not in train_dataset.column_names and full is not None
+            and name in full.column_names and len(train_dataset) == len(full)):
+        return full
+    return train_dataset
+
+
+def trim_forward(model, groups: int = 2) -> None:
+    """Wrap `model`'s TRL fused-LM-head forward (the PEFT base model's, under LoRA) in place."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = inner.forward
+
+    @functools.wraps(original)
+    def forward(*args, fused_lm_head=False, **kwargs):
+        mask = kwargs.get("attention_mask")
+        if (not fused_lm_head or args or mask is None or kwargs.get("input_ids") is None
+                or kwargs.get("output_router_logits") or not _right_padded(mask)):
+            return original(*args, fused_lm_head=fused_lm_head, **kwargs)
+        return _grouped(original, kwargs, mask, groups)
+
+    inner.forward = forward
+
+
+def _right_padded(mask) -> bool:
+    """Every row is ones then zeros (TRL's collator pads on the right)."""
+    lengths = mask.sum(1, keepdim=True)
+    import torch
+
+    return bool((mask == (torch.arange(mask.shape[1], device=mask.device)[None] < lengths)).all())
+
+
+def _grouped(original, kwargs: dict, mask, groups: int):
+    """The forward in `groups` runs of rows of similar length, outputs back at full width and in row order."""
+    import torch
+
+    n, width = mask.shape
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    size = -(-n // groups)
+    outs = []
+    for idx in order.split(size):
+        w = max(int(lengths[idx].max()), 2)  # the fused head scores positions 1..w-1: keep at least one
+        sub = {k: (v[idx, :w] if torch.is_tensor(v) and v.shape[:2] == (n, width) else v) for k, v in kwargs.items()}
+        outs.append(original(fused_lm_head=True, **sub))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n, device=order.device)
+    first = outs[0]
+    fields = {}
+    for key, value in first.items():
+        if torch.is_tensor(value) and value.dim() == 2:  # per-token (rows, w - 1): zero beyond each group's width
+            parts = [torch.cat([o[key], o[key].new_zeros(o[key].shape[0], width - 1 - o[key].shape[1])], 1)
+                     for o in outs]
+            fields[key] = torch.cat(parts)[inverse]
+        else:
+            fields[key] = value
+    log_probs, label_mask = fields["log_probs"], fields.get("label_mask")
+    count = label_mask.sum() if label_mask is not None else (kwargs["labels"][:, 1:] != -100).sum()
+    fields["loss"] = -log_probs.sum() / count.clamp(min=1)  # the head's own loss over the whole batch
+    return type(first)(**fields)
