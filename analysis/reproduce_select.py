@@ -133,7 +133,7 @@ def selection_markdown(run_dirs: list[Path], root: Path, difficulty: Path | None
 
 
 def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: str, root: Path, q: float) -> None:
-    from sdpo_kit.report.html import write_report
+    from sdpo_kit.report.html import ReportConfig, write_report
 
     evaluated = [d for d in run_dirs if (d / "eval" / "eval.json").is_file()]
     if not evaluated:
@@ -145,7 +145,7 @@ def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: 
                + comparison_markdown(evaluated, comparisons=COMPARISONS) + "\n" + length_markdown(evaluated)
                + "\n" + selection_markdown(evaluated, root, difficulty))
     _copy_run_files(evaluated, results)
-    write_report([str(d) for d in evaluated], results / "report")
+    write_report(ReportConfig([str(d) for d in evaluated], str(results / "report")))
     log(f"results: {results / 'table.md'}, {results / 'report' / 'report.html'}")
 
 
