@@ -101,9 +101,21 @@ class SdpoGroup(TyperGroup):
             if answer is None or os.environ.get("SDPO_DEBUG") == "1":
                 raise
             code, message = answer
+            _end_bars()
             typer.echo(f"error: {one_line(message)}", err=True)
             # The console script and in-process callers (CliRunner, scripts/demo.py) all see SystemExit(code).
             raise SystemExit(code) from None
+
+
+def _end_bars() -> None:
+    """Close the progress bars an error left open, so `error: ...` starts its own line (a full disk
+    mid-step would otherwise print it after the step's bar, on the bar's line)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001  (a bar that cannot close must not hide the error line)
+            pass
 
 
 def _command(group: typer.Typer, words: tuple[str, ...], spec: Command) -> None:

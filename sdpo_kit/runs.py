@@ -175,8 +175,8 @@ def run_scorer_settings(run: dict, run_dir: str | Path) -> dict:
     trl = (run.get("settings") or {}).get("trl")
     if isinstance(trl, dict) and "max_length" in trl:
         return {k: trl[k] for k in ("max_length", "truncation_mode") if k in trl}
-    import yaml
+    from sdpo_kit.config import load_yaml_capped
 
     path = Path(run_dir) / "config.yaml"
-    stored = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    stored = (load_yaml_capped(path.read_text(encoding="utf-8"), path) or {}) if path.is_file() else {}
     return {k: stored[k] for k in ("max_length", "truncation_mode") if k in stored}

@@ -67,6 +67,18 @@ def test_yaml_alias_bomb_is_refused_and_small_aliases_still_work(tmp_path):
     assert read_yaml(tmp_path / "ok.yaml", "x") == {"a": [1, 2], "b": [1, 2], "c": {"k": [1, 2]}}
 
 
+def test_an_alias_bomb_in_a_run_folders_config_yaml_is_refused(tmp_path):
+    """config.yaml inside a run folder is read back (report, eval, train --resume): an edited one
+    with an alias bomb is the same one line, not a multi-megabyte settings dict."""
+    from test_report import write_contract_run
+
+    run = write_contract_run(tmp_path, "run")
+    (run / "config.yaml").write_text(BOMB + "seed: 1\n")
+    one_line(invoke("report", run, "--out", tmp_path / "rep"), 2, "config.yaml: its YAML aliases")
+    (run / "config.yaml").write_text("seed: &s 3\nother: *s\n")  # a small alias is fine
+    assert invoke("report", run, "--out", tmp_path / "rep").exit_code == 0
+
+
 # --- files that are not regular files ------------------------------------------------------------
 
 
@@ -345,4 +357,4 @@ def test_disk_full_during_train_and_resume_is_one_line(tiny_model_dir, tmp_path)
         err = (tmp_path / f"e{k}").read_text().replace("\r", "\n")
         lines = [x for x in err.splitlines() if "error" in x.lower() or "Traceback" in x]
         assert (tmp_path / f"rc{k}").read_text().strip() == "1" and "Traceback" not in err, err[-2000:]
-        assert len(lines) == 1 and "error: the disk is full (" in lines[0] and "No space left on device" in lines[0]
+        assert len(lines) == 1 and lines[0].startswith("error: the disk is full (") and "No space left" in lines[0]

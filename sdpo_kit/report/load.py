@@ -55,10 +55,10 @@ def _step_partition(run_dir: Path, step: dict) -> dict:
 
 def _trained_seed(run_dir: Path, suffix: re.Match | None):
     """The training seed: config.yaml's `seed` (a DPOConfig override), else the folder's -seedN suffix."""
-    import yaml
+    from sdpo_kit.config import load_yaml_capped
 
     path = run_dir / "config.yaml"
-    seed = (yaml.safe_load(path.read_text()) or {}).get("seed") if path.is_file() else None
+    seed = (load_yaml_capped(path.read_text(), path) or {}).get("seed") if path.is_file() else None
     return seed if seed is not None else (int(suffix.group(1)) if suffix else None)
 
 

@@ -37,14 +37,14 @@ def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
     full resolved settings (run.json `settings`) is checked against them too. `given`: the
     settings this command set (None: every setting that differs from the defaults).
     """
-    import yaml
+    from sdpo_kit.config import load_yaml_capped
 
     run = read_run(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise InputError(run_dir, "has run.json but no config.yaml: its settings are unknown, so it cannot be "
                          "resumed; start a new --out")
-    stored = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    stored = load_yaml_capped(path.read_text(encoding="utf-8"), path) or {}  # an edited one: no alias bomb
     parser = train_parser()
     parser.set_defaults_with_config(**{**stored, "out": cfg.out, "partitions": cfg.partitions, "resume": True})
     old_cfg, old_args = parser.parse_args_into_dataclasses([])
