@@ -35,7 +35,8 @@ def mixed_pairs() -> pl.DataFrame:
     rows = [(None, text(8, i), text(5 + 7 * i, i + 1), text(3 + 11 * (i % 3), i + 2)) for i in range(6)]
     rows.append(("You are terse.", text(20, 9), text(90, 10), text(4, 11)))  # chosen truncated
     rows.append((None, text(150, 12), "yes", "no"))  # prompt alone > 96 tokens
-    rows.append((None, text(30, 13), text(40, 14) + " end", text(40, 14) + " stop"))  # long common prefix
+    # long common prefix: under keep_start at 96 both answers are cut to the same tokens (identical_truncated)
+    rows.append((None, text(30, 13), text(40, 14) + " end", text(40, 14) + " stop"))
     rows.append((None, text(60, 15), text(70, 16), text(80, 17)))  # both truncated
     return canonical(rows)
 
@@ -75,11 +76,14 @@ def test_matches_trl_reference_pass(tiny, tiny_model_dir, tmp_path, mode, share)
     scored, rejects = score_frame(frame, *tiny, ScoreConfig(max_length=96, truncation_mode=mode, token_budget=120,
                                                             share_prefix=share),
                                   progress=False, file="mem")
-    assert sorted(scored["pair_id"]) == sorted(expected)  # TRL kept exactly the pairs we kept
     if mode == "keep_start":
-        assert [(r.row, r.reason) for r in rejects] == [(8, "prompt_too_long")]
+        assert [(r.row, r.reason) for r in rejects] == [(8, "prompt_too_long"), (9, "identical_truncated")]
+        same = frame["pair_id"][8]  # TRL keeps it, with equal sums: no preference left (issue 22 rejects it)
+        assert expected[same][0] == expected[same][1]
+        expected.pop(same)
     else:
         assert rejects == []
+    assert sorted(scored["pair_id"]) == sorted(expected)  # TRL kept exactly the pairs we kept
     assert scored["chosen_truncated"].any() and scored["rejected_truncated"].any()
     for row in scored.iter_rows(named=True):
         c, r = expected[row["pair_id"]]
@@ -95,7 +99,8 @@ def test_columns_order_and_naive_oracle(tiny):
     frame = mixed_pairs()
     config = ScoreConfig(max_length=96, token_budget=200)
     scored, rejects = score_frame(frame, model, tokenizer, config, progress=False)
-    assert scored["pair_id"].to_list() == [p for i, p in enumerate(frame["pair_id"]) if i != 7]
+    assert scored["pair_id"].to_list() == [p for i, p in enumerate(frame["pair_id"]) if i not in (7, 8)]
+    assert [(r.row, r.reason) for r in rejects] == [(8, "prompt_too_long"), (9, "identical_truncated")]
     assert scored.columns[:5] == frame.columns
     assert scored["margin"].to_list() == pytest.approx((scored["ref_chosen_logps"] - scored["ref_rejected_logps"]).to_list())
     for row in scored.iter_rows(named=True):

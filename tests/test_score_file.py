@@ -51,10 +51,10 @@ def test_cli_writes_scores_rejects_and_provenance(tiny_model_dir, tmp_path):
     result = CliRunner().invoke(app, ["curate", "score", str(data), "--model", str(tiny_model_dir), "--out", str(out),
                                       "--max-length", "96", "--shard-rows", "4", "--no-cache"])
     assert result.exit_code == 0, result.output
-    assert f"scored 9 pairs -> {out}" in result.output
-    assert "rejected 2 (" in result.output and "prompt_too_long 1" in result.output
+    assert f"scored 8 pairs -> {out}" in result.output
+    assert "rejected 3 (" in result.output and "prompt_too_long 1" in result.output
     reasons = {(r["row"], r["reason"]) for r in rejects_of(out)}
-    assert reasons == {(4, "identical"), (9, "prompt_too_long")}  # 1-based input rows
+    assert reasons == {(4, "identical"), (9, "prompt_too_long"), (10, "identical_truncated")}  # 1-based input rows
     scored = pl.read_parquet(out)
     model, tok = load_model(tiny_model_dir)
     expected, _ = score_frame(load_pairs(data).pairs, model, tok, ScoreConfig(max_length=96), progress=False)
@@ -140,7 +140,7 @@ def test_accelerate_two_processes_equal_one(tiny_model_dir, tmp_path):
                            "--no_python", *_cli(data, multi, tiny_model_dir, "--shard-rows", "5")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("scored 39 pairs") == 1  # printed by the main process only
+    assert proc.stdout.count("scored 38 pairs") == 1  # printed by the main process only
     a, b = pl.read_parquet(single), pl.read_parquet(multi)
     assert a["pair_id"].to_list() == b["pair_id"].to_list()
     assert a.drop("ref_chosen_logps", "ref_rejected_logps").columns == b.drop("ref_chosen_logps", "ref_rejected_logps").columns
