@@ -23,10 +23,16 @@ os.umask(_UMASK)
 
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
+    return sha256_files([path])
+
+
+def sha256_files(paths) -> str:
+    """sha256 of several files' bytes one after another (in the order given), read in 1 MiB blocks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

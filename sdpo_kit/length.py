@@ -19,7 +19,7 @@ counted them):
   ratio, so heavy tails cannot let the key's *ranks* lean on length (the ordering key);
 - `length_buckets`: quantile buckets of the log length ratio for `--stratify length`.
 
-The partition card's "Length" section and its plot are drawn by `sdpo_kit.report` (card.py, plots.py)
+The partition card's "Length" section and its plot are drawn by `sdpo_kit.curate.card` and `sdpo_kit.plots`
 from the `split_record` this module writes into the manifest.
 """
 
@@ -81,13 +81,14 @@ def _round(x: float | None) -> float | None:
 
 def diagnosis_lines(diag: dict) -> list[str]:
     """What `curate score` / `curate split` print for one key: the ρ line, then the warning if any."""
-    judges = "".join(f", with {c} {_fmt(r)}" for c, r in diag["rho_judge"].items())
-    lines = [f"length: Spearman ρ of `{diag['key']}` with ln(chosen/rejected tokens) {_fmt(diag['rho_length'])}"
+    judges = "".join(f", with {c} {fmt_rho(r)}" for c, r in diag["rho_judge"].items())
+    lines = [f"length: Spearman ρ of `{diag['key']}` with ln(chosen/rejected tokens) {fmt_rho(diag['rho_length'])}"
              f"{judges} ({diag['pairs']} pairs)"]
     return lines + ([diag["warning"]] if diag["warning"] else [])
 
 
-def _fmt(r: float | None) -> str:
+def fmt_rho(r: float | None) -> str:
+    """A Spearman ρ as every length line prints it: signed, 3 decimals; n/a when undefined."""
     return "n/a" if r is None else f"{r:+.3f}"
 
 
@@ -97,9 +98,9 @@ def score_diagnosis(df: pl.DataFrame) -> list[str]:
     if not keys or not has_lengths(df):
         return []
     ratio = log_length_ratio(df)
-    each = ", ".join(f"{k} {_fmt(_round(spearman(df[k].cast(pl.Float64).to_numpy(), ratio)))}" for k in keys)
+    each = ", ".join(f"{k} {fmt_rho(_round(spearman(df[k].cast(pl.Float64).to_numpy(), ratio)))}" for k in keys)
     main = diagnose(df, "margin" if "margin" in keys else keys[0])
-    judges = "".join(f"; `{main['key']}` with {c} {_fmt(r)}" for c, r in main["rho_judge"].items())
+    judges = "".join(f"; `{main['key']}` with {c} {fmt_rho(r)}" for c, r in main["rho_judge"].items())
     out = [f"length: Spearman ρ with ln(chosen/rejected tokens): {each}{judges} ({df.height} pairs)"]
     return out + ([main["warning"]] if main["warning"] else [])
 
@@ -242,15 +243,15 @@ def split_lines(record: dict) -> list[str]:
         c = record["control_length"]
         binned = f", ranked within {c['bins']} length-ratio bins" if c.get("bins", 1) > 1 else ""
         lines.append(f"control-length: key `{record['key']}` = `{c['key']}` minus its spline fit on the lengths "
-                     f"(R² {c['r2']}){binned}; ρ with ln(chosen/rejected tokens) {_fmt(c['rho_length_before'])} → "
-                     f"{_fmt(c['rho_length_after'])} on {c['fitted_pairs']} pairs")
+                     f"(R² {c['r2']}){binned}; ρ with ln(chosen/rejected tokens) {fmt_rho(c['rho_length_before'])} → "
+                     f"{fmt_rho(c['rho_length_after'])} on {c['fitted_pairs']} pairs")
     if record["key"] is not None:
-        judges = "".join(f", with {c} {_fmt(r)}" for c, r in record["rho_key_judge"].items())
+        judges = "".join(f", with {c} {fmt_rho(r)}" for c, r in record["rho_key_judge"].items())
         lines.append(f"length: Spearman ρ of `{record['key']}` with ln(chosen/rejected tokens) "
-                     f"{_fmt(record['rho_key_length'])}{judges}; of the step index {_fmt(record['rho_step_length'])}")
+                     f"{fmt_rho(record['rho_key_length'])}{judges}; of the step index {fmt_rho(record['rho_step_length'])}")
     else:
         lines.append(f"length: Spearman ρ of the step index with ln(chosen/rejected tokens) "
-                     f"{_fmt(record['rho_step_length'])}")
+                     f"{fmt_rho(record['rho_step_length'])}")
     return lines + ([record["warning"]] if record["warning"] else [])
 
 

@@ -10,16 +10,17 @@ in every job. The layouts are in docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from sdpo_kit.errors import InputError
-from sdpo_kit.io import read_json
+from sdpo_kit.io import read_json, sha256_file, sha256_files
 
 REFERENCE_KINDS = ("S", "M_{t-1}", "mix")  # what a step's reference is: the base model, the step's start, an average
 SCORER_KEY = "sdpo_kit.scorer"  # parquet footer: how the scored columns were made (scoring/frame.py provenance)
 REFERENCE_KEY = "sdpo_kit.reference"  # parquet footer of a step's reference scores
+SPLIT_KEY = "sdpo_kit.split"  # parquet footer of every partition file: strategy, params, seed
+STEP_KEY = "sdpo_kit.step"  # parquet footer of step_t.parquet: t
 
 
 def partition_files(folder: str | Path) -> list[Path]:
@@ -34,9 +35,9 @@ def partition_files(folder: str | Path) -> list[Path]:
                          "`sdpo curate split` (manifest.json, step_*.parquet)")
     if not folder.is_dir():
         raise InputError(f"--partitions {folder}", "folder does not exist (write it with `sdpo curate split`)")
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        steps = _manifest_steps(manifest)
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        steps = _manifest_steps(manifest, folder / "manifest.json")
         numbers, files = [s["step"] for s in steps], [folder / str(s["file"]) for s in steps]
     else:
         found = [(p, p.stem.split("_", 1)[1]) for p in folder.glob("step_*.parquet")]
@@ -55,12 +56,27 @@ def partition_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def _manifest_steps(path: Path) -> list[dict]:
+def read_manifest(folder: str | Path) -> dict | None:
+    """A partitions folder's manifest.json (the one reader of it); None when the folder has none, a
+    one-line InputError when it is not a JSON object."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(path, f"not a partitions manifest ({type(err).__name__}: {err})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(path, f"not a partitions manifest (a JSON {type(manifest).__name__}, not an object)")
+    return manifest
+
+
+def _manifest_steps(manifest: dict, path: Path) -> list[dict]:
     """manifest.json's `steps` in step order, or a one-line InputError naming what is wrong."""
     try:
-        steps = read_json(path)["steps"]
+        steps = manifest["steps"]
         ok = isinstance(steps, list) and all(isinstance(s["step"], int) and s.get("file") for s in steps)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise InputError(path, f"not a partitions manifest ({type(err).__name__}: {err})") from None
     if not ok or not steps:
         raise InputError(path, "not a partitions manifest: `steps` must list {step: int, file: name}")
@@ -70,13 +86,8 @@ def _manifest_steps(path: Path) -> list[dict]:
 def partitions_digest(folder: str | Path, files: list[Path]) -> dict:
     """sha256 of manifest.json (null when absent) and over every partition file's bytes, in step order."""
     manifest = Path(folder) / "manifest.json"
-    whole = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                whole.update(block)
-    return {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None,
-            "files_sha256": whole.hexdigest()}
+    return {"manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
+            "files_sha256": sha256_files(files)}
 
 
 def read_run(run_dir: str | Path) -> dict:

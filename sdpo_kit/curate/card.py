@@ -208,7 +208,7 @@ def write_partition_card(out: str | os.PathLike, parts: list[pl.DataFrame], mani
 def _length_section(data: pl.DataFrame, record: dict, out: Path) -> list[tuple]:
     """The "Length" section (issue 12: how much of the order is answer length; manifest["length"], written
     by `sdpo_kit.length.split_record`): ρ lines, the warning, the per-step table, the plot."""
-    from sdpo_kit.length import _fmt, split_lines
+    from sdpo_kit.length import fmt_rho, split_lines
 
     out_blocks = [("p", "Log length ratio = {}. Summed log-probs favour the shorter answer, so an order by summed "
                         "margin can be an order by length.", record["log_length_ratio"]),
@@ -218,8 +218,8 @@ def _length_section(data: pl.DataFrame, record: dict, out: Path) -> list[tuple]:
         out_blocks.append(("p", "`--control_length`: {}. Features {}; n_knots {}, degree {}; fitted on {} pairs (R² {}); "
                                 "bins {}; Spearman ρ with the log length ratio {} before, {} for the residual, {} for "
                                 "the key.", c["method"], ", ".join(c["features"]), c["n_knots"], c["degree"],
-                           c["fitted_pairs"], c["r2"], c.get("bins", 1), _fmt(c["rho_length_before"]),
-                           _fmt(c.get("rho_length_residual")), _fmt(c["rho_length_after"])))
+                           c["fitted_pairs"], c["r2"], c.get("bins", 1), fmt_rho(c["rho_length_before"]),
+                           fmt_rho(c.get("rho_length_residual")), fmt_rho(c["rho_length_after"])))
     rows = record["per_step"]
     cols = list(rows[0]) if rows else []
     out_blocks.append(("table", cols, [[_cell(r[c]) for c in cols] for r in rows]))
@@ -252,6 +252,7 @@ def load_for_card(cfg: CardConfig) -> dict:
     """{pairs, scored, rows, rejects, score_rejects, scorer} for a dataset card: `pairs` = every valid
     pair, `scored` = the pairs with margins (all of them, a seeded subset, or None)."""
     from sdpo_kit.io import read_json_meta
+    from sdpo_kit.runs import SCORER_KEY
 
     path = Path(cfg.data)
     if path.suffix == ".parquet" and path.is_file() and "margin" in _parquet_schema(path):
@@ -260,7 +261,7 @@ def load_for_card(cfg: CardConfig) -> dict:
         rej = path.with_name(path.name.removesuffix(".parquet") + ".rejects.jsonl")
         rejects = [json.loads(line) for line in rej.read_text().splitlines()] if rej.exists() else []
         return {"pairs": pairs, "scored": pairs, "rows": pairs.height + len(rejects), "rejects": _reject_counts(rejects),
-                "score_rejects": {}, "scorer": read_json_meta(path, "sdpo_kit.scorer")}
+                "score_rejects": {}, "scorer": read_json_meta(path, SCORER_KEY)}
     from sdpo_kit.data import load_pairs
 
     loaded = load_pairs(path)

@@ -20,6 +20,7 @@ from sdpo_kit.curate.folds import (assign_folds, check_disjoint, difficulty, dig
 from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import read_parquet_checked, sha256_file, write_parquet
+from sdpo_kit.runs import SCORER_KEY
 from sdpo_kit.training.config import scorer_config
 
 CROSSFIT_KEY = "sdpo_kit.crossfit"
@@ -42,7 +43,7 @@ def crossfit(cfg, step_cfg: dict, args, given: set[str]) -> Path:
     if len(set(keys)) < cfg.folds:
         raise InputError(data, f"{len(set(keys))} distinct prompt(s) cannot fill --folds {cfg.folds} (folds are by "
                          "prompt); use fewer folds or more pairs")
-    scorer_meta = json.loads(meta["sdpo_kit.scorer"]) if "sdpo_kit.scorer" in meta else None
+    scorer_meta = json.loads(meta[SCORER_KEY]) if SCORER_KEY in meta else None
     take_scorer_settings(args, given, scorer_meta, data, PROG, "pairs")
     s_scores, base = score_base(frame, step_cfg["model"], args)
     stamp = make_stamp(data, base, cfg, step_cfg, args)

@@ -16,11 +16,11 @@ Writes `OUT/train.parquet`, `OUT/heldout.parquet`, `OUT/validation.parquet` (onl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sdpo_kit.errors import InputError, UsageError
+from sdpo_kit.io import sha256_file
 
 BY = ("prompt", "pair")
 SIDES = ("train", "validation", "heldout")
@@ -95,16 +95,6 @@ def _side_info(df, file: str) -> dict:
             "sources": sources}
 
 
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run(cfg: HeldoutConfig) -> dict:
     """`sdpo data split`: write the sides and manifest.json into `cfg.out`, print the summary; returns the manifest."""
     import polars as pl
@@ -134,7 +124,7 @@ def run(cfg: HeldoutConfig) -> dict:
     write_rejects(loaded.rejects, out / "rejects.jsonl")
     manifest = {
         "config": asdict(cfg),
-        "input": {"path": str(cfg.data), "sha256": _sha256(Path(cfg.data)), "rows": loaded.rows,
+        "input": {"path": str(cfg.data), "sha256": sha256_file(cfg.data) if Path(cfg.data).is_file() else None, "rows": loaded.rows,
                   "valid": pairs.height, "rejected": len(loaded.rejects), "reasons": loaded.reasons},
         "keys": {s: len(sides[s]) for s in names},
         "sides": {s: _side_info(frames[s], f"{s}.parquet") for s in names},

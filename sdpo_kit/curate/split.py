@@ -14,7 +14,6 @@ This module is the file job (reading the scored file, the manifest, writing); ho
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -26,11 +25,9 @@ from sdpo_kit.curate.selection import selection_lines, selection_record
 from sdpo_kit.curate.strategies import SplitConfig, order_column, source_order, split_frame
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import (finite_json, read_json_meta, read_parquet_checked, refuse_overwriting_input,
-                         write_json, write_parquet)
+                         sha256_file, write_json, write_parquet)
+from sdpo_kit.runs import SCORER_KEY, SPLIT_KEY, STEP_KEY
 from sdpo_kit.signals import signal_record
-
-SCORER_KEY, SPLIT_KEY = "sdpo_kit.scorer", "sdpo_kit.split"
-
 
 @dataclass
 class SplitFileConfig:
@@ -74,14 +71,6 @@ def _step_entry(part: pl.DataFrame, step: int) -> dict:
     return {"step": step, "file": f"step_{step}.parquet", "pairs": part.height,
             **{k: round(float(v), 6) for k, v in stats.items() if k != "pairs"},
             "sources": dict(zip(sources["source"].to_list(), sources["count"].to_list()))}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_scored(path: str | os.PathLike, cfg: SplitConfig) -> tuple[pl.DataFrame, dict | None]:
@@ -138,7 +127,7 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
         "steps": [_step_entry(p, t + 1) for t, p in enumerate(parts)],
         "dropped": {"file": "dropped.parquet", "pairs": dropped.height,
                     "reasons": dict(zip(reasons["drop_reason"].to_list(), reasons["count"].to_list()))},
-        "input": {"path": str(path), "sha256": file_sha256(path), "rows": df.height},
+        "input": {"path": str(path), "sha256": sha256_file(path), "rows": df.height},
         "scorer": scorer,
     }
     manifest["length"] = _length_record(parts, cfg, control.get("control_length"))
@@ -174,7 +163,7 @@ def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict, overwr
 
     with atomic_dir(out, overwrite) as tmp:
         for t, part in enumerate(parts, start=1):
-            write_parquet(tmp / f"step_{t}.parquet", part, metadata={**meta, "sdpo_kit.step": str(t)})
+            write_parquet(tmp / f"step_{t}.parquet", part, metadata={**meta, STEP_KEY: str(t)})
         write_parquet(tmp / "dropped.parquet", dropped, metadata=meta)
         write_json(tmp / "manifest.json", manifest)
         write_partition_card(tmp, parts, manifest)

@@ -100,7 +100,7 @@ def plot_lengths(data: pl.DataFrame, ax, group: str = "step"):
 
 def plot_key_vs_length(data: pl.DataFrame, ax, key: str, group: str = "step"):
     """Scatter of an ordering key against ln(chosen/rejected tokens), one colour per group, Spearman ρ in the title."""
-    from sdpo_kit.length import _fmt, log_length_ratio
+    from sdpo_kit.length import fmt_rho, log_length_ratio
     from sdpo_kit.length import spearman as rho_of
 
     ratio = log_length_ratio(data)
@@ -112,6 +112,6 @@ def plot_key_vs_length(data: pl.DataFrame, ax, key: str, group: str = "step"):
     ax.axvline(0, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("ln(chosen tokens / rejected tokens)")
     ax.set_ylabel(mpl_label(key))
-    ax.set_title(mpl_label(f"{key} against the log length ratio (Spearman ρ {_fmt(rho_of(y, ratio))})"))
+    ax.set_title(mpl_label(f"{key} against the log length ratio (Spearman ρ {fmt_rho(rho_of(y, ratio))})"))
     ax.legend(fontsize=7, markerscale=2)
     return ax

@@ -66,13 +66,12 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
 
-    from sdpo_kit.runs import read_run, read_step_summary
+    from sdpo_kit.runs import read_manifest, read_run, read_step_summary
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError
     parts_dir = _find(meta.get("partitions"), run_dir)
-    has_manifest = parts_dir is not None and (parts_dir / "manifest.json").is_file()
-    manifest = read_json(parts_dir / "manifest.json") if has_manifest else None
+    manifest = read_manifest(parts_dir) if parts_dir is not None else None
     steps = []
     for s in meta.get("steps", []):
         d = run_dir / s["dir"]

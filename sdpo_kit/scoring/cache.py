@@ -20,9 +20,6 @@ from sdpo_kit.io import sha256_file
 from sdpo_kit.scoring.frame import POLICY_COLUMNS, SCORED_COLUMNS, ScoreConfig, provenance, score_frame
 
 
-META_KEY = "sdpo_kit.scorer"
-
-
 def cache_key(meta: dict) -> str:
     """Digest of everything that changes the numbers (library versions left out on purpose)."""
     drop = ("versions", "model", "input")
@@ -92,7 +89,7 @@ def check_files(files: list[Path]) -> list[tuple[Path, str]]:
     return bad
 
 
-def _score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config, cache: PairCache, bar, file: str,
+def score_chunk(pairs: pl.DataFrame, rows: list[int], models, tokenizer, config, cache: PairCache, bar, file: str,
                  accelerator=None):
     """Scored frame and rejects of one chunk; pairs found in the cache skip the forward pass."""
     from sdpo_kit.data import Reject
@@ -151,7 +148,7 @@ def score_frame_cached(pairs: pl.DataFrame, model, tokenizer, config: ScoreConfi
     rows = list(range(1, pairs.height + 1))
     bar = tqdm(total=pairs.height, desc="scoring reference", unit="pair") if progress else None
     try:
-        return _score_chunk(pairs, rows, [model], tokenizer, config, store, bar, file, accelerator)
+        return score_chunk(pairs, rows, [model], tokenizer, config, store, bar, file, accelerator)
     finally:
         if bar is not None:
             bar.close()

@@ -25,7 +25,8 @@ import polars as pl
 from sdpo_kit.console import say
 from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import sha256_file
-from sdpo_kit.scoring.cache import META_KEY, PairCache, _score_chunk, cache_key
+from sdpo_kit.runs import SCORER_KEY
+from sdpo_kit.scoring.cache import PairCache, cache_key, score_chunk
 from sdpo_kit.scoring.frame import ScoreConfig, context_warning, provenance
 
 
@@ -137,7 +138,7 @@ def score_file(cfg: ScoreFileConfig, config: ScoreConfig | None = None, *, progr
         if not mine(k) or _shard_done(shard):
             bar and mine(k) and bar.update(chunk.pairs.height)
             continue
-        scored, rejects = _score_chunk(chunk.pairs, rows, [m for m, _ in models], tokenizer, config, store, bar,
+        scored, rejects = score_chunk(chunk.pairs, rows, [m for m, _ in models], tokenizer, config, store, bar,
                                        str(data))
         _write_shard(shard, scored, chunk.rejects + rejects)
     bar and bar.close()
@@ -292,7 +293,7 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
         raise InputError(meta["input"]["path"], f"no valid pairs to score: all {sum(reasons.values())} rows rejected "
                          f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); see {rejects_path(out)}")
     schema = pa.unify_schemas([pq.read_schema(f) for f in shards], promote_options="permissive")
-    schema = schema.with_metadata({META_KEY: json.dumps(meta)})
+    schema = schema.with_metadata({SCORER_KEY: json.dumps(meta)})
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
         for f in shards:
             table = pq.read_table(f)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdpo_kit.training.config import (StepwiseConfig, _overrides, default_dpo_config, parse,  # noqa: F401  (parse: tests)
+from sdpo_kit.training.config import (StepwiseConfig, trl_overrides, default_dpo_config, parse,  # noqa: F401  (parse: tests)
                                       prepare)
 from sdpo_kit.training.loop import train_stepwise
 
@@ -27,7 +27,7 @@ def run(cfg: StepwiseConfig, args=None, given: set[str] | None = None) -> Path:
     if args is None:
         args = default_dpo_config(cfg)
     # Without the command line's record, a TRL setting that differs from our defaults counts as set.
-    overrides = prepare(cfg, args, set(given) if given is not None else set(_overrides(args)))
+    overrides = prepare(cfg, args, set(given) if given is not None else set(trl_overrides(args)))
     run_dir = train_stepwise(cfg, args, overrides, given=given)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run: {run_dir}  (run.json, config.yaml, step_*/model, step_*/summary.json)")

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdpo_kit.errors import UsageError
+from sdpo_kit.errors import InputError, UsageError
 
 MODES = ("stepwise", "dpo")
 ORDERS = ("shuffled", "sequential")
@@ -180,8 +180,8 @@ def prepare(cfg, args, given: set[str]) -> dict:
     """Scorer settings from the partitions, value checks, TRL settings we fix; returns the overrides."""
     _from_partitions(cfg, args, given)
     _check_values(args)
-    overrides = _overrides(args)
-    _finish(cfg, args)
+    overrides = trl_overrides(args)
+    finish_args(cfg, args)
     return overrides
 
 
@@ -193,13 +193,13 @@ def _from_partitions(cfg, args, given: set[str]) -> None:
 
     Step 1 reuses the curation scores only when these match, and a resumed run keeps its own.
     """
-    import json
+    from sdpo_kit.runs import read_manifest
 
     if cfg.resume and (Path(cfg.out) / "run.json").exists():
         return
     try:
-        scorer = json.loads((Path(cfg.partitions) / "manifest.json").read_text(encoding="utf-8")).get("scorer")
-    except (OSError, ValueError, AttributeError):
+        scorer = (read_manifest(cfg.partitions) or {}).get("scorer")
+    except (InputError, OSError):
         return  # no or no readable manifest: train says so when it reads the partitions
     take_scorer_settings(args, given, scorer, Path(cfg.partitions) / "manifest.json", "sdpo train", "partitions")
 
@@ -219,16 +219,18 @@ def take_scorer_settings(args, given: set[str], scorer, where, prog: str, what: 
     note(prog, f"{said} as the {what} were scored ({where}); pass {' / '.join('--' + k for k in taken)} to override")
 
 
-def _overrides(args) -> dict:
+def trl_overrides(args) -> dict:
+    """The DPOConfig fields that differ from the parser's defaults, as plain values (config.yaml, run.json)."""
     base = train_parser().parse_args_into_dataclasses(["--partitions", "x", "--out", "x"])[1]
     return {
-        f.name: _plain(getattr(args, f.name))
+        f.name: plain_value(getattr(args, f.name))
         for f in dataclasses.fields(args)
         if f.init and f.name != "output_dir" and getattr(args, f.name) != getattr(base, f.name)
     }
 
 
-def _finish(cfg, args) -> None:
+def finish_args(cfg, args) -> None:
+    """The DPOConfig settings sdpo always sets itself, whatever the config says."""
     args.precompute_ref_log_probs = True  # the reference is always the scorer's, never a live model
     strategy = _plain(args.train_sampling_strategy)
     if cfg.order == "sequential" and strategy not in ("random", "sequential"):
@@ -350,17 +352,18 @@ def resolved_settings(cfg, args) -> dict:
     `sdpo`: StepwiseConfig (the run's own paths are recorded apart); `trl`: every DPOConfig field
     except `output_dir` (set per step).
     """
-    sdpo = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_KEYS + ("model",)}
-    trl = {f.name: _plain(getattr(args, f.name)) for f in dataclasses.fields(args)
+    sdpo = {f.name: plain_value(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in RUN_KEYS + ("model",)}
+    trl = {f.name: plain_value(getattr(args, f.name)) for f in dataclasses.fields(args)
            if f.init and f.name not in ("output_dir",)}
     # Credentials never go into the record (transformers masks them the same way in to_dict).
     trl = {k: (f"<{k.upper()}>" if k.endswith("_token") and v is not None else v) for k, v in trl.items()}
     return {"sdpo": sdpo, "trl": trl}
 
 
-def _plain(value):
+def plain_value(value):
+    """A setting as JSON/YAML can hold it: enums by value, tuples as lists, anything else exotic as str."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     return value if isinstance(value, (str, int, float, bool, dict, type(None))) else str(value)

@@ -24,7 +24,7 @@ from sdpo_kit.errors import InputError, UsageError
 from sdpo_kit.io import check_out_dir, write_text
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
 from sdpo_kit.runs import partition_files, partitions_digest, read_run, schedule_record, write_run
-from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, _finish, _overrides, _plain, resolved_settings,
+from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, finish_args, trl_overrides, plain_value, resolved_settings,
                                       scorer_config, train_parser, trainer_autocast)
 from sdpo_kit.training.step import run_step
 
@@ -48,15 +48,15 @@ def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
     parser = train_parser()
     parser.set_defaults_with_config(**{**stored, "out": cfg.out, "partitions": cfg.partitions, "resume": True})
     old_cfg, old_args = parser.parse_args_into_dataclasses([])
-    overrides = _overrides(old_args)
-    _finish(old_cfg, old_args)  # as `args` was: the comparison sees only what the user set
+    overrides = trl_overrides(old_args)
+    finish_args(old_cfg, old_args)  # as `args` was: the comparison sees only what the user set
     if given is None:
-        given = set(_overrides(args)) | {f.name for f in dataclasses.fields(cfg)
+        given = set(trl_overrides(args)) | {f.name for f in dataclasses.fields(cfg)
                                          if getattr(cfg, f.name) != f.default and f.name not in RUN_KEYS}
     diffs = _run_differences(run, cfg, given)
     for key in sorted(given - set(RUN_KEYS) - {"model"}):
         obj_new, obj_old = (cfg, old_cfg) if hasattr(old_cfg, key) else (args, old_args)
-        new, old = _plain(getattr(obj_new, key)), _plain(getattr(obj_old, key))
+        new, old = plain_value(getattr(obj_new, key)), plain_value(getattr(obj_old, key))
         if new != old:
             diffs.append(f"{key} {old!r} -> {new!r}")
     if diffs:

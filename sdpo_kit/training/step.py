@@ -27,13 +27,12 @@ from sdpo_kit.console import note
 from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
-from sdpo_kit.runs import reference_record, write_run
+from sdpo_kit.runs import REFERENCE_KEY, reference_record, write_run
 from sdpo_kit.training.padding import pair_widths, with_lengths
 from sdpo_kit.training.reference import check_reference_logps, reference_for_step
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
-REFERENCE_META_KEY = "sdpo_kit.reference"
 
 
 def run_step(t: int, files: list[Path], start: str | Path, cfg, args, scorer, run: dict, state,
@@ -187,7 +186,7 @@ def score_reference(files: list[Path], model, tokenizer, scorer, fingerprint: st
         if state.is_main_process:
             write_jsonl(step_dir / "reference.rejects.jsonl", rejects)
             write_parquet(path, pl.concat(parts, how="diagonal_relaxed"),
-                          metadata={REFERENCE_META_KEY: json.dumps(settings)})
+                          metadata={REFERENCE_KEY: json.dumps(settings)})
     state.wait_for_everyone()
     return pl.read_parquet(path)
 
@@ -195,7 +194,7 @@ def score_reference(files: list[Path], model, tokenizer, scorer, fingerprint: st
 def _cache_matches(path: Path, settings: dict) -> bool:
     if not path.exists():
         return False
-    stored = read_parquet_metadata(path).get(REFERENCE_META_KEY)
+    stored = read_parquet_metadata(path).get(REFERENCE_KEY)
     return stored is not None and json.loads(stored) == settings
 
 
