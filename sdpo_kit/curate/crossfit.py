@@ -98,12 +98,12 @@ def run(cfg: CrossfitConfig, keys=None, args=None, given: set[str] | None = None
     `keys` (`sdpo train`'s model/order/lora_* settings) and `args` (the trl.DPOConfig): None = the
     command's defaults, as with no such flag; `given`: the settings the command line set (None: the
     TRL settings that differ from the defaults), which keep the input's max_length unless set."""
-    from sdpo_kit.training.config import _overrides
+    from sdpo_kit.training.config import trl_overrides
 
     if keys is None or args is None:
         (_, default_keys, default_args), _ = parse(["--data", str(cfg.data), "--out", str(cfg.out)])
         keys, args = keys or default_keys, args or default_args
-    given = set(given) if given is not None else set(_overrides(args))
+    given = set(given) if given is not None else set(trl_overrides(args))
     if "sigmoid" not in [str(getattr(t, "value", t)) for t in args.loss_type] or len(args.loss_type) != 1:
         raise UsageError("--loss_type", f"crossfit measures the sigmoid DPO loss; got {args.loss_type}")
     step_cfg = {k: getattr(keys, k) for k in TRAIN_KEYS}
