@@ -232,7 +232,7 @@ def trl_overrides(args) -> dict:
 def finish_args(cfg, args) -> None:
     """The DPOConfig settings sdpo always sets itself, whatever the config says."""
     args.precompute_ref_log_probs = True  # the reference is always the scorer's, never a live model
-    strategy = _plain(args.train_sampling_strategy)
+    strategy = plain_value(args.train_sampling_strategy)
     if cfg.order == "sequential" and strategy not in ("random", "sequential"):
         raise UsageError("--order sequential", f"keeps the partition's row order; --train_sampling_strategy "
                          f"{strategy} would reorder it: pass one of the two")
