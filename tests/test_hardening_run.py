@@ -121,7 +121,7 @@ def test_run_json_records_what_the_run_used(done_run, tiny_model_dir):
     assert trl["gradient_accumulation_steps"] == 1 and trl["truncation_mode"] == "keep_start"
     assert run["settings"]["sdpo"] == {"mode": "stepwise", "order": "shuffled", "lora_r": 0, "lora_alpha": 16,
                                        "lora_dropout": 0.0, "lora_target_modules": "all-linear",
-                                       "reference_schedule": "stepwise", "ref_mix_alpha": 0.5}
+                                       "reference_schedule": "stepwise", "ref_mix_alpha": 0.5, "trim_padding": False}
 
 
 def test_resume_refuses_changed_settings_naming_each(done_run, tmp_path, tiny_model_dir, smollm_tokenizer):
