@@ -2,7 +2,7 @@
 
     sdpo --help;  sdpo curate split -h;  sdpo curate split --config configs/curate_split.yaml --steps 2
 
-Flags, `--config` YAML and help come from the config fields (`sdpo_kit.config`); a command's module
+Flags, `--config` YAML and help come from the config fields (`sdpo_kit.parser`); a command's module
 loads only when it runs or shows its help. `SdpoGroup.main` is the one error boundary: a user-caused
 error (`sdpo_kit.errors.SdpoError`, a missing/unwritable file, bad YAML) becomes `error: <one line>`
 on stderr, exit 1 (failure) or 2 (usage); SDPO_DEBUG=1 keeps the traceback; a bug keeps its own.
@@ -25,8 +25,8 @@ class Command(NamedTuple):
     parser: str  # "module:function": (prog, config classes, argv) -> run's arguments, or None after --help
 
 
-GENERIC = "sdpo_kit.config:parse_run_args"  # flags and --config YAML over the config dataclasses
-# Every command, with its parser named (`sdpo_kit.config.run_command` calls it, then `run(*arguments)`).
+GENERIC = "sdpo_kit.parser:parse_run_args"  # flags and --config YAML over the config dataclasses
+# Every command, with its parser named (`sdpo_kit.parser.run_command` calls it, then `run(*arguments)`).
 COMMANDS = {
     ("data", "inspect"): Command("sdpo_kit.curate.inspect:InspectConfig", GENERIC),
     ("data", "split"): Command("sdpo_kit.curate.heldout:HeldoutConfig", GENERIC),
@@ -119,13 +119,13 @@ def _end_bars() -> None:
 
 
 def _command(group: typer.Typer, words: tuple[str, ...], spec: Command) -> None:
-    from sdpo_kit import config  # stdlib only: the command's own module loads when it runs or shows help
+    from sdpo_kit import parser  # stdlib only: the command's own module loads when it runs or shows help
 
     class Command(TyperCommand):  # the help is the config's docstring, read only when a help is shown
-        help = property(lambda self: config.load(spec)[1][0].__doc__, lambda self, value: None)
+        help = property(lambda self: parser.load(spec)[1][0].__doc__, lambda self, value: None)
 
     def command(ctx: typer.Context) -> None:
-        config.run_command("sdpo " + " ".join(words), spec, list(ctx.args))
+        parser.run_command("sdpo " + " ".join(words), spec, list(ctx.args))
 
     group.command(words[-1], cls=Command, add_help_option=False,
                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)

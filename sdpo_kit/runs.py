@@ -186,7 +186,7 @@ def run_scorer_settings(run: dict, run_dir: str | Path) -> dict:
     trl = (run.get("settings") or {}).get("trl")
     if isinstance(trl, dict) and "max_length" in trl:
         return {k: trl[k] for k in ("max_length", "truncation_mode") if k in trl}
-    from sdpo_kit.config import load_yaml_capped
+    from sdpo_kit.yaml_config import load_yaml_capped
 
     path = Path(run_dir) / "config.yaml"
     stored = (load_yaml_capped(path.read_text(encoding="utf-8"), path) or {}) if path.is_file() else {}

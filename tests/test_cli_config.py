@@ -1,4 +1,4 @@
-"""One parser for every command (`sdpo_kit.config`): help, `--config` YAML, flags over YAML, did-you-mean,
+"""One parser for every command (`sdpo_kit.parser`): help, `--config` YAML, flags over YAML, did-you-mean,
 a `trl dpo` YAML read as is, train's max_length/truncation_mode from the partitions' scorer.
 
     pytest -q tests/test_cli_config.py
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdpo_kit import __version__, config
+from sdpo_kit import __version__, parser
 from sdpo_kit.cli import COMMANDS, app
 from sdpo_kit.errors import UsageError
 
@@ -30,7 +30,7 @@ def invoke(*args):
 
 def configs_of(words):
     """The config classes of a command (train: StepwiseConfig and trl.DPOConfig)."""
-    module, classes = config.load(COMMANDS[words])
+    module, classes = parser.load(COMMANDS[words])
     if words == ("train",):
         from trl import DPOConfig
 
@@ -82,9 +82,9 @@ def yaml_command(path: Path) -> list[str]:
 
 def parse(words, argv):
     """The command's configs (and given keys) exactly as `sdpo WORDS argv` would parse them."""
-    module, classes = config.load(COMMANDS[tuple(words)])
+    module, classes = parser.load(COMMANDS[tuple(words)])
     own = getattr(module, "parse", None)
-    return own(argv) if own else config.parse(config.Parser("sdpo " + " ".join(words), classes), argv)
+    return own(argv) if own else parser.parse_flags(parser.Parser("sdpo " + " ".join(words), classes), argv)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -262,7 +262,7 @@ def test_configs_are_values_no_file_is_read_to_build_one(words, tmp_path):
     """Every command's config builds from paths that do not exist: files are read by `run`, never by
     `__post_init__` (a notebook can build a config before its inputs exist, and `--help` stays cheap)."""
     missing = str(tmp_path / "nope")
-    for cls in config.load(COMMANDS[words])[1]:
+    for cls in parser.load(COMMANDS[words])[1]:
         required = {f.name: ([missing] if "list" in str(f.type) else missing) for f in dataclasses.fields(cls)
                     if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         paths = {f.name: missing for f in dataclasses.fields(cls) if f.name in ("run", "data", "partitions", "out")}
@@ -276,7 +276,7 @@ def test_every_command_is_run_of_its_configs(words):
     crossfit's DPOConfig, the command line's `given`) has a default."""
     import inspect
 
-    module, classes = config.load(COMMANDS[words])
+    module, classes = parser.load(COMMANDS[words])
     params = list(inspect.signature(module.run).parameters.values())
     assert len(params) >= len(classes)
     assert all(p.default is not inspect.Parameter.empty for p in params[len(classes):]), (words, params)

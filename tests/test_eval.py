@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdpo_kit.cli import app
-from sdpo_kit.report.evaluate import EvalConfig, gamma_table, select_models, summarize
+from sdpo_kit.report.evaluate import EvalConfig, gamma_table, select_models, eval_results
 
 
 def _naive(gammas: dict[str, list[float]], sources: list[str], beta: float):
@@ -54,7 +54,7 @@ def run_record(names: list[str], schedule: str = "stepwise") -> dict:
 
 def test_summary_equals_naive_loops():
     pairs, scored, gammas, sources = _table()
-    result = summarize(gamma_table(pairs, scored), list(gammas), 0.25, run_record(list(gammas)))
+    result = eval_results(gamma_table(pairs, scored), list(gammas), 0.25, run_record(list(gammas)))
     models, comps = _naive(gammas, sources, 0.25)
     for m in result["models"]:
         n, acc, mean, per = models[m["name"]]
@@ -85,7 +85,7 @@ def test_reference_margins_name_each_schedules_real_reference():
     s_gamma = float(np.mean(gammas["S"]))
     for schedule, want in [("stepwise", [(1, "S"), (2, "M1"), (3, "M2"), (4, "M3")]),
                            ("fixed", [(1, "S"), (2, "S"), (3, "S")]), ("mix", [(1, "S")])]:
-        refs = summarize(gamma_table(pairs, scored), list(gammas), 0.1, run_record(list(gammas), schedule))
+        refs = eval_results(gamma_table(pairs, scored), list(gammas), 0.1, run_record(list(gammas), schedule))
         refs = refs["reference_margins"]
         assert [(r["step"], r["reference"]) for r in refs] == want, schedule
         assert refs[0]["mean_margin"] == pytest.approx(s_gamma)
@@ -107,7 +107,7 @@ def test_reference_margins_follow_run_json_record_not_the_schedule():
     run["steps"][0]["reference"] = reference_record(1, "S", "/m/S", "fp0")
     run["steps"][1]["reference"] = reference_record(2, "S", "/m/S", "fp0")
     run["steps"][2]["reference"] = reference_record(3, "mix", "/r/step_3/reference_model", "fpx")
-    refs = summarize(gamma_table(pairs, scored), list(gammas), 0.1, run)["reference_margins"]
+    refs = eval_results(gamma_table(pairs, scored), list(gammas), 0.1, run)["reference_margins"]
     assert [(r["step"], r["reference"]) for r in refs] == [(1, "S"), (2, "S"), (4, "M3")]
     assert refs[1]["mean_margin"] == pytest.approx(float(np.mean(gammas["S"])))
 

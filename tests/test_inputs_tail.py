@@ -50,7 +50,7 @@ BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
 
 def test_yaml_alias_bomb_is_refused_and_small_aliases_still_work(tmp_path):
     """Why: 'a 364-byte YAML alias bomb in a train config becomes a 7.8 MB run.json'."""
-    from sdpo_kit.config import YAML_NODES, read_yaml
+    from sdpo_kit.yaml_config import YAML_NODES, read_yaml
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(BOMB + "learning_rate: 1.0e-5\n")

@@ -26,7 +26,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from sdpo_kit import plots  # noqa: E402
 from sdpo_kit.cli import app  # noqa: E402
-from sdpo_kit.report.evaluate import gamma_table, summarize  # noqa: E402
+from sdpo_kit.report.evaluate import gamma_table, eval_results  # noqa: E402
 from sdpo_kit.report.html import ReportConfig, write_report  # noqa: E402
 from sdpo_kit.report.load import load_run  # noqa: E402
 from sdpo_kit.stats import spearman  # noqa: E402
@@ -81,7 +81,7 @@ def write_contract_run(root: Path, name: str = "run", steps: int = 2, seed: int 
 
 
 def write_contract_eval(run: Path, rng, steps: int, judge: bool, n: int = 40) -> dict:
-    """RUN/eval/{eval.json,scores.parquet} from known γ of S, M1.. through evaluate.summarize."""
+    """RUN/eval/{eval.json,scores.parquet} from known γ of S, M1.. through evaluate.eval_results."""
     names = ["S"] + [f"M{t}" for t in range(1, steps + 1)]
     pairs = pl.DataFrame({"pair_id": [f"h{i}" for i in range(n)], "source": [SOURCES[i % 3] for i in range(n)]})
     if judge:
@@ -90,7 +90,7 @@ def write_contract_eval(run: Path, rng, steps: int, judge: bool, n: int = 40) ->
     scored = {m: pairs.select("pair_id").with_columns(margin=pl.Series(base + 0.7 * k + rng.normal(0, 0.3, n)))
               for k, m in enumerate(names)}
     steps = [{"step": t, "dir": f"step_{t}"} for t in range(1, len(names))]
-    result = summarize(gamma_table(pairs, scored), names, 0.1, {"reference_schedule": "stepwise", "steps": steps})
+    result = eval_results(gamma_table(pairs, scored), names, 0.1, {"reference_schedule": "stepwise", "steps": steps})
     (run / "eval").mkdir()
     result.pop("table").write_parquet(run / "eval" / "scores.parquet")
     result |= {"data": {"path": "heldout.parquet", "pairs": n, "rejected": 0}, "beta": 0.1}

@@ -109,10 +109,10 @@ def test_report_opens_with_the_verdict_warnings_and_every_model(tmp_path):
 def test_one_source_drops_the_per_source_panel_and_one_run_has_no_verdict(tmp_path):
     run = write_contract_run(tmp_path, "solo")
     scores = pl.read_parquet(run / "eval" / "scores.parquet").with_columns(pl.lit("only").alias("source"))
-    from sdpo_kit.report.evaluate import summarize
+    from sdpo_kit.report.evaluate import eval_results
 
     names = ["S", "M1", "M2"]
-    result = summarize(scores.select("pair_id", "source", *[f"gamma_{n}" for n in names]), names, 0.1,
+    result = eval_results(scores.select("pair_id", "source", *[f"gamma_{n}" for n in names]), names, 0.1,
                        {"reference_schedule": "stepwise", "steps": [{"step": t, "dir": f"step_{t}"} for t in (1, 2)]})
     result.pop("table")
     result |= {"data": {"path": "heldout.parquet", "pairs": scores.height, "rejected": 0}, "beta": 0.1}

@@ -74,7 +74,7 @@ def _train_keys():
 
 def parse(argv: list[str]):
     """([CrossfitConfig, training keys, DPOConfig], given) from flags over an optional `--config` YAML."""
-    from sdpo_kit.config import parse as parse_config
+    from sdpo_kit.parser import parse_flags
     from sdpo_kit.training.config import from_trl, train_parser
 
     def from_yaml(config: dict, path) -> dict:  # a `trl dpo` file's output_dir names a run folder, not our --out
@@ -83,7 +83,7 @@ def parse(argv: list[str]):
     parser = train_parser((CrossfitConfig, _train_keys()), prog=PROG)
     if argv and not argv[0].startswith("-"):  # TRL's parser has no positionals: SCORED.parquet first is --data
         argv = ["--data", *argv]
-    return parse_config(parser, argv, map_yaml=from_yaml, extra_keys=IGNORED_KEYS)
+    return parse_flags(parser, argv, map_yaml=from_yaml, extra_keys=IGNORED_KEYS)
 
 
 def parse_run_args(prog: str, classes, argv: list[str]):

@@ -197,7 +197,7 @@ def _grouped(table, column: str) -> dict[str, dict]:
     return {src: _stats(g[column]) for (src,), g in sorted(table.group_by("source"), key=lambda kv: str(kv[0][0]))}
 
 
-def summarize(table, names: list[str], beta: float, run: dict) -> dict[str, Any]:
+def eval_results(table, names: list[str], beta: float, run: dict) -> dict[str, Any]:
     """Every number of eval.json from the gamma table (columns gamma_S, gamma_M1, ...).
 
     Adds reward_margin_P_vs_R = β·(γ_P − γ_R) columns to `table` for M_t vs S and vs M_{t-1}.
@@ -303,7 +303,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         scored[m["name"]], model_rejects = score_model(m, pairs, cfg, scorer, out)
         rejects += [{"model": m["name"], **r} for r in model_rejects if (r.get("file"), r.get("row")) not in seen]
     names = [m["name"] for m in models]
-    result = summarize(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)), meta)
+    result = eval_results(gamma_table(pairs, scored), names, float(meta.get("beta", 0.1)), meta)
     table = result.pop("table")
     table, result["length"] = _length(table, scored, names)
     for m, stats in zip(models, result["models"]):

@@ -277,7 +277,7 @@ def _write_report(runs: list[dict], out: Path, signal: str) -> dict[str, Path]:
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
         raise UsageError(f"two run directories share a name ({names}): figure files would collide.")
-    answer = verdict.summary(runs)  # the verdict opens the page and summary.md
+    answer = verdict.answer(runs)  # the verdict opens the page and summary.md
     sections, index = [verdict.to_html(answer)], {}
     parts = [(comparison_blocks(runs), "", comparison_figures(runs), [])]
     parts += [(run_blocks(r, signal), r["name"] + "_", *run_figures(r, signal)) for r in runs]

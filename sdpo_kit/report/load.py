@@ -55,7 +55,7 @@ def _step_partition(run_dir: Path, step: dict) -> dict:
 
 def _trained_seed(run_dir: Path, suffix: re.Match | None):
     """The training seed: config.yaml's `seed` (a DPOConfig override), else the folder's -seedN suffix."""
-    from sdpo_kit.config import load_yaml_capped
+    from sdpo_kit.yaml_config import load_yaml_capped
 
     path = run_dir / "config.yaml"
     seed = (load_yaml_capped(path.read_text(), path) or {}).get("seed") if path.is_file() else None

@@ -176,7 +176,7 @@ MODELS_HEADER = ["run", "model", "n pairs", "preference accuracy", "mean γ ± s
 MODELS_INTRO = "Every model on the held-out pairs (S is the start; M_t after step t):"
 
 
-def summary(runs: list[dict], draws: int = DRAWS) -> dict[str, Any]:
+def answer(runs: list[dict], draws: int = DRAWS) -> dict[str, Any]:
     """Everything the verdict section shows, as data (also written to figures.json's neighbour)."""
     by_label = groups(runs)
     results = [(a, b, compare(by_label[a], by_label[b], draws)) for a, b in compared_labels(by_label)]

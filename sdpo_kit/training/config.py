@@ -1,5 +1,5 @@
 """`sdpo train`'s settings: `StepwiseConfig`, the flag/YAML parser over it and `trl.DPOConfig`
-(`sdpo_kit.config`'s steps over TRL's parser), a `trl dpo` YAML read as is, the scorer settings read
+(`sdpo_kit.parser`'s steps over TRL's parser), a `trl dpo` YAML read as is, the scorer settings read
 from the partitions, and the settings a run records and `--resume` restores.
 
     sdpo train --help        # every flag this parser knows (--fields: the same)
@@ -118,7 +118,7 @@ def train_parser(classes: tuple = (StepwiseConfig,), prog: str = "sdpo train"):
     import torch
     from trl import TrlParser
 
-    from sdpo_kit.config import add_common
+    from sdpo_kit.parser import add_common
 
     class Parser(TrlParser):
         def error(self, message):  # argparse would print the whole usage and exit
@@ -149,10 +149,10 @@ def _dpo_config():
 def parse(argv: list[str]):
     """`([cfg, args], given)` from flags over an optional `--config` YAML (ours or a `trl dpo` file);
     None after printing --help. The CLI calls this instead of the generic parser (TRL's fields beside ours)."""
-    from sdpo_kit.config import parse as parse_config
+    from sdpo_kit.parser import parse_flags
 
     argv = ["--help" if a == "--fields" else a for a in argv]  # `--fields`: the old spelling of --help
-    return parse_config(train_parser(), argv, map_yaml=from_trl)
+    return parse_flags(train_parser(), argv, map_yaml=from_trl)
 
 
 def default_dpo_config(cfg: StepwiseConfig):
@@ -304,7 +304,7 @@ def from_trl(config: dict, path) -> dict:
 def _check_values(args) -> None:
     """DPO settings that would train the wrong way or not at all, refused before run.json is written.
 
-    Generic checks (finite floats, seeds in [0, 2**32 - 1]) are the parser's (`sdpo_kit.config`)."""
+    Generic checks (finite floats, seeds in [0, 2**32 - 1]) are the parser's (`sdpo_kit.parser`)."""
     from sdpo_kit.scoring.frame import check_settings
 
     # The scorer's one check of max_length / truncation_mode (0 = no truncation, TRL's None).

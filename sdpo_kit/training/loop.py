@@ -37,7 +37,7 @@ def restore_settings(run_dir: Path, cfg, args, given: set[str] | None):
     full resolved settings (run.json `settings`) is checked against them too. `given`: the
     settings this command set (None: every setting that differs from the defaults).
     """
-    from sdpo_kit.config import load_yaml_capped
+    from sdpo_kit.yaml_config import load_yaml_capped
 
     run = read_run(run_dir)
     path = run_dir / "config.yaml"

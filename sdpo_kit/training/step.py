@@ -110,7 +110,7 @@ def save_step(t: int, trainer, scored, tokenizer, cfg, scorer, run: dict, state,
             trainer.state.save_to_json(str(tmp))
         rejects = step_dir / "reference.rejects.jsonl"
         n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
-        summary = summarize(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
+        summary = step_summary(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
                             reference_check=ref_check)
         summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
         write_json(step_dir / "summary.json", summary)
@@ -349,7 +349,7 @@ def end_of_step(scored, model, tokenizer, scorer, state) -> dict:
             "reward_accuracy": float((m > 0).double().mean())}
 
 
-def summarize(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int,
+def step_summary(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int,
               end: dict | None = None, reference_check: dict | None = None) -> dict:
     """`summary.json` of one step.
 

@@ -25,6 +25,7 @@ import typing
 from pathlib import Path
 
 from sdpo_kit.errors import SdpoError, UsageError
+from sdpo_kit.yaml_config import read_yaml
 
 HELP = ("-h", "--help")
 SEED_MAX = 2**32 - 1  # numpy, torch and sklearn all take seeds in [0, 2**32 - 1]
@@ -230,66 +231,6 @@ def check_flags(parser, argv: list[str]) -> None:
             raise UsageError(parser.prog, f"unknown flag {flag}{hint} (`{parser.prog} --help` lists every option)")
 
 
-def read_yaml(path: str | Path, prog: str) -> dict:
-    """A `--config` file as a mapping; a missing, unreadable or malformed file is one UsageError line."""
-    import yaml
-
-    from sdpo_kit.io import special_file
-
-    path = Path(path)
-    if not path.is_file():  # a FIFO would block the read, /dev/zero never ends
-        raise UsageError(f"--config {path}", special_file(path) or "no such file")
-    try:
-        config = load_yaml_capped(path.read_text(encoding="utf-8"), path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise UsageError(path, f"{where}not valid YAML ({getattr(err, 'problem', None) or err})") from None
-    except UnicodeDecodeError:
-        raise UsageError(path, "not a UTF-8 text file") from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise UsageError(path, f"must hold a YAML mapping of option: value, got {type(config).__name__}")
-    return config
-
-
-YAML_NODES = 10_000  # far above any real config (a few dozen keys); a 364-byte alias bomb expands to millions
-
-
-def load_yaml_capped(text: str, path) -> object:
-    """`yaml.safe_load`, refusing a document whose aliases expand past YAML_NODES nodes (or loop).
-
-    `*alias` repeats the anchored node; nested, a few hundred bytes become gigabytes (an alias
-    bomb), and the expanded config would be written into config.yaml and run.json. Aliases that
-    stay small (a shared list) still work."""
-    import yaml
-
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        sizes: dict[int, int] = {}
-
-        def size(n, open_: frozenset) -> int:  # nodes after expanding every alias, memoised per node
-            if id(n) in open_:
-                raise UsageError(path, "a YAML alias refers to itself (a recursive anchor): not a config")
-            if id(n) not in sizes:
-                children = n.value if isinstance(n, yaml.SequenceNode) else \
-                    [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else []
-                sizes[id(n)] = 1 + sum(size(c, open_ | {id(n)}) for c in children)
-                if sizes[id(n)] > YAML_NODES:
-                    raise UsageError(path, f"its YAML aliases (*name) expand to more than {YAML_NODES:,} values: "
-                                     "an alias bomb, not a config; write the values out")
-            return sizes[id(n)]
-
-        size(node, frozenset())
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
 def check_keys(config: dict, classes, path, prog: str, extra: tuple[str, ...] = ()) -> dict:
     """Unknown keys (did you mean ...) and values of the wrong type are UsageErrors; `no_x: true` is `x: false`."""
     types_ = hints(classes)
@@ -370,7 +311,7 @@ def wants_help(argv: list[str]) -> bool:
     return any(a in HELP for a in argv[: argv.index("--") if "--" in argv else len(argv)])
 
 
-def parse(parser, argv: list[str], *, map_yaml=None, extra_keys: tuple[str, ...] = ()):
+def parse_flags(parser, argv: list[str], *, map_yaml=None, extra_keys: tuple[str, ...] = ()):
     """`(configs, given)` from flags over an optional `--config` YAML; None after printing the help.
 
     `parser`: a `Parser` or a TrlParser-like one (`classes`, `prog`); `map_yaml(config, path)` turns
@@ -416,7 +357,7 @@ def load(spec):
 
 def parse_run_args(prog: str, classes, argv: list[str]):
     """The generic parser of the registry: the configs `run(*configs)` takes, or None after --help."""
-    parsed = parse(Parser(prog, classes), argv)
+    parsed = parse_flags(Parser(prog, classes), argv)
     return None if parsed is None else parsed[0]
 
 
