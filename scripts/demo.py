@@ -58,7 +58,7 @@ def main() -> None:
     t0 = time.time()
     run("data", "inspect", str(ALPACA))
     run("data", "split", str(ALPACA), "--heldout", HELDOUT_SHARE, "--by", "prompt", "--seed", str(SEED),
-        "--out", str(OUT / "split"))
+        "--out", str(OUT / "split"), "--overwrite")
     train, heldout = make_slices(OUT / "split")
     scored, parts, run_dir, report = (OUT / "scored.parquet", OUT / "partitions",
                                       OUT / "runs" / "sdpo", OUT / "report")

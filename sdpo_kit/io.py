@@ -1,7 +1,12 @@
-"""Atomic file writes: a crash never leaves a half-written output behind.
+"""Atomic file writes, and one owner per output folder: a crash never leaves a half-written output behind.
+
+    python -c "from sdpo_kit.io import write_json; write_json('/tmp/x.json', {'a': float('nan')})"
 
 Every writer goes to a temporary file in the destination's folder, then `os.replace`s it
-into place (atomic on POSIX within one filesystem).
+into place (atomic on POSIX within one filesystem); a folder is written the same way
+(`atomic_dir`). Every command that writes a folder holds `folder_lock(out, command)` while it
+writes (a second live writer is refused in one line naming the holder); whose folder it is, is
+`sdpo_kit/owner.py`'s.
 """
 
 from __future__ import annotations
@@ -293,7 +298,6 @@ def reading(path: str | os.PathLike, kind: str = "parquet") -> Iterator[None]:
 def read_parquet_checked(path: str | os.PathLike, hint: str = "", **kw):
     """`pl.read_parquet(path)` with `check_parquet` first, page checksums verified, and read errors as one InputError."""
     import polars as pl
-
     import pyarrow.parquet as pq
 
     check_parquet(path, hint)
@@ -313,3 +317,62 @@ def read_json_meta(path: str | os.PathLike, key: str) -> Any:
         return json.loads(raw)
     except ValueError:
         raise InputError(path, f"footer metadata {key!r} is not valid JSON (corrupt file?)") from None
+
+
+# ---------------------------------------------------------------- one owner per output
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """`OUT.lock`, beside the output (a folder written by `atomic_dir` is swapped whole; the lock outlives it)."""
+    return Path(out).with_name(Path(out).name + ".lock")
+
+
+def _stat(path: Path):
+    with contextlib.suppress(FileNotFoundError):
+        return os.stat(path)
+
+
+def _lock_holder(lock: Path) -> tuple[int, str | None]:  # (0, None): unreadable or empty
+    try:
+        pid, _, command = lock.read_text(encoding="utf-8").strip().partition(" ")
+        return int(pid), command or None
+    except (OSError, ValueError):
+        return 0, None
+
+
+@contextlib.contextmanager
+def folder_lock(out: str | os.PathLike, command: str, flag: str = "--out") -> Iterator[Path]:
+    """Hold `OUT.lock` ("pid command") while `command` writes `out`; a second live writer gets one
+    InputError naming the holder. An flock on the open file serialises two starters; a lock whose
+    pid no longer runs (a killed writer) is taken over. Removed when the block ends."""
+    import fcntl
+
+    from sdpo_kit.errors import InputError
+
+    out, held = Path(out), False
+    lock = lock_path(out)
+    make_parents(lock)
+    for _ in range(5):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = True  # a live writer holds the flock
+        if not held and os.fstat(fd).st_ino != getattr(_stat(lock), "st_ino", None):
+            os.close(fd)  # removed by its holder meanwhile: take the new one
+            continue
+        pid, holder = _lock_holder(lock)
+        if held or (pid and pid_alive(pid)):  # or a live pid in the file (a writer that locked by pid alone)
+            os.close(fd)
+            raise InputError(f"{flag} {out}", f"another `{holder or command}` (pid {pid or 'unknown'}) is writing "
+                             f"it; wait for it to finish or stop it (or remove {lock} if that pid is not sdpo)")
+        break
+    else:
+        raise InputError(f"{flag} {out}", f"could not take {lock}: it keeps changing hands")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {command}\n".encode())
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)

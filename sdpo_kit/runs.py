@@ -2,10 +2,12 @@
 
     python -c "from sdpo_kit.runs import read_run; print(read_run('demo_out/runs/sdpo')['steps'][0])"
 
-`sdpo curate split` writes a partitions folder (`manifest.json`, `step_*.parquet`); `sdpo train`
-writes a run folder (`run.json`, `config.yaml`, `step_t/`); `sdpo eval` and `sdpo report` read
-both. Every reader goes through here, so a damaged or foreign folder is one line, the same line,
-in every job. The layouts are in docs/ARCHITECTURE.md.
+`sdpo curate split` writes a partitions folder (`manifest.json` with each file's sha256,
+`step_*.parquet`); `sdpo train` writes a run folder (`run.json`, `config.yaml`, `step_t/`);
+`sdpo eval` writes `RUN/eval/` (eval.json naming its scores.parquet's sha256); `sdpo report`
+reads them all and checks that they belong together (`check_eval_files`, `partitions_unchanged`).
+Every reader goes through here, so a damaged or foreign folder is one line, the same line, in
+every job. The layouts are in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -81,6 +83,20 @@ def _manifest_steps(manifest: dict, path: Path) -> list[dict]:
     if not ok or not steps:
         raise InputError(path, "not a partitions manifest: `steps` must list {step: int, file: name}")
     return sorted(steps, key=lambda s: s["step"])
+
+
+def check_partitions(folder: str | Path, files: list[Path]) -> None:
+    """Each partition file is the one manifest.json describes (its sha256, recorded by `sdpo curate
+    split`; manifests from before the field are trusted): a file replaced or edited since is refused."""
+    from sdpo_kit.io import sha256_file
+
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return
+    for step, f in zip(_manifest_steps(manifest, Path(folder) / "manifest.json"), files):
+        if step.get("sha256") and sha256_file(f) != step["sha256"]:
+            raise InputError(f, f"is not the step {step['step']} file manifest.json describes (sha256 differs): it "
+                             "changed after `sdpo curate split` wrote it; split again")
 
 
 def partitions_digest(folder: str | Path, files: list[Path]) -> dict:
@@ -191,3 +207,68 @@ def run_scorer_settings(run: dict, run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     stored = (load_yaml_capped(path.read_text(encoding="utf-8"), path) or {}) if path.is_file() else {}
     return {k: stored[k] for k in ("max_length", "truncation_mode") if k in stored}
+
+
+def partitions_unchanged(meta: dict, parts_dir: Path | None) -> bool:
+    """Whether the partitions folder still holds what the run trained on (run.json `partitions_sha256`;
+    runs from before the digest, and a folder that is gone, are not judged here)."""
+    recorded = meta.get("partitions_sha256")
+    if not recorded or parts_dir is None:
+        return True
+    try:
+        return partitions_digest(parts_dir, partition_files(parts_dir)) == recorded
+    except (InputError, OSError):
+        return False
+
+
+def check_eval_files(run_dir: str | Path, meta: dict, ev: dict, folder: str | Path) -> None:
+    """eval.json covers the run's final model, and scores.parquet is the table written with it: else the
+    verdict would compare an earlier model (eval ran before the last step, or with --models) or mix two evals."""
+    from sdpo_kit.io import sha256_file
+
+    folder = Path(folder)
+    names = [m.get("name") for m in ev.get("models", [])]
+    steps = [s["step"] for s in meta["steps"]]
+    final = f"M{max(steps)}" if steps else "S"
+    status = meta.get("status", "done")
+    if names and (names[-1] != final or status != "done"):
+        why = f"the run is not finished (run.json status {status!r})" if status != "done" else (
+            f"the run's final model is {final} (eval ran before the last step finished, or with --models)")
+        raise InputError(folder / "eval.json", f"covers {', '.join(names)} but {why}: the verdict would compare "
+                         f"{names[-1]}, not the final model; run `sdpo eval --run {run_dir}` once the run is done")
+    claim, scores = ev.get("scores"), folder / "scores.parquet"
+    if isinstance(claim, dict) and scores.is_file() and sha256_file(scores) != claim.get("sha256"):
+        raise InputError(scores, "is not the table written with eval.json (sha256 differs): the two come from "
+                         f"different evaluations; rerun `sdpo eval --run {run_dir}`")
+
+
+def eval_of_run(out: str | Path, run: str | Path) -> bool:
+    """Whether `out` holds this run's evaluation (refreshed without --overwrite): by its marker, else its place."""
+    from sdpo_kit.owner import OWNER_FILE
+
+    out = Path(out)
+    marker = out / OWNER_FILE
+    if marker.is_file():
+        try:
+            return read_json(marker).get("run") == str(Path(run).resolve())
+        except (OSError, ValueError, AttributeError):
+            return False
+    return out.resolve() == (Path(run) / "eval").resolve()
+
+
+def reuse_eval_cache(old: Path, new: Path) -> None:
+    """Hard-link the earlier evaluation's per-model files (the cache) into the new folder: every writer
+    replaces a file, never writes into one, so the old folder stays as it was until the swap."""
+    import os
+    import shutil
+
+    for sub in ("models", "generations"):
+        if not (old / sub).is_dir():
+            continue
+        for f in (old / sub).iterdir():
+            if f.is_file() and not f.is_symlink() and not f.name.endswith(".lock"):
+                (new / sub).mkdir(exist_ok=True)
+                try:
+                    os.link(f, new / sub / f.name)
+                except OSError:  # a file system without hard links: copy
+                    shutil.copy2(f, new / sub / f.name)

@@ -360,7 +360,7 @@ def test_report_out_is_a_file_or_a_foreign_folder(tmp_path):
     print("\n" + one_line_error(got, text, 1, "--out", "is a file, not a folder"))
     assert target.read_text() == "mine"
     got, text = sdpo("report", run, "--out", tmp_path)  # holds the run itself: never replaced
-    print("\n" + one_line_error(got, text, 2, "not a report"))
+    print("\n" + one_line_error(got, text, 2, "would overwrite the input"))
     assert (run / "run.json").is_file()
 
 

@@ -21,7 +21,8 @@ import polars as pl
 import yaml
 
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import atomic_dir, read_parquet_checked, refuse_overwriting_input, write_text
+from sdpo_kit.io import atomic_dir, read_parquet_checked, write_text
+from sdpo_kit.owner import write_owner
 from sdpo_kit import plots
 from sdpo_kit.curate.selection import selection_table
 from sdpo_kit.signals import signal_table
@@ -301,11 +302,22 @@ def _margins_section(card: dict) -> list[tuple]:
 
 
 def write_dataset_card(cfg: CardConfig) -> Path:
-    """README.md + plots for a whole dataset, grouped by source; reference margins when scored."""
+    """README.md + plots for a whole dataset, grouped by source; reference margins when scored.
+    One writer at a time; never over the data it describes (nor with --overwrite) or another command's folder."""
     from sdpo_kit.data.containers import list_files
+    from sdpo_kit.io import folder_lock
+    from sdpo_kit.owner import claim_folder
 
+    with folder_lock(cfg.out, COMMAND):
+        claim_folder(cfg.out, COMMAND, cfg.overwrite, inputs=list_files(cfg.data))
+        return _write_dataset_card(cfg)
+
+
+COMMAND = "sdpo data card"
+
+
+def _write_dataset_card(cfg: CardConfig) -> Path:
     data, out = cfg.data, cfg.out
-    refuse_overwriting_input(list_files(data), out)  # --overwrite must never delete the data it describes
     card = load_for_card(cfg)
     pairs = card["pairs"]
     if pairs.height == 0:
@@ -320,7 +332,8 @@ def write_dataset_card(cfg: CardConfig) -> Path:
     if card["score_rejects"]:
         rejected.append(("list", _counts(card["score_rejects"], " (scorer, among the scored pairs)")))
     everything = pairs.with_columns(pl.lit("all").alias("dataset"))
-    with atomic_dir(out, cfg.overwrite) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp:  # claim_folder decided on --overwrite
+        write_owner(tmp, COMMAND, input=str(Path(data).resolve()))
         sections = [
             ("Per source", [_stats_table(group_stats(pairs, "source"))]),
             ("Whole dataset", [_stats_table(group_stats(everything, "dataset"))]),

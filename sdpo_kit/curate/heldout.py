@@ -11,7 +11,10 @@ and recorded in `manifest.json` (`overlap`). The same seed gives the same sides,
 analysis (`analysis/reproduce_sdpo.py`) splits its prompts with `assign_sides` too.
 
 Writes `OUT/train.parquet`, `OUT/heldout.parquet`, `OUT/validation.parquet` (only with
-`--validation`), `OUT/rejects.jsonl` (rows the data layer rejected) and `OUT/manifest.json`.
+`--validation`), `OUT/rejects.jsonl` (rows the data layer rejected) and `OUT/manifest.json`
+(with each file's sha256), as one folder swapped in at the end (`io.atomic_dir`): a kill leaves
+the old split or the new one, never a mix. An earlier split is replaced only with `--overwrite`,
+never one holding the input, and one writer at a time (`io.folder_lock`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class HeldoutConfig:
         "help": "`prompt`: a prompt's pairs stay together (no prompt on two sides); `pair`: pairs split alone."})
     seed: int = field(default=0, metadata={"help": "Seed of the key shuffle; the same seed gives the same sides."})
     format: str | None = field(default=None, metadata={"help": "Force the input format (default: detected)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an earlier split in --out."})
 
     def __post_init__(self):
         if self.by not in BY:
@@ -95,12 +99,32 @@ def _side_info(df, file: str) -> dict:
             "sources": sources}
 
 
+COMMAND = "sdpo data split"
+
+
 def run(cfg: HeldoutConfig) -> dict:
     """`sdpo data split`: write the sides and manifest.json into `cfg.out`, print the summary; returns the manifest."""
+    from sdpo_kit.io import folder_lock, same_or_inside
+    from sdpo_kit.owner import claim_folder
+
+    out, data = Path(cfg.out), Path(cfg.data)
+    if data.is_dir() and same_or_inside(out, data):
+        raise UsageError(f"--out {out}", f"is inside the input folder {data}; it would be read as input next time")
+    with folder_lock(out, COMMAND):
+        claim_folder(out, COMMAND, cfg.overwrite, inputs=[data])  # never over its own input, nor another's folder
+        manifest = _split(cfg, out)
+    print(summary(manifest))
+    print(f"wrote {out}/ (" + ", ".join(v["file"] for v in manifest["sides"].values()) + ", manifest.json)")
+    return manifest
+
+
+def _split(cfg: HeldoutConfig, out: Path) -> dict:
+    """Load, assign sides, check the overlap on what is written, write the folder atomically."""
     import polars as pl
 
     from sdpo_kit.data import load_pairs, write_rejects
-    from sdpo_kit.io import write_json, write_parquet
+    from sdpo_kit.io import atomic_dir, sha256_file, write_json, write_parquet
+    from sdpo_kit.owner import write_owner
 
     if not Path(cfg.data).exists():  # here, not in __post_init__: a config is values, no file is read to build it
         raise InputError(cfg.data, "no such file or folder")
@@ -110,18 +134,12 @@ def run(cfg: HeldoutConfig) -> dict:
     if not sides["heldout"] or not sides["train"]:
         raise InputError(cfg.data, f"{len(set(sides['heldout'] + sides['train'] + sides['validation']))} distinct "
                          f"{cfg.by}s: too few to hold out {cfg.heldout:g} and still train on the rest")
-    out = Path(cfg.out)
     names = [s for s in SIDES if s != "validation" or cfg.validation > 0]
     frames = {s: pairs.filter(pl.col("__key").is_in(pl.Series(sides[s], dtype=pl.String).implode())).drop("__key")
               for s in names}
     leaks = overlap(frames)
     # The promise of --by prompt, checked on what is written rather than trusted from the shuffle.
     assert leaks["pair_id"] == 0 and (cfg.by != "prompt" or leaks["prompt"] == 0), f"split leaked: {leaks}"
-    if "validation" not in names and (out / "validation.parquet").exists():
-        (out / "validation.parquet").unlink()  # a stale side from an earlier call would mislead
-    for s in names:
-        write_parquet(out / f"{s}.parquet", frames[s])
-    write_rejects(loaded.rejects, out / "rejects.jsonl")
     manifest = {
         "config": asdict(cfg),
         "input": {"path": str(cfg.data), "sha256": sha256_file(cfg.data) if Path(cfg.data).is_file() else None, "rows": loaded.rows,
@@ -130,9 +148,13 @@ def run(cfg: HeldoutConfig) -> dict:
         "sides": {s: _side_info(frames[s], f"{s}.parquet") for s in names},
         "overlap": {**leaks, "checked": "pair_id and prompt text (last turn) across every pair of sides"},
     }
-    write_json(out / "manifest.json", manifest)
-    print(summary(manifest))
-    print(f"wrote {out}/ (" + ", ".join(v["file"] for v in manifest["sides"].values()) + ", manifest.json)")
+    with atomic_dir(out, overwrite=True) as tmp:  # claim_folder decided whether `out` may be replaced
+        for s in names:
+            write_parquet(tmp / f"{s}.parquet", frames[s])
+            manifest["sides"][s]["sha256"] = sha256_file(tmp / f"{s}.parquet")
+        write_rejects(loaded.rejects, tmp / "rejects.jsonl")
+        write_owner(tmp, COMMAND, input=str(Path(cfg.data).resolve()))
+        write_json(tmp / "manifest.json", manifest)
     return manifest
 
 

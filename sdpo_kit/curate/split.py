@@ -24,8 +24,7 @@ import polars as pl
 from sdpo_kit.curate.selection import selection_lines, selection_record
 from sdpo_kit.curate.strategies import SplitConfig, order_column, source_order, split_frame
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import (finite_json, read_json_meta, read_parquet_checked, refuse_overwriting_input,
-                         sha256_file, write_json, write_parquet)
+from sdpo_kit.io import finite_json, read_json_meta, read_parquet_checked, sha256_file, write_json, write_parquet
 from sdpo_kit.runs import SCORER_KEY, SPLIT_KEY, STEP_KEY
 from sdpo_kit.signals import signal_record
 
@@ -107,10 +106,19 @@ def _numeric(df: pl.DataFrame) -> str:
 
 def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig, overwrite: bool = False) -> dict:
     """Split a scored parquet into `out/` (steps, dropped, manifest, card, plots); returns the manifest."""
+    from sdpo_kit.io import folder_lock
+    from sdpo_kit.owner import claim_folder
+
     out = Path(out)
-    refuse_overwriting_input([path], out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    with folder_lock(out, COMMAND):  # one writer; never over the input nor another command's folder
+        claim_folder(out, COMMAND, overwrite, inputs=[path])
+        return _split_file(Path(path), out, cfg)
+
+
+COMMAND = "sdpo curate split"
+
+
+def _split_file(path: Path, out: Path, cfg: SplitConfig) -> dict:
     df, scorer = read_scored(path, cfg)
     control: dict = {}
     parts, dropped = split_frame(df, cfg, control)
@@ -140,7 +148,7 @@ def split_file(path: str | os.PathLike, out: str | os.PathLike, cfg: SplitConfig
     meta = {SPLIT_KEY: json.dumps({"strategy": cfg.strategy, "params": params, "seed": cfg.seed}, sort_keys=True)}
     if scorer is not None:
         meta[SCORER_KEY] = json.dumps(scorer, sort_keys=True)
-    _write_outputs(out, parts, dropped, manifest, meta, overwrite)
+    _write_outputs(out, parts, dropped, manifest, meta)
     return manifest
 
 
@@ -156,14 +164,19 @@ def _length_record(parts: list[pl.DataFrame], cfg: SplitConfig, control: dict | 
     return length.split_record(data, key, control)
 
 
-def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict, overwrite: bool) -> None:
-    """Write everything into a sibling temp dir, then swap it in: a crash leaves `out` untouched."""
+def _write_outputs(out: Path, parts, dropped, manifest: dict, meta: dict) -> None:
+    """Write everything into a sibling temp dir, then swap it in: a crash leaves `out` untouched.
+    The manifest records each file's sha256 (`sdpo train` checks them: runs.check_partitions)."""
     from sdpo_kit.io import atomic_dir
+    from sdpo_kit.owner import write_owner
     from sdpo_kit.curate.card import write_partition_card
 
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp:  # split_file's claim_folder decided on --overwrite
         for t, part in enumerate(parts, start=1):
             write_parquet(tmp / f"step_{t}.parquet", part, metadata={**meta, STEP_KEY: str(t)})
+            manifest["steps"][t - 1]["sha256"] = sha256_file(tmp / f"step_{t}.parquet")
         write_parquet(tmp / "dropped.parquet", dropped, metadata=meta)
+        manifest["dropped"]["sha256"] = sha256_file(tmp / "dropped.parquet")
+        write_owner(tmp, COMMAND, input=str(Path(manifest["input"]["path"]).resolve()))
         write_json(tmp / "manifest.json", manifest)
         write_partition_card(tmp, parts, manifest)

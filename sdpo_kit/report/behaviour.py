@@ -127,7 +127,7 @@ def model_generations(model: dict, prompts: list[dict], settings: dict, base: di
     key = {"fingerprint": model["fingerprint"], "S": base["fingerprint"], "prompts": [p["prompt_id"] for p in prompts],
            **settings}
     if sidecar.is_file() and path.is_file() and read_json(sidecar).get("key") == key:
-        note("sdpo eval", f"{model['name']}: answers cached ({path})")
+        note("sdpo eval", f"{model['name']}: answers cached (generations/{path.name})")
         return read_json(sidecar)["stats"]
     shared = _shared_cache(key)  # S's answers are the same for every run of a comparison: made once
     if shared.with_suffix(".json").is_file() and shared.is_file():

@@ -55,6 +55,8 @@ class EvalConfig:
     max_new_tokens: int = field(default=64, metadata={"help": "--generate: answer length limit in tokens."})
     sample_seed: int | None = field(default=None, metadata={
         "help": "--generate: sample with this seed instead of greedy decoding."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace an --out holding another run's evaluation (this run's own is refreshed without it)."})
 
     def __post_init__(self):  # values only: the run and the data are read by `evaluate`
         from sdpo_kit.scoring.frame import check_settings
@@ -128,8 +130,8 @@ def score_model(model: dict, pairs, cfg: EvalConfig, scorer, out: Path) -> tuple
     """
     import polars as pl
 
-    from sdpo_kit.data import rejects_path
     from sdpo_kit.models import load_model, model_fingerprint
+    from sdpo_kit.scoring.files import check_rejects
 
     path = out / "models" / f"{model['name']}.parquet"
     sidecar = path.with_suffix(".json")
@@ -138,7 +140,7 @@ def score_model(model: dict, pairs, cfg: EvalConfig, scorer, out: Path) -> tuple
         model["fingerprint"] = model_fingerprint(load_model(model["path"], dtype=scorer.dtype)[0])
     done = sidecar.is_file() and path.is_file() and read_json(sidecar) == {"fingerprint": model["fingerprint"], "key": key}
     if done:
-        note("sdpo eval", f"{model['name']}: cached ({path})")
+        note("sdpo eval", f"{model['name']}: cached ({Path(cfg.out) / 'models' / path.name})")
     else:
         from sdpo_kit.models import verify_model
         from sdpo_kit.scoring.files import ScoreFileConfig, score_file
@@ -149,7 +151,8 @@ def score_model(model: dict, pairs, cfg: EvalConfig, scorer, out: Path) -> tuple
         write_json(sidecar, {"fingerprint": model["fingerprint"], "key": key})
     scored = pl.read_parquet(path)
     scored = scored.drop([c for c in MESSAGE_COLUMNS if c in scored.columns])
-    lines = rejects_path(path).read_text(encoding="utf-8").splitlines() if rejects_path(path).is_file() else []
+    rejects = check_rejects(path)  # the rejects written with this parquet, not an older run's
+    lines = rejects.read_text(encoding="utf-8").splitlines() if rejects.is_file() else []
     return scored, [json.loads(ln) for ln in lines if ln]
 
 
@@ -276,10 +279,16 @@ def overlap_warning(counts: dict[str, int]) -> str | None:
             "numbers; make held-out data with `sdpo data split`")
 
 
+COMMAND = "sdpo eval"
+SCORES_KEY = "sdpo_kit.eval"  # scores.parquet footer: the data key and model fingerprints eval.json also records
+
+
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
-    """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content."""
-    from sdpo_kit.data import load_pairs
-    from sdpo_kit.io import check_out_dir
+    """Score the selected models on the held-out pairs; write RUN/eval/ and return eval.json's content.
+    One writer (`folder_lock`); written whole, then swapped in (`atomic_dir`): a kill leaves the old or the new."""
+    from sdpo_kit.io import atomic_dir, check_out_dir, folder_lock
+    from sdpo_kit.owner import claim_folder
+    from sdpo_kit.runs import eval_of_run, reuse_eval_cache
 
     models, meta = run_models(cfg.run)  # a missing or damaged run.json: one InputError line
     if not Path(cfg.data).exists():
@@ -288,6 +297,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     check_out_dir(out)  # before any model is loaded or scored
     models = select_models(models, cfg.models)
     scorer = cfg.scorer(meta)
+    with folder_lock(out, COMMAND):
+        claim_folder(out, COMMAND, cfg.overwrite or eval_of_run(out, cfg.run), inputs=[cfg.data, cfg.run])
+        with atomic_dir(out, overwrite=True) as tmp:
+            reuse_eval_cache(out, tmp)
+            return _evaluate(cfg, models, meta, scorer, tmp)
+
+
+def _evaluate(cfg: EvalConfig, models: list[dict], meta: dict, scorer, out: Path) -> dict[str, Any]:
+    from sdpo_kit.data import load_pairs
+    from sdpo_kit.io import sha256_file
+    from sdpo_kit.owner import write_owner
+
     loaded = load_pairs(cfg.data, limit=cfg.limit)
     pairs = loaded.pairs
     if pairs.height == 0:
@@ -315,8 +336,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
                        "overlap_with_training": overlap}, **result}
     if cfg.generate:
         result["behaviour"] = _behaviour(models, pairs, cfg, out)
-    write_parquet(out / "scores.parquet", table)
+    claim = {"data_key": result["data"]["key"], "models": {m["name"]: m["fingerprint"] for m in models}}
+    write_parquet(out / "scores.parquet", table, metadata={SCORES_KEY: json.dumps(claim, sort_keys=True)})
     write_jsonl(out / "rejects.jsonl", rejects)
+    result["scores"] = {"file": "scores.parquet", "sha256": sha256_file(out / "scores.parquet"), **claim}
+    write_owner(out, COMMAND, run=str(Path(cfg.run).resolve()))
     write_json(out / "eval.json", result)
     return result
 

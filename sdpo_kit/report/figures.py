@@ -46,6 +46,9 @@ def _training_figures(run: dict) -> tuple[list[dict], list[str]]:
     else:
         notes.append("No trainer_state.json log history: training curves left out.")
     parts = [s["partition"] for s in steps if s["partition"]]
+    if run.get("partitions_changed"):
+        notes.append("The partitions folder changed since this run trained on it (its sha256 differs from run.json's): "
+                     "the partition figures come from each step's reference.parquet inside the run instead.")
     if parts:
         figs.append(_figure("partitions", "Partition statistics from the data card: γ_ref histograms and the "
                             "source mix of every step.", 2,

@@ -241,22 +241,29 @@ def write_report(cfg: ReportConfig) -> dict[str, Path]:
     the end, so a kill leaves the old report (or none) and no PNG of an older report survives. An
     existing `out` must be a report folder (only report files) or empty: other files are never deleted.
     """
-    from sdpo_kit.io import atomic_dir, check_out_dir
+    from sdpo_kit.io import atomic_dir, check_out_dir, folder_lock
+    from sdpo_kit.owner import OWNER_FILE, claim_folder, write_owner
 
     final = Path(cfg.out)
     if final.exists() and not final.is_dir():
         raise InputError(f"--out {final}", "is a file, not a folder: pass a folder for the report")
-    entries = list(final.iterdir()) if final.is_dir() else []
-    is_report = (final / "report.html").is_file() and all(p.is_file() and p.suffix in REPORT_FILES for p in entries)
-    if entries and not is_report:
-        raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
-                         "pass a new or empty folder")
-    runs = [load_run(d) for d in cfg.runs]  # bad runs fail before anything is written
-    check_signal(runs, cfg.signal)
-    check_out_dir(final.parent, flag=f"--out {final}: its folder")
-    with atomic_dir(final, overwrite=True) as tmp:
-        paths = _write_report(runs, tmp, cfg.signal)
+    with folder_lock(final, COMMAND):
+        claim_folder(final, COMMAND, True, inputs=cfg.runs)  # a report replaces its own folder, nothing else
+        entries = [p for p in final.iterdir() if p.name != OWNER_FILE] if final.is_dir() else []
+        is_report = (final / "report.html").is_file() and all(p.is_file() and p.suffix in REPORT_FILES for p in entries)
+        if entries and not is_report:
+            raise UsageError(f"--out {final}", "holds files that are not a report (it would be replaced as a whole); "
+                             "pass a new or empty folder")
+        runs = [load_run(d) for d in cfg.runs]  # bad runs fail before anything is written
+        check_signal(runs, cfg.signal)
+        check_out_dir(final.parent, flag=f"--out {final}: its folder")
+        with atomic_dir(final, overwrite=True) as tmp:
+            paths = _write_report(runs, tmp, cfg.signal)
+            write_owner(tmp, COMMAND)
     return {k: final / Path(v).name for k, v in paths.items()}
+
+
+COMMAND = "sdpo report"
 
 
 def check_signal(runs: list[dict], signal: str) -> None:

@@ -31,17 +31,18 @@ def _find(path: str | None, run_dir: Path) -> Path | None:
     return None
 
 
-def _step_partition(run_dir: Path, step: dict) -> dict:
+def _step_partition(run_dir: Path, step: dict, trusted: bool = True) -> dict:
     """γ_ref and source counts of the pairs step t trained on.
 
     From the partition files run.json names (margins under S, as in the data card) when they
-    carry a `margin` column, else from the step's reference.parquet (under the step's reference: M_{t-1}, S or a mix).
+    carry a `margin` column and are `trusted` (their digest is the one run.json recorded), else
+    from the step's reference.parquet (under the step's reference: M_{t-1}, S or a mix).
     """
     import polars as pl
 
     files = step.get("partition") or []
     paths = [_find(f, run_dir) for f in ([files] if isinstance(files, str) else files)]
-    ok = paths and all(p and p.is_file() and "margin" in pl.read_parquet_schema(p) for p in paths)
+    ok = trusted and paths and all(p and p.is_file() and "margin" in pl.read_parquet_schema(p) for p in paths)
     if not ok:
         paths, under = [run_dir / step["dir"] / "reference.parquet"], "each step's reference"
         if not paths[0].is_file():
@@ -66,26 +67,29 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Everything the report plots for one run directory, read from disk."""
     import polars as pl
 
-    from sdpo_kit.runs import read_manifest, read_run, read_step_summary
+    from sdpo_kit.runs import check_eval_files, partitions_unchanged, read_manifest, read_run, read_step_summary
 
     run_dir = Path(run_dir)
     meta = read_run(run_dir)  # missing, damaged or empty run.json: a one-line InputError
     parts_dir = _find(meta.get("partitions"), run_dir)
-    manifest = read_manifest(parts_dir) if parts_dir is not None else None
+    trusted = partitions_unchanged(meta, parts_dir)  # what it draws is what the run trained on
+    manifest = read_manifest(parts_dir) if parts_dir is not None and trusted else None
     steps = []
     for s in meta.get("steps", []):
         d = run_dir / s["dir"]
         state = read_json(d / "trainer_state.json") if (d / "trainer_state.json").is_file() else {}
         summary = read_step_summary(d) or {"step": s["step"]}
         steps.append({"step": s["step"], "summary": summary, "log_history": state.get("log_history", []),
-                      "partition": _step_partition(run_dir, s)})
+                      "partition": _step_partition(run_dir, s, trusted)})
     ev = run_dir / "eval"
     if (ev / "eval.json").is_file():
         check_eval_models(meta, read_json(ev / "eval.json"), ev / "eval.json")
+        check_eval_files(run_dir, meta, read_json(ev / "eval.json"), ev)  # its final model, its own scores
     name = run_dir.resolve().name
     m = SEED_SUFFIX.search(name)
     return {
         "dir": str(run_dir), "name": name, "meta": meta, "manifest": manifest, "steps": steps,
+        "partitions_changed": not trusted,
         "label": meta.get("label") or SEED_SUFFIX.sub("", name),
         "seed": meta.get("seed", _trained_seed(run_dir, m)),
         "eval": read_json(ev / "eval.json") if (ev / "eval.json").is_file() else None,

@@ -12,6 +12,7 @@ so the output does not depend on N. Finished pairs also go to the pair cache (`s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -24,7 +25,7 @@ import polars as pl
 
 from sdpo_kit.console import say
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import sha256_file
+from sdpo_kit.io import folder_lock, sha256_file
 from sdpo_kit.runs import SCORER_KEY
 from sdpo_kit.scoring.cache import PairCache, cache_key, score_chunk
 from sdpo_kit.scoring.frame import ScoreConfig, context_warning, provenance
@@ -100,10 +101,7 @@ def score_file(cfg: ScoreFileConfig, config: ScoreConfig | None = None, *, progr
     """
     from accelerate import PartialState
 
-    from sdpo_kit.console import main_process
-    from sdpo_kit.data import iter_pairs
     from sdpo_kit.data.containers import list_files
-    from sdpo_kit.models import cache_dir, load_model
 
     config = config or ScoreConfig()
     data, out, state = Path(cfg.data), Path(cfg.out), PartialState()
@@ -112,8 +110,17 @@ def score_file(cfg: ScoreFileConfig, config: ScoreConfig | None = None, *, progr
     check_out(data, inputs, out)
     run = {"input_sha256": input_fingerprint(inputs), "limit": cfg.limit, "shard_rows": cfg.shard_rows,
            "format": cfg.format, "columns": {}}  # "columns": part of the stamp since issue 11
-    if state.is_main_process:
-        _lock(out)
+    # One writer per --out (two would mix their shards); the main process holds the lock.
+    with folder_lock(out, "sdpo curate score") if state.is_main_process else contextlib.nullcontext():
+        return _score(cfg, config, data, out, run, state, progress)
+
+
+def _score(cfg: ScoreFileConfig, config: ScoreConfig, data: Path, out: Path, run: dict, state, progress: bool) -> Path:
+    """score_file's work under the --out lock: load, score the shards (resuming), merge."""
+    from sdpo_kit.console import main_process
+    from sdpo_kit.data import iter_pairs
+    from sdpo_kit.models import cache_dir, load_model
+
     device = None if state.device.type == "cpu" else str(state.device)
     models = [load_model(cfg.reference_model, config.dtype, device)]
     if cfg.policy is not None:
@@ -147,31 +154,8 @@ def score_file(cfg: ScoreFileConfig, config: ScoreConfig | None = None, *, progr
         meta["input"] = {"path": str(data), "format": cfg.format, "limit": cfg.limit, "sha256": run["input_sha256"],
                          "shard_rows": cfg.shard_rows}
         _merge(parts, out, meta)
-        _lock_path(out).unlink(missing_ok=True)
     state.wait_for_everyone()
     return out
-
-
-def _lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
-
-
-def _lock(out: Path) -> None:
-    """Refuse a second live `curate score` on the same --out: two writers would mix their shards.
-    A lock left by a killed run (its pid no longer runs) is taken over."""
-    import os
-
-    from sdpo_kit.io import pid_alive
-
-    lock = _lock_path(out)
-    try:
-        held = int(lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        held = 0
-    if held and held != os.getpid() and pid_alive(held):
-        raise InputError(f"--out {out}", f"another `sdpo curate score` (pid {held}) is writing it; wait for it or stop it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text(f"{os.getpid()}\n")
 
 
 def check_out(data: Path, inputs: list[Path], out: Path) -> None:
@@ -275,8 +259,14 @@ def _write_shard(shard: Path, scored: pl.DataFrame, rejects: list) -> None:
     write_json(shard.with_suffix(".sha256"), {x: sha256_file(shard.with_suffix(x)) for x in (".parquet", ".rejects.jsonl")})
 
 
+REJECTS_KEY = "sdpo_kit.rejects"  # parquet footer: {"file", "sha256", "rows"} of the rejects written with it
+
+
 def _merge(parts: Path, out: Path, meta: dict) -> None:
-    """Concatenate the shards in order into `out` (streamed, atomic) and their rejects beside it."""
+    """Concatenate the shards in order into `out` (streamed, atomic) and their rejects beside it.
+
+    The old `out` goes first and the new one comes last, its footer naming the rejects' sha256: a
+    failed or killed re-score never leaves an old parquet beside new rejects (`check_rejects`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -286,14 +276,17 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
     shards = sorted(parts.glob("shard_*.parquet"))
     if not shards:
         raise InputError(f"{meta['input']['path']}: no rows to score")
+    out.unlink(missing_ok=True)
+    rejects = rejects_path(out)
+    rows = _merge_rejects(shards, rejects)
     if sum(pq.read_metadata(f).num_rows for f in shards) == 0:  # every row rejected: say so, exit 1
-        _merge_rejects(shards, rejects_path(out))
         shutil.rmtree(parts)
-        reasons = Counter(json.loads(x)["reason"] for x in rejects_path(out).read_text(encoding="utf-8").splitlines() if x)
+        reasons = Counter(json.loads(x)["reason"] for x in rejects.read_text(encoding="utf-8").splitlines() if x)
         raise InputError(meta["input"]["path"], f"no valid pairs to score: all {sum(reasons.values())} rows rejected "
-                         f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); see {rejects_path(out)}")
+                         f"({', '.join(f'{k} {v}' for k, v in reasons.most_common())}); see {rejects}")
     schema = pa.unify_schemas([pq.read_schema(f) for f in shards], promote_options="permissive")
-    schema = schema.with_metadata({SCORER_KEY: json.dumps(meta)})
+    record = {"file": rejects.name, "sha256": sha256_file(rejects), "rows": rows}
+    schema = schema.with_metadata({SCORER_KEY: json.dumps(meta), REJECTS_KEY: json.dumps(record)})
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
         for f in shards:
             table = pq.read_table(f)
@@ -301,16 +294,34 @@ def _merge(parts: Path, out: Path, meta: dict) -> None:
                 if name not in table.column_names:
                     table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
             writer.write_table(table.select(schema.names).cast(schema))
-    _merge_rejects(shards, rejects_path(out))
     shutil.rmtree(parts)
 
 
-def _merge_rejects(shards: list[Path], path: Path) -> None:
+def check_rejects(out: str | Path) -> Path:
+    """The rejects file of a scored parquet, checked to be the one written with it (its footer's
+    sha256; files from before the footer key are trusted). InputError when they do not belong together."""
+    from sdpo_kit.data import rejects_path
+    from sdpo_kit.io import read_json_meta
+
+    out = Path(out)
+    rejects, record = rejects_path(out), read_json_meta(out, REJECTS_KEY)
+    if record is not None and (not rejects.is_file() or sha256_file(rejects) != record.get("sha256")):
+        raise InputError(rejects, f"is not the rejects file written with {out.name} (missing or sha256 differs): "
+                         "they come from different runs; score again")
+    return rejects
+
+
+def _merge_rejects(shards: list[Path], path: Path) -> int:
+    """The shards' rejects, in order, into `path`; returns how many lines."""
     from sdpo_kit.io import atomic_path
 
+    lines = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as w:
         for f in shards:
-            w.write(f.with_suffix(".rejects.jsonl").read_text(encoding="utf-8"))
+            text = f.with_suffix(".rejects.jsonl").read_text(encoding="utf-8")
+            lines += text.count("\n")
+            w.write(text)
+    return lines
 
 
 def summary(out: Path) -> str:
@@ -319,9 +330,7 @@ def summary(out: Path) -> str:
 
     import pyarrow.parquet as pq
 
-    from sdpo_kit.data import rejects_path
-
-    rejects = rejects_path(out)
+    rejects = check_rejects(out)
     reasons = Counter(json.loads(line)["reason"] for line in rejects.read_text(encoding="utf-8").splitlines() if line)
     why = ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"
     return (f"scored {pq.read_metadata(out).num_rows} pairs -> {out}\n"

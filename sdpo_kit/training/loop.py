@@ -15,15 +15,18 @@ weight average): `sdpo_kit/training/reference.py`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 
 from sdpo_kit.console import note
 from sdpo_kit.errors import InputError, UsageError
-from sdpo_kit.io import check_out_dir, write_text
+from sdpo_kit.io import check_out_dir, folder_lock, same_or_inside, write_text
+from sdpo_kit.owner import claim_folder, write_owner
 from sdpo_kit.models import load_checked_model, model_fingerprint, resolve_model_path
-from sdpo_kit.runs import partition_files, partitions_digest, read_run, schedule_record, write_run
+from sdpo_kit.runs import (check_partitions, partition_files, partitions_digest, read_run, schedule_record,
+                           write_run)
 from sdpo_kit.training.config import (RUN_KEYS, StepwiseConfig, finish_args, trl_overrides, plain_value, resolved_settings,
                                       scorer_config, train_parser, trainer_autocast)
 from sdpo_kit.training.step import run_step
@@ -117,6 +120,7 @@ def _start_run(cfg, args, overrides, plan, state, files) -> dict:
         ],
     }
     if state.is_main_process:
+        write_owner(run_dir, COMMAND)
         resolved = {**dataclasses.asdict(cfg), "resume": False, **overrides}
         write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         write_run(run_dir, run)
@@ -163,8 +167,23 @@ def train_stepwise(cfg: StepwiseConfig, args, overrides: dict | None = None, giv
         raise RuntimeError(f"{world} processes were launched but accelerate set up {state.num_processes}; "
                            "on CPU launch with `accelerate launch --multi_gpu --num_processes N` and keep use_cpu.")
     files = partition_files(cfg.partitions)
+    check_partitions(cfg.partitions, files)
     run_dir = Path(cfg.out)
+    if same_or_inside(run_dir, cfg.partitions):
+        raise UsageError(f"--out {run_dir}", f"is inside the partitions folder {cfg.partitions}; pick another --out")
     check_out_dir(run_dir, keep=True)
+    # One writer per run folder (two runs would mix run.json, config.yaml and step folders); the main process holds it.
+    with folder_lock(run_dir, COMMAND) if state.is_main_process else contextlib.nullcontext():
+        claim_folder(run_dir, COMMAND, True, inputs=[cfg.partitions])  # not the partitions', nor another's folder
+        return _train(cfg, args, overrides, given, state, files, world)
+
+
+COMMAND = "sdpo train"
+
+
+def _train(cfg, args, overrides, given, state, files, world) -> Path:
+    """The run after its checks, under the folder lock: settings (restored on --resume), run.json, the steps."""
+    run_dir = Path(cfg.out)
     if cfg.resume and (run_dir / "run.json").exists():
         cfg, args, overrides = restore_settings(run_dir, cfg, args, given)
     plan = [[f] for f in files] if cfg.mode == "stepwise" else [files]
