@@ -49,6 +49,8 @@ TRAIN_REFUSED = [
     (["--loss_type", "bco_pair", "--f_divergence_type", "js_divergence"], ["--f_divergence_type", "bco_pair"]),
     (["--eval_strategy", "steps"], ["--eval_strategy", "sdpo eval"]),
     (["--ld_alpha", "1.5"], ["--ld_alpha", "[0, 1]"]),
+    (["--adam_beta2", "1e30"], ["--adam_beta2", "[0, 1)"]),  # torch's AdamW refused it only at trainer build
+    (["--weight_decay=-1"], ["--weight_decay", ">= 0"]),
 ]
 
 

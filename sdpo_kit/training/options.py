@@ -28,6 +28,7 @@ F_DIVERGENCE_LOSSES = {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "r
 def check_dpo_options(args) -> None:
     """Refuse, in one line naming the flag, a DPOConfig option sdpo train cannot honour exactly."""
     _check_network(args)
+    _check_optimiser(args)
     if args.sync_ref_model:
         raise UsageError("--sync_ref_model", "not supported: the reference of each step is the scorer's log-probs of "
                          "the previous model (use --reference_schedule mix for a soft-updated reference)")
@@ -51,6 +52,16 @@ def check_dpo_options(args) -> None:
                          f"got {args.ld_alpha}")
     if args.ld_alpha is not None:  # TRL would weight its own reference too; the scorer's sums are plain
         raise UsageError("--ld_alpha", "not supported yet: the injected reference log-probs are plain sums")
+
+
+def _check_optimiser(args) -> None:
+    """The ranges torch's AdamW checks only when the trainer builds it (after run.json said "running")."""
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise UsageError(f"--{name}", f"must be in [0, 1), got {getattr(args, name)}")
+    for name in ("adam_epsilon", "weight_decay", "max_grad_norm", "warmup_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise UsageError(f"--{name}", f"must be >= 0, got {getattr(args, name)}")
 
 
 def _check_network(args) -> None:
