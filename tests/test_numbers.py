@@ -120,3 +120,12 @@ def test_eval_sample_seed_and_yaml_inf_for_an_int_key(tmp_path):
     config.write_text("seed: .inf\n")
     code, text = sdpo("data", "split", _pairs_file(tmp_path), "--out", tmp_path / "o", "--config", config)
     one_line_error(code, text, 2, str(config), "seed: expected int, got inf")
+
+
+def test_crossfit_takes_trains_checks_and_its_seed_range(tmp_path):
+    scored = tmp_path / "missing.parquet"  # the settings are refused before the input is read
+    code, text = sdpo("curate", "crossfit", scored, "--out", tmp_path / "d.parquet", "--beta=-1")
+    one_line_error(code, text, 2, "--beta", "> 0")
+    code, text = sdpo("curate", "crossfit", scored, "--out", tmp_path / "d.parquet", "--seed", str(2**32 - 2),
+                      "--seeds", "3")
+    one_line_error(code, text, 2, "--seed", "--seeds 3")

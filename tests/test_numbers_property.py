@@ -53,6 +53,7 @@ def base_argv(words: tuple[str, ...], inputs: dict, out: Path) -> list[str]:
         ("data", "card"): [inputs["pairs"], "--out", out],
         ("curate", "score"): [inputs["pairs"], "--out", out / "scored.parquet", "--model", missing],
         ("curate", "split"): [inputs["scored"], "--out", out],
+        ("curate", "crossfit"): [missing, "--out", out / "difficulty.parquet"],
         ("train",): ["--partitions", missing, "--out", out],
         ("eval",): ["--run", missing, "--data", inputs["pairs"]],
         ("report",): [missing, "--out", out],
@@ -62,7 +63,7 @@ def base_argv(words: tuple[str, ...], inputs: dict, out: Path) -> list[str]:
 def numeric_fields(words) -> list[tuple[str, type]]:
     """(field, int or float) of every non-bool numeric field (Optional and list-of included)."""
     module, classes = config.load(COMMANDS[words])
-    if words == ("train",):
+    if words in (("train",), ("curate", "crossfit")):
         from trl import DPOConfig
 
         classes = [*classes, DPOConfig]

@@ -107,7 +107,12 @@ def run(cfg: CrossfitConfig, keys=None, args=None, given: set[str] | None = None
     if "sigmoid" not in [str(getattr(t, "value", t)) for t in args.loss_type] or len(args.loss_type) != 1:
         raise UsageError("--loss_type", f"crossfit measures the sigmoid DPO loss; got {args.loss_type}")
     step_cfg = {k: getattr(keys, k) for k in TRAIN_KEYS}
-    from sdpo_kit.training.config import StepwiseConfig
+    from sdpo_kit.config import SEED_MAX
+    from sdpo_kit.training.config import StepwiseConfig, _check_values
+
+    _check_values(args)  # train's DPO checks (beta > 0, ...), before any work
+    if args.seed + cfg.seeds - 1 > SEED_MAX:  # the runs use --seed, --seed+1, ...
+        raise UsageError("--seed", f"--seed {args.seed} + --seeds {cfg.seeds} - 1 exceeds {SEED_MAX} (2**32 - 1)")
 
     StepwiseConfig(**step_cfg, partitions="-", out="-", mode="dpo")  # their checks, once, before any work
     return crossfit(cfg, step_cfg, args, given)
