@@ -3,7 +3,8 @@
     python -c "import numpy as np; from sdpo_kit.stats import paired_bootstrap; print(paired_bootstrap(np.array([[1., 2, 3]]), np.zeros((1, 3)))['lo'])"
 
 `spearman` is the one rank correlation (length diagnosis, the report's difficulty signal).
-`margin_stats` is the one definition of "pairs, mean margin, share > 0 (reward accuracy)": the
+`margin_stats` is the one definition of "pairs, mean margin, share > 0 (reward accuracy; a NaN or
+infinite margin never counts as > 0)": the
 split manifest's steps and source order, the data cards and eval.json all aggregate with it.
 
 `paired_bootstrap` serves `sdpo report`'s verdict and `analysis/compare.py`. Both arms are scored on
@@ -30,8 +31,11 @@ def margin_stats(col: str | None = "margin", median: bool = False) -> list[pl.Ex
     if col is None:
         return [pl.len().alias("pairs")]
     m = pl.col(col).cast(pl.Float64)
+    # A non-finite margin (a diverged model) is never a success: in polars NaN > 0 is true. It stays
+    # in the denominator and makes the mean NaN, so the model reads as broken, not as accurate.
+    correct = (m > 0) & m.is_finite()
     return [pl.len().alias("pairs"), m.mean().alias("mean_margin"), *([m.median().alias("median_margin")] if median else []),
-            (m > 0).mean().alias("reward_accuracy")]
+            correct.mean().alias("reward_accuracy")]
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None, draws: int = 10_000,

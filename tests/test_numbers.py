@@ -129,3 +129,72 @@ def test_crossfit_takes_trains_checks_and_its_seed_range(tmp_path):
     code, text = sdpo("curate", "crossfit", scored, "--out", tmp_path / "d.parquet", "--seed", str(2**32 - 2),
                       "--seeds", "3")
     one_line_error(code, text, 2, "--seed", "--seeds 3")
+
+
+@pytest.fixture(scope="module")
+def diverged_run(tmp_path_factory, tiny_model_dir, parts) -> tuple[Path, str]:
+    """A 2-step run with learning rate 1e30: step 1 diverges (its first update overflows the weights)."""
+    out = tmp_path_factory.mktemp("diverged") / "run"
+    code, text = sdpo("train", "--partitions", parts, "--model", tiny_model_dir, "--out", out, *FAST,
+                      "--learning_rate", "1e30", "--max_grad_norm", "0")
+    return out, one_line_error(code, text, 1, "step 1 diverged", "lower the learning rate", "1e+30")
+
+
+def test_a_diverged_step_stops_the_run_in_one_line_and_run_json_says_so(diverged_run):
+    out, line = diverged_run
+    print(f"\n$ sdpo train ... --learning_rate 1e30\n{line}")
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "diverged"
+    step1, step2 = run["steps"]
+    assert step1["status"] == "diverged" and step1["diverged"]["step"] == 1
+    assert step1["diverged"]["value"] in ("nan", "inf", "-inf") and step1["diverged"]["where"] in line
+    assert step2["status"] == "pending"
+    assert not (out / "step_1" / "model").exists() and not (out / "step_2").exists()  # no broken M_1 saved
+
+
+def test_eval_and_report_call_a_diverged_run_broken(diverged_run, tmp_path, tiny_model_dir, parts):
+    run, _ = diverged_run
+    heldout = write_partitions(tmp_path / "heldout", steps=1, pairs=4, offset=40) / "step_1.parquet"
+    code, text = sdpo("eval", "--run", run, "--data", heldout)
+    assert code == 0, text
+    print(f"\n$ sdpo eval --run <diverged run> ...\n{text}")
+    assert "M1: BROKEN: diverged in training" in text
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in ev["models"]] == ["S"] and ev["broken"][0]["name"] == "M1"
+    good = tmp_path / "dpo"
+    code, text = sdpo("train", "--partitions", parts, "--model", tiny_model_dir, "--out", good, *FAST, "--mode", "dpo")
+    assert code == 0, text
+    assert sdpo("eval", "--run", good, "--data", heldout)[0] == 0
+    code, text = sdpo("report", run, good, "--out", tmp_path / "report")
+    assert code == 0, text
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    print(summary[:1500])
+    assert f"{run.name} is broken: step 1 diverged in training" in summary
+    assert " vs " not in summary.split("## Verdict")[1].split("⚠")[0]  # no verdict drawn from the broken run
+    assert "| run | run | stepwise | 0 | 4 | M1 (broken) | – |" in summary  # not S's numbers as the run's result
+
+
+def test_margin_stats_never_counts_a_non_finite_margin_as_correct():
+    from sdpo_kit.report.evaluate import _stats
+    from sdpo_kit.stats import margin_stats
+
+    df = pl.DataFrame({"m": [float("nan"), 1.0, -1.0, float("inf"), None, 2.0]})
+    got = df.select(margin_stats("m")).row(0, named=True)
+    finite_positive = [v for v in df["m"].to_list() if v is not None and v == v and abs(v) != float("inf") and v > 0]
+    assert got["reward_accuracy"] == len(finite_positive) / 5  # nulls aside, NaN and inf count as wrong
+    assert got["mean_margin"] != got["mean_margin"]  # NaN: the mean does not hide it
+    stats = _stats(pl.Series([float("nan")] * 4))
+    assert stats["accuracy"] == 0.0 and stats["broken"] is True and stats["non_finite"] == 4
+
+
+def test_a_source_with_non_finite_margins_is_never_sorted_as_easiest():
+    from sdpo_kit.curate.strategies import source_order
+
+    nan = float("nan")
+    df = pl.DataFrame({"source": ["bad", "bad", "good", "good", "tie", "tie"],
+                       "margin": [nan, nan, 0.5, 0.6, 0.1, -0.2]})
+    order = source_order(df)
+    assert order["source"].to_list() == ["good", "tie", "bad"], order  # NaN > 0 was "correct": bad came first
+    assert order.filter(pl.col("source") == "bad")["reward_accuracy"].item() == 0.0
+    tied = pl.DataFrame({"source": ["a", "a", "b"], "margin": [nan, -1.0, -0.5]})  # accuracy 0 both: a's mean NaN
+    assert source_order(tied)["source"].to_list() == ["b", "a"]  # polars sorts NaN above every number

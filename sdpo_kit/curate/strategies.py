@@ -189,7 +189,9 @@ def source_order(df: pl.DataFrame) -> pl.DataFrame:
     return (
         df.group_by("source").agg(margin_stats())
         .select("source", "pairs", "reward_accuracy", "mean_margin")  # the manifest's key order
-        .sort(["reward_accuracy", "mean_margin", "source"], descending=[True, True, False])
+        # a NaN mean (a non-finite margin) sorts as hardest, never as the easiest source
+        .sort([pl.col("reward_accuracy"), pl.col("mean_margin").fill_nan(None), pl.col("source")],
+              descending=[True, True, False], nulls_last=True)
     )
 
 

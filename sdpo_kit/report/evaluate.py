@@ -95,6 +95,18 @@ def run_models(run_dir: str | Path) -> tuple[list[dict], dict]:
     return models, meta
 
 
+def broken_models(meta: dict, models: list[dict]) -> list[dict]:
+    """[{name, step, reason}]: steps that diverged in training (run.json; never evaluated) and evaluated
+    models with non-finite γ. eval.json "broken"; the report's verdict leaves such a run out, saying why."""
+    out = [{"name": f"M{s['step']}", "step": s["step"],
+            "reason": f"diverged in training ({(s.get('diverged') or {}).get('where', 'non-finite values')} was "
+                      f"{(s.get('diverged') or {}).get('value', 'not finite')}); not evaluated"}
+           for s in meta.get("steps", []) if s.get("status") == "diverged"]
+    out += [{"name": m["name"], "step": m.get("step"), "reason": f"{m['non_finite']} of {m['pairs']} held-out γ "
+             "are not finite (NaN or infinite log-probs)"} for m in models if m.get("broken")]
+    return out
+
+
 def select_models(models: list[dict], spec: str) -> list[dict]:
     """Apply `--models`: all | last | comma list of names (S, M1, ...); order stays S, M1, ..."""
     if spec == "all":
@@ -169,13 +181,16 @@ def gamma_table(pairs, scored: dict[str, Any]):
 
 def _stats(x) -> dict[str, float]:
     """pairs, share > 0 and mean (`sdpo_kit.stats.margin_stats`), and the standard error of the mean of a float Series."""
+    import polars as pl
+
     from sdpo_kit.stats import margin_stats
 
     s = x.to_frame("x").select(margin_stats("x")).row(0, named=True)
     n = s["pairs"]
+    bad = int((~x.cast(pl.Float64).is_finite()).sum())  # a broken model's γ: never an accuracy to believe
     return {"pairs": n, "accuracy": float(s["reward_accuracy"]) if n else float("nan"),
             "mean_margin": float(s["mean_margin"]) if n else float("nan"),
-            "sem": float(x.std() / n**0.5) if n > 1 else 0.0}
+            "sem": float(x.std() / n**0.5) if n > 1 else 0.0, **({"non_finite": bad, "broken": True} if bad else {})}
 
 
 def reference_margins(names: list[str], models: list[dict], run: dict) -> list[dict]:
@@ -330,6 +345,7 @@ def _evaluate(cfg: EvalConfig, models: list[dict], meta: dict, scorer, out: Path
     for m, stats in zip(models, result["models"]):
         stats.update(step=m["step"], path=str(m["path"]), fingerprint=m["fingerprint"],
                      scores=f"models/{m['name']}.parquet")
+    result["broken"] = broken_models(meta, result["models"])
     result = {"run": str(cfg.run), "beta": float(meta.get("beta", 0.1)), "config": asdict(cfg) | scorer.settings(),
               "data": {"path": str(cfg.data), "pairs": table.height, "loaded": pairs.height,
                        "rejected": len(loaded.rejects) + pairs.height - table.height, "key": data_key(pairs),
@@ -349,6 +365,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     """`sdpo eval`: evaluate, then print one line per model, per comparison and per model's answers."""
     result = evaluate(cfg)  # bad input raises InputError/UsageError: the CLI boundary answers in one line
     print(f"held-out pairs: {result['data']['pairs']} (rejected {result['data']['rejected']})")
+    for b in result["broken"]:
+        print(f"  {b['name']:>4}: BROKEN: {b['reason']}")
     for m in result["models"]:
         print(f"  {m['name']:>4}: preference accuracy {m['accuracy']:.3f}  mean γ {m['mean_margin']:+.3f}")
     for c in result["comparisons"]:

@@ -107,6 +107,8 @@ def comparison_figures(runs: list[dict]) -> list[dict]:
     for r in runs:
         if r["eval"]:
             final = final_vs_s(r["eval"])
+            if final["accuracy"] is None:  # a broken final model (eval.json "broken"): nothing to draw
+                continue
             g = groups.setdefault(r["label"], {"accuracy": [], "reward_margin": []})
             g["accuracy"].append(final["accuracy"])
             if final["reward_margin"] is not None:

@@ -110,6 +110,10 @@ def check_eval_models(meta: dict, ev: dict, path: Path) -> None:
 def final_vs_s(ev: dict) -> dict:
     """The final model's held-out numbers: preference accuracy, and its reward margin/accuracy vs S."""
     final = ev["models"][-1]
+    later = [b for b in ev.get("broken", []) if (b.get("step") or 0) >= (final.get("step") or 0)]
+    if later:  # the run's real final model diverged or scores non-finite γ: no number to show for it
+        return {"model": f"{later[-1]['name']} (broken)", "accuracy": None, "mean_margin": None,
+                "reward_margin": None, "reward_accuracy": None}
     vs_s = next((c for c in ev["comparisons"] if c["policy"] == final["name"] and c["reference"] == "S"), {})
     return {"model": final["name"], "accuracy": final["accuracy"], "mean_margin": final["mean_margin"],
             "reward_margin": vs_s.get("reward_margin_mean"), "reward_accuracy": vs_s.get("reward_accuracy")}

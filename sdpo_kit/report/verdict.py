@@ -55,11 +55,25 @@ def _prompt_of_pair(run: dict) -> dict[str, str]:
     return dict(df.iter_rows())
 
 
+def broken(run: dict) -> str | None:
+    """Why a run's final model is no result (a step diverged, or its held-out γ are not finite), or None."""
+    import polars as pl
+
+    steps = [s for s in run["meta"].get("steps", []) if s.get("status") == "diverged"]
+    if run["meta"].get("status") == "diverged" or steps:
+        where = (steps[0].get("diverged") or {}) if steps else {}
+        at = f"step {steps[0]['step']} diverged" if steps else "the run diverged"
+        return f"{at} in training ({where.get('where', 'non-finite values')}: {where.get('value', 'not finite')})"
+    gammas = _final_gammas(run)
+    bad = 0 if gammas is None else int((~gammas["gamma"].cast(pl.Float64).is_finite()).sum())
+    return f"its final model's held-out γ are not finite on {bad} pairs" if bad else None
+
+
 def groups(runs: list[dict]) -> dict[str, list[dict]]:
-    """label -> the runs of that label that have held-out scores, in input order."""
+    """label -> the runs of that label that have held-out scores and are not broken, in input order."""
     out: dict[str, list[dict]] = {}
     for r in runs:
-        if _final_gammas(r) is not None:
+        if _final_gammas(r) is not None and broken(r) is None:
             out.setdefault(r["label"], []).append(r)
     return out
 
@@ -123,6 +137,9 @@ def warnings(runs: list[dict], results: list[tuple[str, str, dict]]) -> list[str
         out.append("One seed per configuration: the interval covers the held-out sample only, not run-to-run "
                    "training noise; train more seeds (--seed N, one run each) to include it.")
     for run in runs:
+        if broken(run):
+            out.append(f"{run['name']} is broken: {broken(run)}; it is left out of every verdict (retrain it with a "
+                       "lower learning rate).")
         o = (run["eval"] or {}).get("data", {}).get("overlap_with_training")
         if o and o.get("any"):
             out.append(f"{run['name']}: {o['any']} of {o['pairs']} held-out pairs were in its training partitions "

@@ -28,6 +28,7 @@ from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 from sdpo_kit.runs import REFERENCE_KEY, reference_record, write_run
+from sdpo_kit.training.divergence import train_checked
 from sdpo_kit.training.padding import pair_widths, with_lengths
 from sdpo_kit.training.reference import check_reference_logps, reference_for_step
 
@@ -84,7 +85,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, scorer, ru
     if checkpoint:
         rec["resumed_from"] = Path(checkpoint).name
         note("sdpo train", f"step {t}: resuming from {checkpoint}")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    train_checked(t, trainer, checkpoint, args, run, run_dir, state)  # a divergence: run.json, one line
 
     # 4. Save M_t, the trainer state and summary.json; run.json marks the step done once they exist.
     save_step(t, trainer, scored, tokenizer, cfg, scorer, run, state, began, ref_fp, ref_check)
