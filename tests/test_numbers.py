@@ -198,3 +198,51 @@ def test_a_source_with_non_finite_margins_is_never_sorted_as_easiest():
     assert order.filter(pl.col("source") == "bad")["reward_accuracy"].item() == 0.0
     tied = pl.DataFrame({"source": ["a", "a", "b"], "margin": [nan, -1.0, -0.5]})  # accuracy 0 both: a's mean NaN
     assert source_order(tied)["source"].to_list() == ["b", "a"]  # polars sorts NaN above every number
+
+
+# ---------------------------------------------------------------- ld_alpha: the reference summed as TRL sums it
+
+
+def test_ld_weighted_sums_against_naive_per_token_sums(tiny_model_dir):
+    from test_length import length_pairs, naive_token_logps
+    from test_score import close
+
+    from sdpo_kit.models import load_model
+    from sdpo_kit.scoring.frame import ScoreConfig, ld_weighted, score_frame
+    from sdpo_kit.scoring.tokens import tokenize_pair, truncate
+
+    model, tokenizer = load_model(tiny_model_dir)
+    scored, _ = score_frame(length_pairs(), model, tokenizer, ScoreConfig(max_length=64, token_budget=90,
+                                                                          share_prefix=2), progress=False)
+    for alpha in (0.0, 0.5, 1.0):
+        weighted = ld_weighted(scored, alpha)
+        for row, plain in zip(weighted.iter_rows(named=True), scored.iter_rows(named=True)):
+            p, c, r = tokenize_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"])
+            lc = naive_token_logps(model, truncate(p, c, 64, "keep_start").ids, len(p))
+            lr = naive_token_logps(model, truncate(p, r, 64, "keep_start").ids, len(p))
+            k = min(len(lc), len(lr))  # TRL: shared = first min(n_w, n_l) completion tokens, tail times alpha
+            assert close(row["ref_chosen_logps"], sum(lc[:k]) + alpha * sum(lc[k:])), (alpha, row["ref_chosen_logps"])
+            assert close(row["ref_rejected_logps"], sum(lr[:k]) + alpha * sum(lr[k:]))
+            assert row["margin"] == plain["margin"]  # γ stays the plain summed margin
+    assert ld_weighted(scored, None) is scored
+
+
+@pytest.mark.slow
+def test_train_ld_alpha_starts_every_step_at_ln2(tmp_path, tiny_model_dir):
+    """`sdpo train --ld_alpha 0.5`, 2 steps: at each step's first optimiser step the policy is its
+    reference, so TRL's LD-weighted rewards are 0 and the loss ln 2 (plain sums gave 6.96 here)."""
+    from test_train import assert_exact_first_log
+
+    parts = write_partitions(tmp_path / "parts", steps=2, pairs=4)
+    out = tmp_path / "run"
+    code, text = sdpo("train", "--partitions", parts, "--model", tiny_model_dir, "--out", out, *FAST,
+                      "--ld_alpha", "0.5", "--max_length", "1024")  # untruncated: answers of different lengths
+    assert code == 0, text
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "done" and run["settings"]["trl"]["ld_alpha"] == 0.5
+    for t in (1, 2):
+        assert_exact_first_log(out / f"step_{t}")
+        ref = pl.read_parquet(out / f"step_{t}" / "reference.parquet")
+        tail = (ref["ref_chosen_logps"] - ref["ref_chosen_logps_shared"]).abs() + (
+            ref["ref_rejected_logps"] - ref["ref_rejected_logps_shared"]).abs()
+        assert (tail > 1.0).all()  # every pair has a tail that alpha weighs (plain sums would start far from ln 2)

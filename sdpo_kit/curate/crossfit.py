@@ -106,6 +106,8 @@ def run(cfg: CrossfitConfig, keys=None, args=None, given: set[str] | None = None
     given = set(given) if given is not None else set(trl_overrides(args))
     if "sigmoid" not in [str(getattr(t, "value", t)) for t in args.loss_type] or len(args.loss_type) != 1:
         raise UsageError("--loss_type", f"crossfit measures the sigmoid DPO loss; got {args.loss_type}")
+    if args.ld_alpha is not None:  # its val_loss (scoring/dpo.py) sums every token alike
+        raise UsageError("--ld_alpha", "crossfit measures the plain sigmoid DPO loss; remove --ld_alpha")
     step_cfg = {k: getattr(keys, k) for k in TRAIN_KEYS}
     from sdpo_kit.config import SEED_MAX
     from sdpo_kit.training.config import StepwiseConfig, _check_values

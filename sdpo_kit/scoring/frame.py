@@ -32,12 +32,14 @@ SCORED_COLUMNS = {
     "prompt_tokens": pl.Int64, "chosen_tokens": pl.Int64, "rejected_tokens": pl.Int64,
     "chosen_truncated": pl.Boolean, "rejected_truncated": pl.Boolean,
     "margin_shared": pl.Float64, "chosen_chars": pl.Int64, "rejected_chars": pl.Int64,
+    "ref_chosen_logps_shared": pl.Float64, "ref_rejected_logps_shared": pl.Float64,
 }
 
 
 # Part of the provenance, hence of the pair cache key and the resume stamp: bump it whenever the
 # scored columns change, so pairs cached before a column existed are never served as complete.
-SCORED_LAYOUT = 3  # 3: `identical_truncated` and `too_long` rejects (such pairs were cached as scored before)
+SCORED_LAYOUT = 4  # 3: `identical_truncated` and `too_long` rejects (such pairs were cached as scored before);
+                  # 4: ref_{chosen,rejected}_logps_shared (TRL's ld_alpha)
 
 
 POLICY_COLUMNS = {"policy_chosen_logps": pl.Float64, "policy_rejected_logps": pl.Float64,
@@ -225,17 +227,37 @@ def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: S
                 bar.update(halves[i] == 2)
     if own:
         bar.close()
-    return [s.sums for s in scorers], scorers[0].counts, shared_margins(scorers[0], len(pairs))
+    return [s.sums for s in scorers], scorers[0].counts, shared_sums(scorers[0], len(pairs))
+
+
+def shared_sums(scorer, n_pairs: int) -> tuple[list[float], list[float]]:
+    """Per pair: the chosen and the rejected log-prob over the first k = min(n_w, n_l) scored tokens of
+    each (0.0 when k = 0: TRL's `ld_alpha` shared part then holds no token)."""
+    chosen, rejected = [], []
+    for i in range(n_pairs):
+        k = int(min(scorer.counts[2 * i], scorer.counts[2 * i + 1]))
+        chosen.append(scorer.shared_sum(2 * i, k) or 0.0)
+        rejected.append(scorer.shared_sum(2 * i + 1, k) or 0.0)
+    return chosen, rejected
 
 
 def shared_margins(scorer, n_pairs: int) -> list[float | None]:
-    """Per pair: chosen minus rejected log-prob over the first min(n_w, n_l) scored tokens of each."""
-    out = []
-    for i in range(n_pairs):
-        k = int(min(scorer.counts[2 * i], scorer.counts[2 * i + 1]))
-        c, r = scorer.shared_sum(2 * i, k), scorer.shared_sum(2 * i + 1, k)
-        out.append(None if c is None or r is None else c - r)
-    return out
+    """Per pair: chosen minus rejected log-prob over the first min(n_w, n_l) scored tokens (None if k = 0)."""
+    chosen, rejected = shared_sums(scorer, n_pairs)
+    empty = [min(scorer.counts[2 * i], scorer.counts[2 * i + 1]) == 0 for i in range(n_pairs)]
+    return [None if e else c - r for c, r, e in zip(chosen, rejected, empty)]
+
+
+def ld_weighted(frame: pl.DataFrame, alpha: float | None) -> pl.DataFrame:
+    """`ref_chosen_logps`/`ref_rejected_logps` as TRL 1.16 sums them under `ld_alpha` (LD-DPO; the
+    `ld_alpha` branches of `DPOTrainer.compute_ref_log_probs` and `_compute_loss`): the first
+    min(n_w, n_l) completion tokens of each answer count fully, the rest of the longer one times α.
+    From the scorer's per-token prefix sums (`*_shared`); `alpha` None returns `frame` unchanged."""
+    if alpha is None:
+        return frame
+    return frame.with_columns(
+        (pl.col(f"{c}_shared") + alpha * (pl.col(c) - pl.col(f"{c}_shared"))).alias(c)
+        for c in ("ref_chosen_logps", "ref_rejected_logps"))
 
 
 def completion_chars(frame: pl.DataFrame, col: str) -> pl.Series:
@@ -288,7 +310,9 @@ def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float, shar
         "rejected_tokens": [r for _, _, r in lengths],
         "chosen_truncated": [c.truncated for c, _ in seqs],
         "rejected_truncated": [r.truncated for _, r in seqs],
-        "margin_shared": shared,
+        "margin_shared": [None if min(a, b) == 0 else c - r
+                          for c, r, a, b in zip(shared[0], shared[1], n_c, n_r)],
+        "ref_chosen_logps_shared": shared[0], "ref_rejected_logps_shared": shared[1],
         "chosen_chars": completion_chars(kept, "chosen").to_list(),
         "rejected_chars": completion_chars(kept, "rejected").to_list(),
     }

@@ -5,7 +5,9 @@
 `sdpo train` feeds TRL the reference log-probs of its scorer (`precompute_ref_log_probs`), so an
 option that changes how TRL would sum the *reference's* log-probs must change the scorer's sums
 the same way, or be refused. The audit of every field is /work/notes/dpoconfig_audit.md (summary
-in docs/ARCHITECTURE.md, "Runs"). Refused here, each in one line naming the flag:
+in docs/ARCHITECTURE.md, "Runs"). `ld_alpha` is honoured: the scorer's per-token prefix sums give
+TRL's LD-weighted sums for the reference (`sdpo_kit.scoring.frame.ld_weighted`). Refused here, each
+in one line naming the flag:
 - options that need the network or a package sdpo_kit does not ship (report_to other than none or
   an installed local logger, push_to_hub and hub_*, use_liger_kernel), or a second model
   (sync_ref_model: the reference is the scorer's, never a live model);
@@ -50,8 +52,6 @@ def check_dpo_options(args) -> None:
     if args.ld_alpha is not None and not 0 <= args.ld_alpha <= 1:
         raise UsageError("--ld_alpha", f"must be in [0, 1] (LD-DPO's weight of the tokens past the shorter answer), "
                          f"got {args.ld_alpha}")
-    if args.ld_alpha is not None:  # TRL would weight its own reference too; the scorer's sums are plain
-        raise UsageError("--ld_alpha", "not supported yet: the injected reference log-probs are plain sums")
 
 
 def _check_optimiser(args) -> None:

@@ -28,6 +28,7 @@ from sdpo_kit.errors import InputError
 from sdpo_kit.io import atomic_path, read_parquet_checked, read_parquet_metadata, write_json, write_jsonl, write_parquet
 from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 from sdpo_kit.runs import REFERENCE_KEY, reference_record, write_run
+from sdpo_kit.scoring.frame import SCORED_LAYOUT, ld_weighted
 from sdpo_kit.training.divergence import train_checked
 from sdpo_kit.training.padding import pair_widths, with_lengths
 from sdpo_kit.training.reference import check_reference_logps, reference_for_step
@@ -59,6 +60,7 @@ def run_step(t: int, files: list[Path], start: str | Path, cfg, args, scorer, ru
     # 1. Score the reference: the schedule's reference model on this step's pairs.
     scored, ref_fp, ref_check = score_step_reference(t, files, start, model, begin_fp, tokenizer, cfg, scorer, run,
                                                        state)
+    scored = ld_weighted(scored, args.ld_alpha)  # TRL weights its own reference by ld_alpha too
     if scored.height == 0:
         raise InputError(f"step {t}: no trainable pairs left in {[str(f) for f in files]} "
                          "(see reference.rejects.jsonl).")
@@ -104,7 +106,7 @@ def save_step(t: int, trainer, scored, tokenizer, cfg, scorer, run: dict, state,
     step_dir, rec = run_dir / f"step_{t}", run["steps"][t - 1]
     final = final_model(trainer)
     model_fp = model_fingerprint(final)
-    end = end_of_step(scored, final, tokenizer, scorer, state)  # every process: the scorer gathers
+    end = end_of_step(scored, final, tokenizer, scorer, state, trainer.args.ld_alpha)  # every process: gathered
     if state.is_main_process:
         save_model(final, tokenizer, step_dir / "model")
         with atomic_path(step_dir / "trainer_state.json") as tmp:
@@ -175,7 +177,8 @@ def score_reference(files: list[Path], model, tokenizer, scorer, fingerprint: st
     from sdpo_kit.scoring.cache import score_frame_cached
 
     path = step_dir / "reference.parquet"
-    settings = {"fingerprint": fingerprint, "max_length": scorer.max_length, "truncation_mode": scorer.truncation_mode}
+    settings = {"fingerprint": fingerprint, "max_length": scorer.max_length, "truncation_mode": scorer.truncation_mode,
+                "scored_layout": SCORED_LAYOUT}  # an older file lacks the *_shared sums that ld_alpha reads
     settings |= {"autocast": scorer.autocast} if scorer.autocast else {}  # fp32 runs keep their old stamps
     if not _cache_matches(path, settings):  # every process looks before anything is written
         parts, rejects = [], []
@@ -320,7 +323,7 @@ def final_model(trainer):
     return model
 
 
-def end_of_step(scored, model, tokenizer, scorer, state) -> dict:
+def end_of_step(scored, model, tokenizer, scorer, state, ld_alpha: float | None = None) -> dict:
     """DPO loss, reward margin and reward accuracy of M_t over its WHOLE partition, after the step.
 
     One scorer pass of M_t (`model`) on the step's pairs (through the pair cache, split over the
@@ -328,7 +331,8 @@ def end_of_step(scored, model, tokenizer, scorer, state) -> dict:
     log-probs are the step's reference's, already in `scored`. Per pair m = β·((π_w − r_w) − (π_l − r_l))
     (`scoring/dpo.py`); `sigmoid_loss` = mean −log σ(m), TRL 1.16's `loss_type="sigmoid"` (which
     ignores label_smoothing), named so because it is the training loss only under that loss type;
-    accuracy = share with m > 0. The last logged training window can be a single batch.
+    accuracy = share with m > 0. The last logged training window can be a single batch. `ld_alpha`:
+    DPOConfig's, as in `scored` (both sides' sums LD-weighted).
     """
     import polars as pl
     import torch
@@ -341,6 +345,7 @@ def end_of_step(scored, model, tokenizer, scorer, state) -> dict:
                if c in scored.columns]
     policy, _ = score_frame_cached(scored.select(columns), model, tokenizer, scorer, file="end_of_step",
                                    accelerator=state, progress=False)
+    policy = ld_weighted(policy, ld_alpha)  # the same sums as the reference in `scored` (TRL's ld_alpha)
     joined = scored.select("pair_id", *REF_COLUMNS).join(
         policy.select("pair_id", pl.col("ref_chosen_logps").alias("pc"), pl.col("ref_rejected_logps").alias("pr")),
         on="pair_id", how="inner")
