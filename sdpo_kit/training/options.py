@@ -4,8 +4,17 @@
 
 `sdpo train` feeds TRL the reference log-probs of its scorer (`precompute_ref_log_probs`), so an
 option that changes how TRL would sum the *reference's* log-probs must change the scorer's sums
-the same way, or be refused. The audit of every field is /work/notes/dpoconfig_audit.md (summary
-in docs/ARCHITECTURE.md, "Runs"). `ld_alpha` is honoured: the scorer's per-token prefix sums give
+the same way, or be refused. Audit of TRL 1.16's `dpo_trainer.py` (`__init__` checks,
+`compute_ref_log_probs`, `_compute_loss`):
+- changes the reference sums: `ld_alpha` (below); `max_length`/`truncation_mode` (the scorer
+  truncates as TRL does); `padding_free` (TRL 1.16 turns it off itself): exact.
+- loss or policy side only, so the injected sums reach them as TRL's own would: every `loss_type`
+  (ipo and sigmoid_norm divide by the same token counts), `loss_weights`, `f_divergence_type`,
+  `f_alpha_divergence_coef`, `label_smoothing`, `beta`, `use_weighting` (policy probabilities),
+  `discopop_tau`, `disable_dropout` and `neftune_noise_alpha` (TRL's reference pass runs before
+  training mode / the noise hook), `pad_token`, `pad_to_multiple_of`, `precompute_ref_batch_size`.
+- fixed by sdpo train: `precompute_ref_log_probs` (always the scorer's), `output_dir`.
+`ld_alpha` is honoured: the scorer's per-token prefix sums give
 TRL's LD-weighted sums for the reference (`sdpo_kit.scoring.frame.ld_weighted`). Refused here, each
 in one line naming the flag:
 - options that need the network or a package sdpo_kit does not ship (report_to other than none or
@@ -34,6 +43,9 @@ def check_dpo_options(args) -> None:
     if args.sync_ref_model:
         raise UsageError("--sync_ref_model", "not supported: the reference of each step is the scorer's log-probs of "
                          "the previous model (use --reference_schedule mix for a soft-updated reference)")
+    if args.model_init_kwargs:
+        raise UsageError("--model_init_kwargs", "not used: sdpo train loads --model itself in float32 (use --bf16 "
+                         "for mixed precision); remove it")
     if getattr(args, "trust_remote_code", False):
         raise UsageError("--trust_remote_code", "not supported: sdpo train never runs a model folder's own code")
     losses = list(args.loss_type)
