@@ -312,9 +312,9 @@ def _assemble(kept: pl.DataFrame, seqs, lengths, sums, counts, beta: float, shar
         "rejected_truncated": [r.truncated for _, r in seqs],
         "margin_shared": [None if min(a, b) == 0 else c - r
                           for c, r, a, b in zip(shared[0], shared[1], n_c, n_r)],
-        "ref_chosen_logps_shared": shared[0], "ref_rejected_logps_shared": shared[1],
         "chosen_chars": completion_chars(kept, "chosen").to_list(),
         "rejected_chars": completion_chars(kept, "rejected").to_list(),
+        "ref_chosen_logps_shared": shared[0], "ref_rejected_logps_shared": shared[1],  # SCORED_COLUMNS' order
     }
     if len(sums) > 1:
         pc, pr = sums[1][0::2].tolist(), sums[1][1::2].tolist()
