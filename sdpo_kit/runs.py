@@ -231,7 +231,9 @@ def check_eval_files(run_dir: str | Path, meta: dict, ev: dict, folder: str | Pa
     steps = [s["step"] for s in meta["steps"]]
     final = f"M{max(steps)}" if steps else "S"
     status = meta.get("status", "done")
-    if names and (names[-1] != final or status != "done"):
+    # A diverged run's eval lists its broken step (eval.json "broken"); the verdict leaves that run out.
+    broken = status == "diverged" and bool(ev.get("broken"))
+    if names and (names[-1] != final or status != "done") and not broken:
         why = f"the run is not finished (run.json status {status!r})" if status != "done" else (
             f"the run's final model is {final} (eval ran before the last step finished, or with --models)")
         raise InputError(folder / "eval.json", f"covers {', '.join(names)} but {why}: the verdict would compare "

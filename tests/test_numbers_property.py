@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from sdpo_kit import config
+from sdpo_kit import parser as config
 from sdpo_kit.cli import COMMANDS
 from test_hardening_run import sdpo
 

@@ -109,7 +109,7 @@ def run(cfg: CrossfitConfig, keys=None, args=None, given: set[str] | None = None
     if args.ld_alpha is not None:  # its val_loss (scoring/dpo.py) sums every token alike
         raise UsageError("--ld_alpha", "crossfit measures the plain sigmoid DPO loss; remove --ld_alpha")
     step_cfg = {k: getattr(keys, k) for k in TRAIN_KEYS}
-    from sdpo_kit.config import SEED_MAX
+    from sdpo_kit.parser import SEED_MAX
     from sdpo_kit.training.config import StepwiseConfig, _check_values
 
     _check_values(args)  # train's DPO checks (beta > 0, ...), before any work
