@@ -22,7 +22,6 @@ import enum
 import math
 import types
 import typing
-from pathlib import Path
 
 from sdpo_kit.errors import SdpoError, UsageError
 from sdpo_kit.yaml_config import read_yaml

@@ -123,7 +123,7 @@ def _split(cfg: HeldoutConfig, out: Path) -> dict:
     import polars as pl
 
     from sdpo_kit.data import load_pairs, write_rejects
-    from sdpo_kit.io import atomic_dir, sha256_file, write_json, write_parquet
+    from sdpo_kit.io import atomic_dir, write_json, write_parquet
     from sdpo_kit.owner import write_owner
 
     if not Path(cfg.data).exists():  # here, not in __post_init__: a config is values, no file is read to build it

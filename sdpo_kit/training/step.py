@@ -7,11 +7,8 @@ the steps (partitions, run.json, resume, the loop, the progress bar) is `sdpo_ki
 
 The reference log-probs come from the curation scorer (`score_frame_cached`: step 1 reads what
 `sdpo curate score` already computed with S), cached in `step_t/reference.parquet`, and reach TRL
-through its own `precompute_ref_log_probs=True` path, so TRL loads no reference model. TRL 1.16 always runs its precompute pass when that flag is set
-(and fails on a dataset that already has `ref_*` columns: duplicate columns on concatenation), so
-the scorer's values travel in `sdpo_ref_*` columns and the one public hook TRL calls per batch
-in that pass, `compute_ref_log_probs`, returns them instead of running a forward pass. No
-private method of TRL is overridden.
+through its own `precompute_ref_log_probs=True` path, so TRL loads no reference model: the dataset
+and the trainer that reads them are `sdpo_kit/training/trainer.py`.
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
 
 from sdpo_kit.console import note
 from sdpo_kit.errors import InputError
@@ -30,11 +26,9 @@ from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 from sdpo_kit.runs import REFERENCE_KEY, reference_record, write_run
 from sdpo_kit.scoring.frame import SCORED_LAYOUT, ld_weighted
 from sdpo_kit.training.divergence import train_checked
-from sdpo_kit.training.padding import pair_widths, with_lengths
 from sdpo_kit.training.reference import check_reference_logps, reference_for_step
+from sdpo_kit.training.trainer import REF_COLUMNS, build_trainer, final_model, latest_checkpoint, to_dataset
 
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
-CARRIED = {c: f"sdpo_{c}" for c in REF_COLUMNS}  # scorer column -> dataset column TRL leaves alone
 
 
 def run_step(t: int, files: list[Path], start: str | Path, cfg, args, scorer, run: dict, state,
@@ -213,114 +207,6 @@ def lora_config(cfg):
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
     )
-
-
-def to_dataset(scored, folder: Path, state, length_column: str = "length", max_length: int | None = None):
-    """A file-backed `datasets.Dataset` of TRL-conversational pairs plus the scorer's `sdpo_ref_*`.
-
-    Where the scorer's token counts are present, `length_column` holds each pair's padded width in a
-    batch (prompt + the longer completion, at most `max_length`): transformers' length-grouped
-    samplers (`--train_sampling_strategy group_by_length`) read it, as TRL's rows carry no `input_ids`.
-
-    File-backed on purpose: TRL's precompute pass hands its results from the main process to
-    the others through a cache file beside the dataset, and an in-memory dataset puts that file
-    in a per-process temporary folder the other processes cannot see.
-    """
-    from datasets import Dataset, load_from_disk
-
-    if state.is_main_process:
-        shutil.rmtree(folder, ignore_errors=True)  # stale TRL cache files belong to old fingerprints
-        frame = scored.select(["prompt", "chosen", "rejected", *REF_COLUMNS]).rename(CARRIED)
-        widths = pair_widths(scored, max_length)
-        frame = frame if widths is None else frame.with_columns(widths.alias(length_column))
-        Dataset.from_list(frame.to_dicts()).save_to_disk(str(folder))
-    state.wait_for_everyone()
-    return load_from_disk(str(folder))
-
-
-@dataclass
-class PrecomputedReferenceCollator:
-    """TRL's `DataCollatorForPreference` that also hands on the scorer's reference log-probs.
-
-    Output: TRL's batch (`input_ids`, `attention_mask`, `completion_mask`: (2B, L), chosen rows
-    first) plus `ref_chosen_logps`, `ref_rejected_logps`: (B,) fp32, unless TRL's own columns
-    already supplied them (after its precompute pass they are the same numbers).
-    """
-
-    base: Any  # trl.trainer.dpo_trainer.DataCollatorForPreference
-
-    def __call__(self, examples: list[dict]) -> dict:
-        import torch
-
-        carried = {src: [e[dst] for e in examples] for src, dst in CARRIED.items() if dst in examples[0]}
-        batch = self.base([{k: v for k, v in e.items() if k not in CARRIED.values()} for e in examples])
-        for name, values in carried.items():
-            batch.setdefault(name, torch.tensor(values, dtype=torch.float32))
-        return batch
-
-
-def trainer_class():
-    """`DPOTrainer` whose reference pass reads the log-probs already in the batch (imported lazily)."""
-    from trl import DPOTrainer
-
-    class PrecomputedReferenceDPOTrainer(DPOTrainer):
-        def compute_ref_log_probs(self, model, inputs):
-            # Public per-batch hook of TRL's precompute pass: the scorer already did this work.
-            if "ref_chosen_logps" in inputs:
-                device = self.accelerator.device
-                return inputs["ref_chosen_logps"].to(device), inputs["ref_rejected_logps"].to(device)
-            return super().compute_ref_log_probs(model, inputs)
-
-        def _get_train_sampler(self, train_dataset=None):  # transformers' hook: see padding.with_lengths
-            return super()._get_train_sampler(with_lengths(self, train_dataset))
-
-    return PrecomputedReferenceDPOTrainer
-
-
-def build_trainer(model, tokenizer, dataset, args, peft_config=None, trim: bool = False):
-    """A fresh DPO trainer for one step; `args` must have `precompute_ref_log_probs=True`.
-
-    `trim`: the policy's forward runs each batch in length groups without their padding (`padding.py`)."""
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
-    assert args.precompute_ref_log_probs, "the step trainer reads precomputed reference log-probs"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # TRL mirrors the pad token onto the model only when it builds the collator itself.
-    model.config.pad_token_id = tokenizer.pad_token_id
-    base = DataCollatorForPreference(
-        pad_token_id=tokenizer.pad_token_id,
-        max_length=args.max_length,
-        truncation_mode=args.truncation_mode,
-        pad_to_multiple_of=args.pad_to_multiple_of,
-    )
-    trainer = trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        data_collator=PrecomputedReferenceCollator(base),
-        peft_config=peft_config,
-    )
-    if trim:  # after TRL patched its fused LM head onto the model, before accelerate wraps the forward
-        from sdpo_kit.training.padding import trim_forward
-
-        trim_forward(trainer.model)
-    return trainer
-
-
-def latest_checkpoint(folder: Path) -> str | None:
-    """The newest complete `checkpoint-N` under `folder` (a SIGKILL can leave a partial one)."""
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
-
-
-def final_model(trainer):
-    """The trained weights as a plain transformers model: LoRA adapters merged in."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model
 
 
 def end_of_step(scored, model, tokenizer, scorer, state, ld_alpha: float | None = None) -> dict:
