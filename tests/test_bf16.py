@@ -37,7 +37,7 @@ def trl_reference(pairs: pl.DataFrame, model_dir, *flags: str) -> list[tuple[flo
 
     from sdpo_kit.models import load_model
     from sdpo_kit.training.config import parse_train_args
-    from sdpo_kit.training.step import build_trainer, to_dataset
+    from sdpo_kit.training.trainer import build_trainer, to_dataset
 
     _, args, _ = parse_train_args(["--partitions", "unused", "--out", "unused", *FAST, *flags])
     model, tok = load_model(model_dir)

@@ -60,7 +60,7 @@ def test_matches_trl_dpo_trainer_sigmoid_loss(tmp_path, tiny_model_dir, label_sm
     from sdpo_kit.data import load_pairs
     from sdpo_kit.models import load_model
     from sdpo_kit.scoring.frame import ScoreConfig, score_frame
-    from sdpo_kit.training import step as train_step
+    from sdpo_kit.training import trainer as train_step
     from sdpo_kit.training.config import parse_train_args
 
     pairs = load_pairs("data/dpo_en_demo.json", limit=6).pairs

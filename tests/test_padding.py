@@ -22,7 +22,8 @@ def padding_and_order(strategy: str, tmp_path, tiny_model_dir):
 
     from sdpo_kit.models import load_model, model_fingerprint
     from sdpo_kit.training.config import parse_train_args, scorer_config
-    from sdpo_kit.training.step import build_trainer, score_reference, to_dataset
+    from sdpo_kit.training.step import score_reference
+    from sdpo_kit.training.trainer import build_trainer, to_dataset
 
     parts = write_partitions(tmp_path / "parts", steps=1, pairs=32)
     _, args, _ = parse_train_args(["--partitions", str(parts), "--out", "x", *FAST, "--max_length", "1024",
@@ -76,7 +77,8 @@ def test_trimmed_forward_gives_the_padded_forwards_numbers_and_gradients(tmp_pat
     from sdpo_kit.models import load_model, model_fingerprint
     from sdpo_kit.training.config import parse_train_args, scorer_config
     from sdpo_kit.training.padding import trim_forward
-    from sdpo_kit.training.step import build_trainer, score_reference, to_dataset
+    from sdpo_kit.training.step import score_reference
+    from sdpo_kit.training.trainer import build_trainer, to_dataset
 
     parts = write_partitions(tmp_path / "parts", steps=1, pairs=4)
     _, args, _ = parse_train_args(["--partitions", str(parts), "--out", "x", *FAST, "--max_length", "1024",

@@ -186,7 +186,7 @@ def _batch_refs(order: str, scored, tiny_model_dir, tmp_path) -> list[float]:
     """The reference log-probs of the pairs, in the order the trainer's dataloader yields them."""
     from accelerate import PartialState
 
-    from sdpo_kit.training import step as train_step
+    from sdpo_kit.training import trainer as train_step
     from sdpo_kit.models import load_model
     from sdpo_kit.training.config import parse_train_args
 
