@@ -23,6 +23,7 @@ from sdpo_kit.cli import app
 from sdpo_kit.errors import InputError
 from sdpo_kit.io import folder_lock, lock_path
 from sdpo_kit.owner import OWNER_FILE, folder_owner
+from test_hardening_curate import one_line_error  # exit code + exactly one `error:` line
 
 FAST = ["--max_length", "64", "--per_device_train_batch_size", "2", "--num_train_epochs", "1",
         "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--seed", "0",
@@ -38,17 +39,6 @@ def ok(*args) -> str:
     result = run(*args)
     assert result.exit_code == 0, (args, result.output, result.exception)
     return result.output
-
-
-def one_line_error(result, code: int, *needles: str) -> str:
-    """Exit `code`, stderr exactly one `error: ...` line holding every needle, no traceback."""
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    lines = [x for x in result.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def pairs_file(path: Path, n: int = 12, seed: int = 0) -> Path:
