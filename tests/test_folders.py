@@ -137,6 +137,8 @@ def _commands(inputs, tmp_path) -> dict[str, tuple[list, Path]]:
         "sdpo eval": (["eval", "--run", i["run"], "--data", i["heldout"], "--out", tmp_path / "eval"],
                       tmp_path / "eval"),
         "sdpo report": (["report", i["run"], "--out", tmp_path / "report"], tmp_path / "report"),
+        "sdpo curate crossfit": (["curate", "crossfit", i["scored"], "--model", i["model"], "--folds", "2",
+                                  "--seeds", "1", "--out", tmp_path / "d.parquet", *FAST], tmp_path / "d.parquet"),
     }
 
 

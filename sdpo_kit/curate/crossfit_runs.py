@@ -31,6 +31,7 @@ PROG = "sdpo curate crossfit"
 def crossfit(cfg, step_cfg: dict, args, given: set[str]) -> Path:
     """Every run (resuming finished ones), then `cfg.out` written atomically; returns its path."""
     from sdpo_kit.data import prompt_text
+    from sdpo_kit.io import folder_lock
     from sdpo_kit.training.config import take_scorer_settings
 
     import os
@@ -43,22 +44,24 @@ def crossfit(cfg, step_cfg: dict, args, given: set[str]) -> Path:
     if len(set(keys)) < cfg.folds:
         raise InputError(data, f"{len(set(keys))} distinct prompt(s) cannot fill --folds {cfg.folds} (folds are by "
                          "prompt); use fewer folds or more pairs")
-    scorer_meta = json.loads(meta[SCORER_KEY]) if SCORER_KEY in meta else None
-    take_scorer_settings(args, given, scorer_meta, data, PROG, "pairs")
-    s_scores, base = score_base(frame, step_cfg["model"], args)
-    stamp = make_stamp(data, base, cfg, step_cfg, args)
-    prepare_work(work, stamp, cfg.resume)
-    assignment, runs, records = {}, [], []
-    for s in range(cfg.seeds):
-        folds = assign_folds(keys, cfg.folds, args.seed + s)
-        assignment[str(s)] = folds.tolist()
-        for f in range(cfg.folds):
-            record = one_run(work / run_name(s, f), frame, folds, s, f, s_scores, scorer_meta, cfg, step_cfg, args)
-            check_assignment(record, frame, folds, f)
-            records.append(record)
-            runs.append((s, read_parquet_checked(work / run_name(s, f) / "heldout.parquet")))
-    check_disjoint(records)
-    return write_output(out, frame, meta, runs, records, assignment, stamp, cfg, args)
+    # One writer per --out and per work folder: two crossfits would mix their runs (io.folder_lock).
+    with folder_lock(out, PROG), folder_lock(work, PROG, flag="--work"):
+        scorer_meta = json.loads(meta[SCORER_KEY]) if SCORER_KEY in meta else None
+        take_scorer_settings(args, given, scorer_meta, data, PROG, "pairs")
+        s_scores, base = score_base(frame, step_cfg["model"], args)
+        stamp = make_stamp(data, base, cfg, step_cfg, args)
+        prepare_work(work, stamp, cfg.resume)
+        assignment, runs, records = {}, [], []
+        for s in range(cfg.seeds):
+            folds = assign_folds(keys, cfg.folds, args.seed + s)
+            assignment[str(s)] = folds.tolist()
+            for f in range(cfg.folds):
+                record = one_run(work / run_name(s, f), frame, folds, s, f, s_scores, scorer_meta, cfg, step_cfg, args)
+                check_assignment(record, frame, folds, f)
+                records.append(record)
+                runs.append((s, read_parquet_checked(work / run_name(s, f) / "heldout.parquet")))
+        check_disjoint(records)
+        return write_output(out, frame, meta, runs, records, assignment, stamp, cfg, args)
 
 
 def score_base(frame: pl.DataFrame, model: str, args) -> tuple[pl.DataFrame, dict]:
