@@ -51,7 +51,10 @@ def load(budget_name: str) -> tuple[dict, dict, dict]:
     arms = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(CONFIGS.glob("*.yaml")) if p.stem != "common"}
     for name, arm in arms.items():
         base.check_split(f"select/{name}", {"split": split_options(arm, select["q"], 0)})
-    return {**common, "q": select["q"]}, select["budgets"][budget_name], arms
+    budget = select["budgets"][budget_name]
+    # A budget may override training keys (select: bf16 autocast, issue 23's exact-reference trainer).
+    train = {**common["train"], **budget.get("train", {})}
+    return {**common, "train": train, "q": select["q"]}, budget, arms
 
 
 def split_options(arm: dict, q: float, seed: int) -> dict:
