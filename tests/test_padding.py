@@ -109,3 +109,54 @@ def test_trimmed_forward_gives_the_padded_forwards_numbers_and_gradients(tmp_pat
     assert torch.allclose(trimmed.loss, whole.loss, atol=1e-5)
     assert len(grads) == len(trimmed_grads)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads, trimmed_grads))
+
+
+def test_compact_head_scores_only_labelled_positions_with_trls_numbers(tiny_model_dir):
+    """`compact_head`: TRL's fused head on CPU projects every position; wrapped, only the labelled ones
+    (the rows handed to its chunked kernel are counted), with the same per-token outputs and gradients,
+    and log-probs equal to the naive log_softmax of the model's own logits."""
+    import torch
+    import trl.trainer.utils as trl_utils
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sdpo_kit.models import load_model
+    from sdpo_kit.training.padding import compact_head
+
+    model, _ = load_model(tiny_model_dir)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (4, 24), generator=gen)
+    mask = (torch.arange(24)[None] < torch.tensor([[24], [20], [15], [9]])).long()
+    labels = ids.masked_fill(torch.arange(24)[None] < 6, -100).masked_fill(mask == 0, -100)  # 6 prompt tokens
+    rows = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting(hidden, *rest):
+        rows.append(hidden.shape[0])
+        return apply(hidden, *rest)
+
+    def run():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
+        (out.log_probs.sum(1) * torch.linspace(-1, 1, 4)).sum().backward()
+        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    trl_utils._ChunkedLogProbFunction.apply = counting
+    try:
+        whole, grads = run()
+        compact_head(model)
+        compact, compact_grads = run()
+    finally:
+        trl_utils._ChunkedLogProbFunction.apply = apply
+    scored = int((labels[:, 1:] != -100).sum())
+    assert rows == [4 * 23, scored] and scored < 4 * 23 / 2
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after the call
+    for key in ("log_probs", "entropy", "mean_logits", "is_top1"):
+        assert compact[key].shape == whole[key].shape
+        assert torch.allclose(compact[key].float(), whole[key].float(), atol=1e-5), key
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(grads, compact_grads))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    naive = logits.log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+    naive = naive.masked_fill(labels[:, 1:] == -100, 0)
+    assert torch.allclose(compact.log_probs, naive, atol=1e-4)

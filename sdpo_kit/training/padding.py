@@ -40,6 +40,45 @@ def with_lengths(trainer, train_dataset):
     return train_dataset
 
 
+def compact_head(model) -> None:
+    """Wrap `model`'s TRL fused-LM-head forward so that its head projects only the scored positions.
+
+    TRL 1.16's fused head (`add_fused_lm_head`) scores only positions whose label is not -100 where
+    Triton runs (CUDA/XPU), and every position elsewhere, so that compiled backends (Neuron) see fixed
+    tile shapes. On CPU that runs the head, its fp32 log-sum-exp fold and its backward over the prompt
+    and padding positions too: on the default model at 192 tokens the head was ~47 % of a bf16 step.
+    Eager CPU torch has no shapes to keep fixed, so the forward is run with TRL's own compact branch
+    (`trl.trainer.utils._use_triton` read as True for that one call; the fold itself still runs TRL's
+    torch code, `trl.kernels.chunked_logprob._use_triton` is untouched). The scored rows are the same
+    rows, so the log-probs are the same up to matmul rounding (tests/test_padding.py)."""
+    import contextlib
+
+    import trl.trainer.utils as trl_utils
+
+    if not hasattr(trl_utils, "_use_triton"):  # another TRL: its own choice stands
+        return
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    original = inner.forward
+
+    @contextlib.contextmanager
+    def compact():
+        saved = trl_utils._use_triton
+        trl_utils._use_triton = lambda device: True
+        try:
+            yield
+        finally:
+            trl_utils._use_triton = saved
+
+    @functools.wraps(original)
+    def forward(*args, fused_lm_head=False, **kwargs):
+        if not fused_lm_head:
+            return original(*args, **kwargs)
+        with compact():
+            return original(*args, fused_lm_head=True, **kwargs)
+
+    inner.forward = forward
+
+
 def trim_forward(model, groups: int = 2) -> None:
     """Wrap `model`'s TRL fused-LM-head forward (the PEFT base model's, under LoRA) in place."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -108,9 +108,11 @@ def build_trainer(model, tokenizer, dataset, args, peft_config=None, trim: bool 
         data_collator=PrecomputedReferenceCollator(base),
         peft_config=peft_config,
     )
-    if trim:  # after TRL patched its fused LM head onto the model, before accelerate wraps the forward
-        from sdpo_kit.training.padding import trim_forward
+    # After TRL patched its fused LM head onto the model, before accelerate wraps the forward.
+    from sdpo_kit.training.padding import compact_head, trim_forward
 
+    compact_head(trainer.model)
+    if trim:
         trim_forward(trainer.model)
     return trainer
 
