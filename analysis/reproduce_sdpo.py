@@ -370,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", default=None, help="Folder for data, partitions, runs (weights); default analysis/runs/BUDGET.")
     p.add_argument("--results", default=None, help="Results folder; default analysis/results (small) else ROOT/results.")
     p.add_argument("--tune-lr", default=None, help="Comma list of learning rates: validation checks of the DPO arm.")
+    p.add_argument("--bf16", action="store_true",
+                   help="Train with `--bf16 true` (issue 23's precision check: the same partitions as the fp32 runs).")
     p.add_argument("--results-only", action="store_true",
                    help="Train nothing: write the results of the runs already evaluated (e.g. an interrupted experiment).")
     return p.parse_args(argv)
@@ -380,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     common, arms = load_configs(args.budget, args.arms.split(",") if args.arms else None)
     budget = common["budgets"][args.budget]
+    if args.bf16:
+        common["train"]["bf16"] = True
     model = args.model or common["model"]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
     root = Path(args.root or HERE / "runs" / args.budget)
