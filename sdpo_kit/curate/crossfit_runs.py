@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -185,33 +184,9 @@ def read_input(data: Path) -> tuple[pl.DataFrame, dict]:
 
 def prepare_work(work: Path, stamp: dict, resume: bool) -> None:
     """The work folder, emptied unless it holds runs made with the same `stamp`; says why it starts afresh."""
-    from sdpo_kit.io import read_json, write_json
+    from sdpo_kit.stamps import restamp
 
-    path = work / "stamp.json"
-    if work.exists():
-        try:
-            old = read_json(path)
-        except (OSError, ValueError):
-            old = None
-        why = ("--no_resume" if not resume else f"no readable {path}" if not isinstance(old, dict)
-               else None if old == stamp else describe_change(old, stamp))
-        if why is not None:
-            done = len(list(work.glob("*/record.json")))
-            note(PROG, f"starting afresh{f', {done} finished run(s) in {work} discarded' if done else ''}: {why}")
-            shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(path, stamp)
-
-
-def describe_change(old: dict, new: dict, prefix: str = "") -> str:
-    """Which stamp entries differ, e.g. `input_sha256 3fa1... -> 9c2e...; trl.learning_rate 1e-05 -> 2e-05`."""
-    short = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "unset"), new.get(key, "unset")
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = describe_change(a, b, f"{prefix}{key}.")
-            diffs += [inner] if inner else []
-        elif json.dumps(a, default=str) != json.dumps(b, default=str):
-            diffs.append(f"{prefix}{key} {short(a)} -> {short(b)}")
-    return "; ".join(d for d in diffs if d)
+    done = len(list(work.glob("*/record.json")))
+    why = restamp(work, stamp, resume, "stamp.json")
+    if why is not None:
+        note(PROG, f"starting afresh{f', {done} finished run(s) in {work} discarded' if done else ''}: {why}")

@@ -172,43 +172,26 @@ def check_out(data: Path, inputs: list[Path], out: Path) -> None:
         raise UsageError(f"--out {out}", f"is inside the input folder {data}; it would be read as input next time")
 
 
-def _describe_change(old: dict, new: dict) -> str:
-    """What differs between a finished-shards stamp and this run, in the user's words."""
-    names = {"input_sha256": "input content (sha256)", "limit": "--limit", "shard_rows": "--shard_rows",
-             "format": "--format", "columns": "--*-col mapping", "key": "model or scoring settings"}
-    short = lambda v: f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
-    diffs = [f"{name} {short(old.get(k, 'unknown'))} -> {short(new.get(k))}"
-             for k, name in names.items() if old.get(k) != new.get(k)]
-    return "; ".join(diffs) or "stamp differs"
+# The stamp's keys in the user's words, for the "starting afresh" line.
+STAMP_NAMES = {"input_sha256": "input content (sha256)", "limit": "--limit", "shard_rows": "--shard_rows",
+               "format": "--format", "columns": "--*-col mapping", "key": "model or scoring settings"}
 
 
 def _prepare_parts(out: Path, stamp: dict, resume: bool, state) -> Path:
     """The shard folder of `out`, emptied unless it holds a resumable run with the same stamp
     (model, settings, input content, --limit, --shard_rows, format); says on stderr why it starts afresh."""
-    from sdpo_kit.io import read_json, write_json
+    from sdpo_kit.stamps import restamp
 
     parts = parts_dir(out)
     if state.is_main_process:
-        path = parts / "run.json"
-        if parts.exists():
-            try:
-                old = read_json(path)
-            except (OSError, ValueError):
-                old = None
-            shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
-            why = ("--no_resume" if not resume else f"no readable {path.name}" if not isinstance(old, dict)
-                   else None if old == stamp else _describe_change(old, stamp))
-            if why is not None:
-                if shards:
-                    say(f"resume: starting afresh, {shards} finished shard(s) in {parts} discarded: {why}")
-                shutil.rmtree(parts)
-            else:
-                for bad, what in _bad_shards(parts):
-                    say(f"resume: {bad.name} is {what}; scoring it again")
-                    for f in (bad, bad.with_suffix(".rejects.jsonl"), bad.with_suffix(".sha256")):
-                        f.unlink(missing_ok=True)
-        parts.mkdir(parents=True, exist_ok=True)
-        write_json(path, stamp)
+        shards = len(list(parts.glob("shard_*.sha256")))  # finished ones
+        why = restamp(parts, stamp, resume, "run.json", STAMP_NAMES)
+        if why is not None and shards:
+            say(f"resume: starting afresh, {shards} finished shard(s) in {parts} discarded: {why}")
+        for bad, what in ([] if why is not None else _bad_shards(parts)):
+            say(f"resume: {bad.name} is {what}; scoring it again")
+            for f in (bad, bad.with_suffix(".rejects.jsonl"), bad.with_suffix(".sha256")):
+                f.unlink(missing_ok=True)
     state.wait_for_everyone()
     return parts
 
