@@ -136,3 +136,16 @@ def test_bf16_run_starts_every_step_at_its_reference(tmp_path, parts, tiny_model
     result = CliRunner().invoke(app, ["train", "--partitions", str(parts), "--out", str(out), "--resume",
                                       "--bf16", "false"])
     assert result.exit_code != 0 and "bf16" in result.output, result.output
+
+
+def test_first_step_tolerance_follows_the_precision():
+    """float32: |rewards| <= 1e-3 at the first step; under autocast β x the autocast's per-sequence tolerance
+    (0.1 nats in bf16: the default model's padding-width noise reached 0.058 nats, a float32 reference
+    under a bf16 policy is ~0.85 nats off)."""
+    from sdpo_kit.scoring.frame import ScoreConfig
+    from sdpo_kit.training.reference import first_step_tolerance
+
+    assert first_step_tolerance(ScoreConfig(beta=0.1)) == 1e-3
+    assert first_step_tolerance(ScoreConfig(beta=0.1, autocast="bfloat16")) == pytest.approx(0.01)
+    assert first_step_tolerance(ScoreConfig(beta=0.5, autocast="bfloat16")) == pytest.approx(0.05)
+    assert first_step_tolerance(ScoreConfig(beta=0.1, autocast="float16")) == pytest.approx(0.002)

@@ -26,7 +26,7 @@ from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 from sdpo_kit.runs import REFERENCE_KEY, reference_record, write_run
 from sdpo_kit.scoring.frame import SCORED_LAYOUT, ld_weighted
 from sdpo_kit.training.divergence import train_checked
-from sdpo_kit.training.reference import check_reference_logps, reference_for_step
+from sdpo_kit.training.reference import check_reference_logps, first_step_tolerance, reference_for_step
 from sdpo_kit.training.trainer import REF_COLUMNS, build_trainer, final_model, latest_checkpoint, to_dataset
 
 
@@ -108,7 +108,7 @@ def save_step(t: int, trainer, scored, tokenizer, cfg, scorer, run: dict, state,
         rejects = step_dir / "reference.rejects.jsonl"
         n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
         summary = step_summary(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
-                            reference_check=ref_check)
+                            reference_check=ref_check, tolerance=first_step_tolerance(scorer))
         summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
         write_json(step_dir / "summary.json", summary)
         rec.update(status="done", model_fingerprint=model_fp)
@@ -242,13 +242,15 @@ def end_of_step(scored, model, tokenizer, scorer, state, ld_alpha: float | None 
 
 
 def step_summary(step: int, scored, trainer, seconds: float, ref_fp: str, model_fp: str, rejects: int,
-              end: dict | None = None, reference_check: dict | None = None) -> dict:
+              end: dict | None, reference_check: dict | None, tolerance: float) -> dict:
     """`summary.json` of one step.
 
     `sigmoid_loss_end`, `reward_margin_end`, `reward_accuracy_end`: over the whole partition after
     the step (`end`, from `end_of_step`); without `end`, `loss_end` = the last logged training
     window's loss (older runs; `sdpo_kit.runs.read_step_summary` reads both).
     `loss_first` is the first logged loss (ln 2: the policy starts as its reference).
+    `reference_exact`: the first step's |rewards| are at most `tolerance` (`reference.first_step_tolerance`:
+    float32 noise, or the autocast's), or the re-score check of a reference that is not the start passed.
     """
     logs = trainer.state.log_history
     losses = [e["loss"] for e in logs if "loss" in e]
@@ -259,16 +261,16 @@ def step_summary(step: int, scored, trainer, seconds: float, ref_fp: str, model_
     drift = max(abs(first.get("rewards/chosen", 0.0)), abs(first.get("rewards/rejected", 0.0)))
     if reference_check is not None:  # reference != start (fixed/mix schedules): rewards start away from 0
         drift = 0.0 if reference_check["exact"] else float("inf")
-    elif drift > 1e-3:
-        note("sdpo train", f"WARNING step {step}: first-step rewards {drift:.3g} != 0: the reference "
-             "log-probs do not match the starting weights")
+    elif drift > tolerance:
+        note("sdpo train", f"WARNING step {step}: first-step rewards {drift:.3g} != 0 (tolerance {tolerance:.3g}): "
+             "the reference log-probs do not match the starting weights")
     end_values = {"reward_margin_end": end["reward_margin"], "reward_accuracy_end": end["reward_accuracy"],
                   "sigmoid_loss_end": end["sigmoid_loss"]} if end else {
         "reward_margin_end": last.get("rewards/margins"), "reward_accuracy_end": last.get("rewards/accuracies"),
         "loss_end": losses[-1] if losses else None}
     return {
-        "reference_exact": drift <= 1e-3,
-        "reference_check": reference_check or {"kind": "first_step_rewards_zero"},
+        "reference_exact": drift <= tolerance,
+        "reference_check": reference_check or {"kind": "first_step_rewards_zero", "drift": drift, "tolerance": tolerance},
         "step": step,
         "pairs": scored.height,
         "rejected": rejects,
