@@ -58,14 +58,14 @@ def cache_is_cold(config) -> bool:
 
 def score(data: Path, work: Path, dtype: str, length: int) -> tuple[Path, dict | None]:
     """(scored file, timing of a cold pass or None) for one precision and length."""
-    from sdpo_kit.scoring.files import score_file
+    from sdpo_kit.scoring.files import ScoreFileConfig, score_file
     from sdpo_kit.scoring.frame import ScoreConfig
 
     config = ScoreConfig(max_length=length, dtype=dtype, token_budget=CLI_BUDGET)
     out, timing_path = work / f"scored_{dtype}_{length}.parquet", work / f"timing_{dtype}_{length}.json"
     cold = not out.exists() and cache_is_cold(config)
     began = time.perf_counter()
-    score_file(data, out, model="default", config=config, progress=False)
+    score_file(ScoreFileConfig(data=str(data), out=str(out)), config, progress=False)
     seconds = time.perf_counter() - began
     if cold:
         timing_path.write_text(json.dumps({"seconds": seconds, "load": os.getloadavg()}))
