@@ -136,21 +136,34 @@ def figures(r: dict, a) -> dict:
     """Per-step and roofline figures of one worker's record."""
     peak = a.peak_bf16 if r["precision"] == "bf16" else a.peak_fp32
     seconds = r["train_runtime_s"]
-    return {"s_per_step": seconds / r["steps"], "real_tok_s": r["real_tokens"] / seconds,
+    return {"s_per_step": seconds / r["steps"], "wall_per_step": r["wall_s"] / r["steps"],
+            "real_tok_s": r["real_tokens"] / seconds,
             "padding": 1 - r["real_tokens"] / r["padded_tokens"],
             "roofline": 6 * r["params"] * r["real_tokens"] / seconds / 1e9 / peak}
 
 
+NOTE = ("s per optimiser step: the trainer's own `train_runtime` / steps; sdpo's excludes its scoring passes (the "
+        "reference before the step, the end-of-step pass after it), TRL's includes its reference model's forward at "
+        "every step. Whole run per step: the worker's wall time from before the model is loaded to the end "
+        "(sdpo: loading, both scoring passes, training, saving the model; TRL: loading policy and reference, "
+        "tokenising, training) / steps.")
+
+
 def table(results: list[dict], a) -> str:
     base = {r["config"]: figures(r, a)["s_per_step"] for r in results}
-    lines = ["| configuration | s per optimiser step | vs sdpo fp32 | vs TRL same precision | real tokens/s | padding "
-             "| % of roofline | peak RSS | first loss |", "|---|---|---|---|---|---|---|---|---|"]
+    wall = {r["config"]: figures(r, a)["wall_per_step"] for r in results}
+    lines = ["| configuration | s per optimiser step | vs sdpo fp32 | vs TRL same precision | whole run per step "
+             "(vs TRL) | real tokens/s | padding | % of roofline | peak RSS | first loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         f = figures(r, a)
         ratio = lambda name: f"x{f['s_per_step'] / base[name]:.2f}" if name in base else "-"  # noqa: E731
         peak = a.peak_bf16 if r["precision"] == "bf16" else a.peak_fp32
         lines.append(f"| {r['config']} | {f['s_per_step']:.2f} s | {ratio('sdpo-fp32')} | "
-                     f"{ratio('trl-' + r['precision']) if r['side'] == 'sdpo' else '-'} | {f['real_tok_s']:.0f} | "
+                     f"{ratio('trl-' + r['precision']) if r['side'] == 'sdpo' else '-'} | {f['wall_per_step']:.2f} s"
+                     + (f" (x{f['wall_per_step'] / wall['trl-' + r['precision']]:.2f})"
+                        if r["side"] == "sdpo" and "trl-" + r["precision"] in wall else "")
+                     + f" | {f['real_tok_s']:.0f} | "
                      f"{f['padding']:.1%} | {f['roofline']:.1%} of {peak:.0f} GFLOP/s | "
                      f"{r['peak_rss_mib'] / 1024:.2f} GiB ({r['peak_rss_mib']:,.0f} MiB) | {r['loss_first']:.6f} |")
     return "\n".join(lines)
@@ -165,11 +178,15 @@ def main() -> None:
     p.add_argument("--peak-fp32", dest="peak_fp32", type=float, default=190.0, help="fp32 matmul GFLOP/s")
     p.add_argument("--peak-bf16", dest="peak_bf16", type=float, default=410.0, help="bf16 matmul GFLOP/s")
     p.add_argument("--out", default=str(RESULTS / "train"), help="writes OUT.json and OUT.md")
+    p.add_argument("--from-json", dest="from_json", default=None,
+                   help="rewrite OUT.md from an earlier run's OUT.json (no training)")
     p.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return worker(a)
+    if a.from_json:
+        return rewrite(a)
     names = [c.strip() for c in a.configs.split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
@@ -189,15 +206,27 @@ def main() -> None:
     head = (f"{a.pairs} AlpacaEval pairs, default model, max_length {a.max_length}, batch {a.batch}, 1 epoch, CPU; "
             f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     md = (f"`python benchmarks/train.py --pairs {a.pairs} --max-length {a.max_length} --batch {a.batch} "
-          f"--configs {','.join(names)}`\n\n{head}\n\n{table(results, a)}\n\nsdpo's seconds exclude its scoring "
-          "passes (the reference before the step, the end-of-step pass after it); TRL's include its reference "
-          "model's forward at every step.\n")
+          f"--configs {','.join(names)}`\n\n{head}\n\n{table(results, a)}\n\n{NOTE}\n")
     print(md)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out + ".md").write_text(md)
     Path(a.out + ".json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k not in ("worker", "work")},
                                                  "load": [load_before, os.getloadavg()], "results": results}, indent=1))
     print(f"wrote {a.out}.md and {a.out}.json")
+
+
+def rewrite(a) -> None:
+    """OUT.md from a saved OUT.json (the table's columns change; the measurements stay)."""
+    record = json.loads(Path(a.from_json).read_text())
+    saved = argparse.Namespace(**{**vars(a), **record["args"]})
+    names = [r["config"] for r in record["results"]]
+    (before, _, _), (after, _, _) = record["load"]
+    md = (f"`python benchmarks/train.py --pairs {saved.pairs} --max-length {saved.max_length} --batch {saved.batch} "
+          f"--configs {','.join(names)}`\n\n{saved.pairs} AlpacaEval pairs, default model, max_length "
+          f"{saved.max_length}, batch {saved.batch}, 1 epoch, CPU; load average before {before:.1f}, after {after:.1f}"
+          f"\n\n{table(record['results'], saved)}\n\n{NOTE}\n")
+    Path(saved.out + ".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":
