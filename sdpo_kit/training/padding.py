@@ -1,4 +1,4 @@
-"""Less padding per DPO batch: `--trim_padding` (row groups cut to their longest row) and length-grouped batches.
+"""Less padded compute per DPO batch: the fused head over completion tokens only, `--trim_padding`, length-grouped batches.
 
     python -m pytest -q tests/test_padding.py -k trim
 
