@@ -203,30 +203,31 @@ def main() -> None:
                 sys.exit(f"{name} failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"{name}: {figures(results[-1], a)['s_per_step']:.2f} s per optimiser step", flush=True)
-    head = (f"{a.pairs} AlpacaEval pairs, default model, max_length {a.max_length}, batch {a.batch}, 1 epoch, CPU; "
-            f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
-    md = (f"`python benchmarks/train.py --pairs {a.pairs} --max-length {a.max_length} --batch {a.batch} "
-          f"--configs {','.join(names)}`\n\n{head}\n\n{table(results, a)}\n\n{NOTE}\n")
-    print(md)
+    load = [load_before, os.getloadavg()]
+    print(markdown(a, results, load))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out + ".md").write_text(md)
-    Path(a.out + ".json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items() if k not in ("worker", "work")},
-                                                 "load": [load_before, os.getloadavg()], "results": results}, indent=1))
+    Path(a.out + ".md").write_text(markdown(a, results, load))
+    Path(a.out + ".json").write_text(json.dumps({"args": {k: v for k, v in vars(a).items()
+                                                          if k not in ("worker", "work", "from_json")},
+                                                 "load": load, "results": results}, indent=1))
     print(f"wrote {a.out}.md and {a.out}.json")
+
+
+def markdown(a, results: list[dict], load) -> str:
+    """The command line, the conditions and the table (`load`: the load averages before and after)."""
+    names = ",".join(r["config"] for r in results)
+    return (f"`python benchmarks/train.py --pairs {a.pairs} --max-length {a.max_length} --batch {a.batch} "
+            f"--configs {names}`\n\n{a.pairs} AlpacaEval pairs, default model, max_length {a.max_length}, batch "
+            f"{a.batch}, 1 epoch, CPU; load average before {load[0][0]:.1f}, after {load[1][0]:.1f}\n\n"
+            f"{table(results, a)}\n\n{NOTE}\n")
 
 
 def rewrite(a) -> None:
     """OUT.md from a saved OUT.json (the table's columns change; the measurements stay)."""
     record = json.loads(Path(a.from_json).read_text())
-    saved = argparse.Namespace(**{**vars(a), **record["args"]})
-    names = [r["config"] for r in record["results"]]
-    (before, _, _), (after, _, _) = record["load"]
-    md = (f"`python benchmarks/train.py --pairs {saved.pairs} --max-length {saved.max_length} --batch {saved.batch} "
-          f"--configs {','.join(names)}`\n\n{saved.pairs} AlpacaEval pairs, default model, max_length "
-          f"{saved.max_length}, batch {saved.batch}, 1 epoch, CPU; load average before {before:.1f}, after {after:.1f}"
-          f"\n\n{table(record['results'], saved)}\n\n{NOTE}\n")
-    Path(saved.out + ".md").write_text(md)
-    print(md)
+    saved = argparse.Namespace(**{**vars(a), **record["args"], "out": a.out})
+    Path(saved.out + ".md").write_text(markdown(saved, record["results"], record["load"]))
+    print(markdown(saved, record["results"], record["load"]))
 
 
 if __name__ == "__main__":
