@@ -45,27 +45,27 @@ def sample(work: Path, pairs: int, seed: int) -> Path:
     return path
 
 
-def cache_is_cold(config) -> bool:
-    """True when the pair cache holds nothing for the default model under `config` (a timing is clean)."""
+def cache_is_cold(config, model_name: str) -> bool:
+    """True when the pair cache holds nothing for `model_name` under `config` (a timing is clean)."""
     from sdpo_kit.models import cache_dir, load_model
     from sdpo_kit.scoring.cache import cache_key
     from sdpo_kit.scoring.frame import provenance
 
-    model, tok = load_model("default", config.dtype)
+    model, tok = load_model(model_name, config.dtype)
     folder = cache_dir() / "scores" / cache_key(provenance(model, tok, config))
     return not any(folder.glob("*.parquet"))
 
 
-def score(data: Path, work: Path, dtype: str, length: int) -> tuple[Path, dict | None]:
+def score(data: Path, work: Path, dtype: str, length: int, model: str) -> tuple[Path, dict | None]:
     """(scored file, timing of a cold pass or None) for one precision and length."""
     from sdpo_kit.scoring.files import ScoreFileConfig, score_file
     from sdpo_kit.scoring.frame import ScoreConfig
 
     config = ScoreConfig(max_length=length, dtype=dtype, token_budget=CLI_BUDGET)
     out, timing_path = work / f"scored_{dtype}_{length}.parquet", work / f"timing_{dtype}_{length}.json"
-    cold = not out.exists() and cache_is_cold(config)
+    cold = not out.exists() and cache_is_cold(config, model)
     began = time.perf_counter()
-    score_file(ScoreFileConfig(data=str(data), out=str(out)), config, progress=False)
+    score_file(ScoreFileConfig(data=str(data), out=str(out), model=model), config, progress=False)
     seconds = time.perf_counter() - began
     if cold:
         timing_path.write_text(json.dumps({"seconds": seconds, "load": os.getloadavg()}))
@@ -118,7 +118,7 @@ def speed(scored, timing: dict | None, length: int, params: int, peak: float) ->
 def markdown(record: dict) -> str:
     a = record["args"]
     lines = [f"`python benchmarks/rank_bf16.py --pairs {a['pairs']} --lengths {a['lengths']}`", "",
-             f"{a['pairs']} AlpacaEval pairs (seed {a['seed']}), default model, `sdpo curate score` engine "
+             f"{a['pairs']} AlpacaEval pairs (seed {a['seed']}), model {a.get('model', 'default')}, `sdpo curate score` engine "
              f"(token_budget {CLI_BUDGET}), bf16 vs fp32; roofline {a['peak_fp32']:.0f} / {a['peak_bf16']:.0f} GFLOP/s",
              "", "| max_length | pairs | ρ margin | ρ `_lc` | sign agreement | max \\|Δ margin\\| | mean \\|Δ margin\\| "
              f"| step changed ({a['steps']} steps) | fp32 pairs/s (% roofline) | bf16 pairs/s (% roofline) | bf16 speed-up |",
@@ -141,6 +141,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="steps of the easy-to-hard split compared")
     p.add_argument("--peak-fp32", dest="peak_fp32", type=float, default=190.0)
     p.add_argument("--peak-bf16", dest="peak_bf16", type=float, default=410.0)
+    p.add_argument("--model", default="default", help="`default` (SmolLM2-135M-Instruct) or a model folder")
     p.add_argument("--work", default=None, help="scored files (default $SDPO_KIT_CACHE/benchmarks/rank_bf16)")
     p.add_argument("--out", default=str(RESULTS / "rank_bf16"), help="writes OUT.json and OUT.md")
     a = p.parse_args()
@@ -151,13 +152,13 @@ def main() -> None:
 
     work = Path(a.work) if a.work else cache_dir() / "benchmarks" / "rank_bf16"
     data = sample(work, a.pairs, a.seed)
-    params = sum(t.numel() for t in load_model("default")[0].parameters())
+    params = sum(t.numel() for t in load_model(a.model)[0].parameters())
     record = {"args": vars(a), "load_before": os.getloadavg(), "params": params, "lengths": []}
     for length in [int(x) for x in a.lengths.split(",")]:
         row = {"max_length": length}
         frames = {}
         for dtype, peak in (("float32", a.peak_fp32), ("bfloat16", a.peak_bf16)):
-            path, timing = score(data, work, dtype, length)
+            path, timing = score(data, work, dtype, length, a.model)
             frames[dtype] = pl.read_parquet(path)
             row["fp32" if dtype == "float32" else "bf16"] = speed(frames[dtype], timing, length, params, peak)
         row["compare"] = compare(frames["float32"], frames["bfloat16"], a.steps)
