@@ -87,7 +87,7 @@ def run_sdpo(a, work: Path, flags: list[str]) -> dict:
     from sdpo_kit.training.loop import train_stepwise
 
     out = work / f"run_{a.worker}"
-    cfg, args, over = parse_train_args(["--partitions", str(work / "parts"), "--model", "default", "--out", str(out),
+    cfg, args, over = parse_train_args(["--partitions", str(work / "parts"), "--model", a.model, "--out", str(out),
                                         *flags])
     train_stepwise(cfg, args, over)
     return json.loads((out / "step_1" / "trainer_state.json").read_text())
@@ -104,7 +104,7 @@ def run_trl(a, work: Path, flags: list[str]) -> dict:
     _, args, _ = parse_train_args(["--partitions", str(work / "parts"), "--out", "x", *flags])
     args.precompute_ref_log_probs = False  # TRL's default: a live reference model
     args.output_dir = str(work / f"out_{a.worker}")
-    model, tokenizer = load_model("default")
+    model, tokenizer = load_model(a.model)
     frame = pl.read_parquet(work / "parts" / "step_1.parquet").select("prompt", "chosen", "rejected")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(frame.to_dicts()),
                          processing_class=tokenizer)
@@ -117,7 +117,7 @@ def worker(a) -> None:
     from sdpo_kit.models import load_model
 
     side, precision, extra = CONFIGS[a.worker]
-    params = sum(p.numel() for p in load_model("default")[0].parameters())
+    params = sum(p.numel() for p in load_model(a.model)[0].parameters())
     counts = count_tokens()
     began = time.time()
     state = (run_sdpo if side == "sdpo" else run_trl)(a, Path(a.work), dpo_flags(a, precision, extra))
@@ -174,6 +174,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--max-length", dest="max_length", type=int, default=192)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--model", default="default", help="`default` (SmolLM2-135M-Instruct) or a model folder")
     p.add_argument("--configs", default=DEFAULT, help=f"comma-separated, of {', '.join(CONFIGS)}")
     p.add_argument("--peak-fp32", dest="peak_fp32", type=float, default=190.0, help="fp32 matmul GFLOP/s")
     p.add_argument("--peak-bf16", dest="peak_bf16", type=float, default=410.0, help="bf16 matmul GFLOP/s")
@@ -197,7 +198,7 @@ def main() -> None:
         write_partition(Path(tmp) / "parts", a.pairs)
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--work", tmp, "--pairs", str(a.pairs),
-                   "--max-length", str(a.max_length), "--batch", str(a.batch)]
+                   "--max-length", str(a.max_length), "--batch", str(a.batch), "--model", a.model]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode:
                 sys.exit(f"{name} failed:\n{out.stderr[-4000:]}")
@@ -217,7 +218,7 @@ def markdown(a, results: list[dict], load) -> str:
     """The command line, the conditions and the table (`load`: the load averages before and after)."""
     names = ",".join(r["config"] for r in results)
     return (f"`python benchmarks/train.py --pairs {a.pairs} --max-length {a.max_length} --batch {a.batch} "
-            f"--configs {names}`\n\n{a.pairs} AlpacaEval pairs, default model, max_length {a.max_length}, batch "
+            f"--configs {names}`\n\n{a.pairs} AlpacaEval pairs, model {getattr(a, 'model', 'default')}, max_length {a.max_length}, batch "
             f"{a.batch}, 1 epoch, CPU; load average before {load[0][0]:.1f}, after {load[1][0]:.1f}\n\n"
             f"{table(results, a)}\n\n{NOTE}\n")
 

@@ -31,3 +31,19 @@ def test_rank_bf16_runs_and_compares_the_two_passes(tiny_model_dir, tmp_path):
     assert -1 <= compare["spearman_margin"] <= 1 and 0 <= compare["sign_agreement"] <= 1
     assert row["fp32"]["seconds"] and row["bf16"]["seconds"]  # an empty cache: both passes timed
     assert "| 64 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_train_benchmark_runs_sdpo_and_trl(tiny_model_dir, tmp_path):
+    out = tmp_path / "train"
+    env = {**os.environ, "SDPO_KIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train.py"), "--pairs", "4", "--max-length", "64",
+                           "--batch", "2", "--model", str(tiny_model_dir), "--configs", "sdpo-fp32,sdpo-bf16,trl-fp32",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert [r["config"] for r in record["results"]] == ["sdpo-fp32", "sdpo-bf16", "trl-fp32"]
+    for r in record["results"]:
+        assert r["steps"] == 2 and r["real_tokens"] > 0 and abs(r["loss_first"] - 0.693147) < 1e-3, r
+    table = out.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in table for name in ("sdpo-fp32", "sdpo-bf16", "trl-fp32"))
