@@ -16,7 +16,6 @@ from pathlib import Path
 from sdpo_kit.io import read_json, write_json
 
 
-
 def describe_change(old: dict, new: dict, names: dict[str, str] | None = None, prefix: str = "") -> str:
     """Which stamp entries differ, in the user's words where `names` has them, e.g.
     `input content (sha256) 3fa1... -> 9c2e...; trl.learning_rate 1e-05 -> 2e-05`."""
