@@ -18,16 +18,21 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for sdpo_kit
+
 
 def load(run: Path) -> dict:
     """The compared values of one run folder, keyed by what they are."""
+    from sdpo_kit.runs import read_step_summary  # today's keys, whatever version wrote the summary
+
+    if not (run / "eval" / "eval.json").is_file():
+        sys.exit(f"error: {run}: no eval/eval.json (not an evaluated run folder)")
     out = {}
-    for summary in sorted(run.glob("step_*/summary.json")):
-        s = json.loads(summary.read_text())
-        step = summary.parent.name
+    for step_dir in sorted(p.parent for p in run.glob("step_*/summary.json")):
+        s = read_step_summary(step_dir)
+        step = step_dir.name
         out.update({f"{step} fingerprint": s["model_fingerprint"], f"{step} loss first": s["loss_first"],
-                    # `loss_end` is `sigmoid_loss_end` since issue 21 (it always was the sigmoid loss)
-                    f"{step} sigmoid loss end": s.get("sigmoid_loss_end", s.get("loss_end")),
+                    f"{step} sigmoid loss end": s.get("sigmoid_loss_end"),
                     f"{step} train_loss": s["train_loss"], f"{step} reference_exact": s["reference_exact"]})
     ev = json.loads((run / "eval" / "eval.json").read_text())
     for m in ev["models"]:
