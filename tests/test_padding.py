@@ -128,12 +128,14 @@ def test_compact_head_scores_only_labelled_positions_with_trls_numbers(tiny_mode
     ids = torch.randint(0, model.config.vocab_size, (4, 24), generator=gen)
     mask = (torch.arange(24)[None] < torch.tensor([[24], [20], [15], [9]])).long()
     labels = ids.masked_fill(torch.arange(24)[None] < 6, -100).masked_fill(mask == 0, -100)  # 6 prompt tokens
-    rows = []
-    apply = trl_utils._ChunkedLogProbFunction.apply
+    from sdpo_kit.training.cpu_head import CPU_HEAD
 
-    def counting(hidden, *rest):
+    rows = []
+    apply, cpu_apply = trl_utils._ChunkedLogProbFunction.apply, CPU_HEAD.apply
+
+    def counting(hidden, *rest):  # TRL's head, or the CPU head compact_head installs for its call
         rows.append(hidden.shape[0])
-        return apply(hidden, *rest)
+        return (cpu_apply if trl_utils._ChunkedLogProbFunction is CPU_HEAD else apply)(hidden, *rest)
 
     def run():
         model.zero_grad()
@@ -142,15 +144,18 @@ def test_compact_head_scores_only_labelled_positions_with_trls_numbers(tiny_mode
         return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     trl_utils._ChunkedLogProbFunction.apply = counting
+    CPU_HEAD.apply = counting
     try:
         whole, grads = run()
         compact_head(model)
         compact, compact_grads = run()
     finally:
         trl_utils._ChunkedLogProbFunction.apply = apply
+        del CPU_HEAD.apply
     scored = int((labels[:, 1:] != -100).sum())
     assert rows == [4 * 23, scored] and scored < 4 * 23 / 2
     assert trl_utils._use_triton(torch.device("cpu")) is False  # restored after the call
+    assert trl_utils._ChunkedLogProbFunction is not CPU_HEAD
     for key in ("log_probs", "entropy", "mean_logits", "is_top1"):
         assert compact[key].shape == whole[key].shape
         assert torch.allclose(compact[key].float(), whole[key].float(), atol=1e-5), key

@@ -50,7 +50,8 @@ def compact_head(model) -> None:
     Eager CPU torch has no shapes to keep fixed, so the forward is run with TRL's own compact branch
     (`trl.trainer.utils._use_triton` read as True for that one call; the fold itself still runs TRL's
     torch code, `trl.kernels.chunked_logprob._use_triton` is untouched). The scored rows are the same
-    rows, so the log-probs are the same up to matmul rounding (tests/test_padding.py)."""
+    rows, so the log-probs are the same up to matmul rounding (tests/test_padding.py). On CPU the head
+    itself is `cpu_head.CPU_HEAD`, TRL's outputs in fewer passes (tests/test_cpu_head.py)."""
     import contextlib
 
     import trl.trainer.utils as trl_utils
@@ -60,14 +61,22 @@ def compact_head(model) -> None:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     original = inner.forward
 
+    from sdpo_kit.training.cpu_head import CPU_HEAD
+
+    swap_head = hasattr(trl_utils, "_ChunkedLogProbFunction")
+
     @contextlib.contextmanager
     def compact():
-        saved = trl_utils._use_triton
+        saved = trl_utils._use_triton, getattr(trl_utils, "_ChunkedLogProbFunction", None)
         trl_utils._use_triton = lambda device: True
+        if swap_head:  # CPU_HEAD calls TRL's own function off CPU
+            trl_utils._ChunkedLogProbFunction = CPU_HEAD
         try:
             yield
         finally:
-            trl_utils._use_triton = saved
+            trl_utils._use_triton = saved[0]
+            if swap_head:
+                trl_utils._ChunkedLogProbFunction = saved[1]
 
     @functools.wraps(original)
     def forward(*args, fused_lm_head=False, **kwargs):

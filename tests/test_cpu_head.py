@@ -1,0 +1,101 @@
+"""`cpu_head.CPU_HEAD` against TRL's `ChunkedLogProbFunction`: every output and gradient, fp32 and bf16.
+
+The oracle is TRL's own function on the same inputs (and, for the log-probs, the naive
+log_softmax of the full logits). Sizes are small; `TOKEN_ROWS` is lowered so that several token
+blocks are accumulated.
+"""
+
+import pytest
+import torch
+from trl.kernels import ChunkedLogProbFunction
+
+import sdpo_kit.training.cpu_head as cpu_head
+from sdpo_kit.training.cpu_head import CPU_HEAD
+
+OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+N, V, H = 37, 300, 16
+
+
+def _inputs(bias: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, H, generator=gen)
+    weight = torch.randn(V, H, generator=gen) * 0.5
+    b = torch.randn(V, generator=gen) if bias else None
+    targets = torch.randint(0, V, (N,), generator=gen)
+    targets[3] = int((hidden[3] @ weight.t() + (0 if b is None else b)).argmax())  # one top-1 token for sure
+    return hidden, weight, b, targets
+
+
+def _run(fn, inputs, dtype, temperature, scale, entropy_grad: bool):
+    hidden, weight, bias, targets = (x.clone().requires_grad_(x.is_floating_point()) if x is not None else None
+                                     for x in inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = fn.apply(hidden, weight, bias, targets, temperature, 128, None, scale, OUTPUTS)
+    g = torch.linspace(-1, 2, N)
+    loss = (out[0] * g).sum() + (0.3 * out[1].sum() if entropy_grad else 0)
+    loss.backward()
+    grads = [hidden.grad, weight.grad] + ([bias.grad] if bias is not None else [])
+    return out, grads
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_fp32_outputs_and_gradients_equal_trls(monkeypatch, bias, entropy_grad):
+    monkeypatch.setattr(cpu_head, "TOKEN_ROWS", 16)  # 3 token blocks
+    inputs = _inputs(bias)
+    ref, ref_grads = _run(ChunkedLogProbFunction, inputs, torch.float32, 0.7, 1.3, entropy_grad)
+    ours, our_grads = _run(CPU_HEAD, inputs, torch.float32, 0.7, 1.3, entropy_grad)
+    for name, a, b in zip(OUTPUTS, ref, ours):
+        assert b is not None and b.shape == a.shape and b.dtype == a.dtype, name
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b) and a.any(), name
+        else:
+            assert torch.allclose(a, b, atol=5e-5, rtol=1e-5), name  # entropy: log Z - E[z], ~20 - ~18
+    oracle, oracle_grads = _naive64(inputs, 0.7, 1.3, entropy_grad)
+    assert torch.allclose(ours[0].double(), oracle[0], atol=1e-5)
+    assert torch.allclose(ours[1].double(), oracle[1], atol=5e-5)
+    for a, b, o in zip(ref_grads, our_grads, oracle_grads):
+        assert torch.allclose(a, b, atol=5e-5, rtol=1e-5)
+        assert (b.double() - o).abs().max() <= 5e-6 * o.abs().max()  # TRL's own error is ~6e-7 of it
+
+
+def _naive64(inputs, temperature, scale, entropy_grad):
+    """Log-probs, entropy and the gradients of `_run`'s loss from the full float64 log_softmax."""
+    hidden, weight, bias, targets = (x.double().requires_grad_() if x is not None and x.is_floating_point() else x
+                                     for x in inputs)
+    log_p = ((hidden @ weight.t() + (0 if bias is None else bias)) * scale / temperature).log_softmax(-1)
+    lp, ent = log_p.gather(1, targets[:, None])[:, 0], -(log_p.exp() * log_p).sum(-1)
+    ((lp * torch.linspace(-1, 2, N).double()).sum() + (0.3 * ent.sum() if entropy_grad else 0)).backward()
+    grads = [hidden.grad, weight.grad] + ([bias.grad] if bias is not None else [])
+    return (lp.detach(), ent.detach()), grads
+
+
+def test_bf16_forward_equals_trls_and_gradients_are_one_bf16_rounding_off():
+    """Under autocast both round the projection to bf16 the same way, so the forward agrees to fp32
+    rounding; the gradients differ by one bf16 rounding of the two gradient matmuls (TRL runs them
+    in fp32), far below their own size, and the direction is the same."""
+    inputs = _inputs(True, seed=1)
+    ref, ref_grads = _run(ChunkedLogProbFunction, inputs, torch.bfloat16, 1.0, 1.0, True)
+    ours, our_grads = _run(CPU_HEAD, inputs, torch.bfloat16, 1.0, 1.0, True)
+    for name, a, b in zip(OUTPUTS, ref, ours):
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b), name
+        else:
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-5), name
+    for a, b in zip(ref_grads, our_grads):
+        assert (a - b).abs().max() <= 2 ** -7 * a.abs().max()
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9999
+
+
+def test_soft_capped_logits_and_other_devices_go_to_trl():
+    """The CPU head does not implement soft-capping: those calls are TRL's, bit for bit."""
+    hidden, weight, bias, targets = _inputs(False)
+    a = ChunkedLogProbFunction.apply(hidden, weight, bias, targets, 1.0, 128, 30.0, 1.0, OUTPUTS)
+    b = CPU_HEAD.apply(hidden, weight, bias, targets, 1.0, 128, 30.0, 1.0, OUTPUTS)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_only_the_requested_outputs_are_computed():
+    hidden, weight, bias, targets = _inputs(False)
+    out = CPU_HEAD.apply(hidden, weight, bias, targets, 1.0, 128, None, 1.0, ("log_probs",))
+    assert out[0].shape == (N,) and all(x is None for x in out[1:])
