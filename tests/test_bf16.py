@@ -138,14 +138,54 @@ def test_bf16_run_starts_every_step_at_its_reference(tmp_path, parts, tiny_model
     assert result.exit_code != 0 and "bf16" in result.output, result.output
 
 
-def test_first_step_tolerance_follows_the_precision():
-    """float32: |rewards| <= 1e-3 at the first step; under autocast β x the autocast's per-sequence tolerance
-    (0.1 nats in bf16: the default model's padding-width noise reached 0.058 nats, a float32 reference
-    under a bf16 policy is ~0.85 nats off)."""
-    from sdpo_kit.scoring.frame import ScoreConfig
-    from sdpo_kit.training.reference import first_step_tolerance
+def test_autocast_rows_run_at_their_own_width_in_the_trainer_and_the_scorer(tiny_model_dir):
+    """Under autocast a row's numbers depend on the width it runs at (on the default model a 72-token
+    row padded to 128 moved by 0.046 nats), so the first step would start off its reference by that.
+    Both sides run every row unpadded: the trainer one forward per distinct row length (counted here,
+    with the per-token outputs equal to each row run alone), the scorer batches of one length only."""
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
 
-    assert first_step_tolerance(ScoreConfig(beta=0.1)) == 1e-3
-    assert first_step_tolerance(ScoreConfig(beta=0.1, autocast="bfloat16")) == pytest.approx(0.01)
-    assert first_step_tolerance(ScoreConfig(beta=0.5, autocast="bfloat16")) == pytest.approx(0.05)
-    assert first_step_tolerance(ScoreConfig(beta=0.1, autocast="float16")) == 1e-3  # 0.1 x 5e-3: the fp32 bound
+    from sdpo_kit.models import load_model
+    from sdpo_kit.scoring.frame import ScoreConfig
+    from sdpo_kit.scoring.logps import plan
+    from sdpo_kit.scoring.tokens import Sequence
+    from sdpo_kit.training.padding import trim_forward
+
+    model, _ = load_model(tiny_model_dir)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    lengths = torch.tensor([30, 12, 30, 21, 12, 7])
+    width = 30
+    ids = torch.randint(0, model.config.vocab_size, (6, width), generator=torch.Generator().manual_seed(0))
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    labels = ids.masked_fill(torch.arange(width)[None] < 3, -100).masked_fill(mask == 0, -100)
+
+    def run(i=None):
+        sl = slice(None) if i is None else slice(i, i + 1)
+        w = width if i is None else int(lengths[i])
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(input_ids=ids[sl, :w], attention_mask=mask[sl, :w], labels=labels[sl, :w],
+                         fused_lm_head=True, use_cache=False).log_probs
+
+    alone = [run(i) for i in range(6)]
+    original, calls = model.forward, []
+
+    def counting(*args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    model.forward = counting
+    trim_forward(model, groups=None)
+    own = run()
+    assert sorted(calls) == sorted([(2, 30), (2, 12), (1, 21), (1, 7)])  # no row padded
+    for i in range(6):
+        n = int(lengths[i]) - 1
+        assert torch.allclose(own[i, :n], alone[i][0], atol=1e-6) and not own[i, n:].any()
+
+    seqs = [Sequence(ids=list(range(n)), start=5, truncated=False) for n in (40, 40, 39, 39, 38, 20)]
+    pairs = list(zip(seqs[0::2], seqs[1::2]))
+    widths = lambda items: [sorted({len(s.ids) for _, s in it[1]}) for it in items]  # noqa: E731
+    assert all(len(w) == 1 for w in widths(plan(pairs, 4096, None, own_width=True)))
+    assert any(len(w) > 1 for w in widths(plan(pairs, 4096, None)))  # float32 joins within 1/32 of a length
+    assert ScoreConfig(autocast="bfloat16", share_prefix=4).plan_options() == {"share_min": None, "own_width": True}
+    assert ScoreConfig(share_prefix=4).plan_options() == {"share_min": 4, "own_width": False}

@@ -130,7 +130,18 @@ class ScoreConfig:
 
         `autocast` appears only when set, so float32 scores keep the keys (and caches) they always had."""
         out = {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
-        return out | ({"autocast": self.autocast} if self.autocast else {})
+        # "widths": autocast scores run every sequence at its own width (`plan_options`); older bf16 caches
+        # (padded batches) no longer match
+        return out | ({"autocast": self.autocast, "widths": "own"} if self.autocast else {})
+
+    def plan_options(self) -> dict:
+        """How `logps.plan` batches. Under autocast a sequence's bf16/fp16 numbers depend on the width
+        it runs at and on the KV-cache path (on the default model a 72-token row padded to 128 moved by
+        0.046 nats); the trainer runs every row at its own width (`training/padding.py`,
+        `trim_forward(groups=None)`), so here too: no padding, no shared prefix."""
+        if self.autocast:
+            return {"share_min": None, "own_width": True}
+        return {"share_min": self.share_prefix or None, "own_width": False}
 
     def precision(self, device_type: str):
         """The context every forward of this config runs in: `torch.autocast` or nothing."""
@@ -212,7 +223,7 @@ def _score_pairs(models: list, pairs: list[tuple[Sequence, Sequence]], config: S
 
     from sdpo_kit.scoring.logps import Scorer, plan
 
-    items = plan(pairs, config.token_budget, config.share_prefix or None)
+    items = plan(pairs, config.token_budget, **config.plan_options())
     # `progress` may be a caller's bar (the file scorer's, over all shards): update it, never close it.
     own = not hasattr(progress, "update")
     bar = tqdm(total=len(pairs), unit="pair", desc="scoring", disable=not progress, dynamic_ncols=True) if own else progress

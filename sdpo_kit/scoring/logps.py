@@ -24,11 +24,13 @@ import copy
 from sdpo_kit.scoring.tokens import Sequence
 
 
-def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | None):
+def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | None, own_width: bool = False):
     """Work items: ("prefix", pair index, prefix length) and ("batch", [(segment, Sequence), ...]).
 
     Segment 2i is pair i's chosen sequence, 2i+1 its rejected one. A batch's sequences are sorted
-    longest first; (count x longest) <= budget unless the batch holds one sequence.
+    longest first; (count x longest) <= budget unless the batch holds one sequence. `own_width`: a
+    batch holds sequences of one length only, so none is padded (under bf16 autocast a row's numbers
+    depend on the width it runs at: `ScoreConfig.plan_options`).
     """
     from trl.data_utils import common_prefix_length
 
@@ -46,7 +48,8 @@ def plan(pairs: list[tuple[Sequence, Sequence]], budget: int, share_min: int | N
         # Padding is pure waste while a lone sequence of >= ~100 tokens already runs at full speed: join
         # only a batch whose longest is within 1/32 of this length (24 real pairs, 1 thread: 1/8 padding
         # took 79.7 CPU s, 1/32 73.5 s, no batching 72.8 s; batches still help short sequences).
-        if batch and (len(batch) + 1) * longest <= budget and 32 * (longest - len(seq.ids)) <= longest:
+        close = len(seq.ids) == longest if own_width else 32 * (longest - len(seq.ids)) <= longest
+        if batch and (len(batch) + 1) * longest <= budget and close:
             batch.append((seg, seq))
         else:
             batches.append([(seg, seq)])

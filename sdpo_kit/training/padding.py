@@ -88,8 +88,13 @@ def compact_head(model) -> None:
     inner.forward = forward
 
 
-def trim_forward(model, groups: int = 2) -> None:
-    """Wrap `model`'s TRL fused-LM-head forward (the PEFT base model's, under LoRA) in place."""
+def trim_forward(model, groups: int | None = 2) -> None:
+    """Wrap `model`'s TRL fused-LM-head forward (the PEFT base model's, under LoRA) in place.
+
+    `groups`: the rows run in that many forwards of similar length; None: one forward per distinct row
+    length, so no row is padded at all. The trainer uses None under bf16/fp16 autocast, where a row's
+    numbers depend on its width: run at its own width, as the scorer runs it (`ScoreConfig.plan_options`),
+    the policy's first forward gives its reference's log-probs."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     original = inner.forward
 
@@ -119,9 +124,13 @@ def _grouped(original, kwargs: dict, mask, groups: int):
     n, width = mask.shape
     lengths = mask.sum(1)
     order = torch.argsort(lengths, descending=True, stable=True)
-    size = -(-n // groups)
+    if groups is None:  # one group per distinct length
+        runs = torch.unique_consecutive(lengths[order], return_counts=True)[1].tolist()
+    else:
+        size = -(-n // groups)
+        runs = [min(size, n - i) for i in range(0, n, size)]
     outs = []
-    for idx in order.split(size):
+    for idx in order.split(runs):
         w = max(int(lengths[idx].max()), 2)  # the fused head scores positions 1..w-1: keep at least one
         sub = {k: (v[idx, :w] if torch.is_tensor(v) and v.shape[:2] == (n, width) else v) for k, v in kwargs.items()}
         outs.append(original(fused_lm_head=True, **sub))

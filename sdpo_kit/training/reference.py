@@ -21,22 +21,14 @@ from sdpo_kit.errors import InputError
 SCHEDULES = ("stepwise", "fixed", "mix")
 CHECK_PAIRS = 4  # pairs re-scored without any cache to check a reference that is not the start
 CHECK_TOLERANCE = 1e-4  # nats on a summed log-prob: float32 batching noise, far below any model change
-# Under the trainer's autocast the rounding noise of other batch shapes is larger: TRL's own bf16 pass and
-# the scorer's differ by up to 0.016 nats on the default model (16 pairs, 192 tokens), and a row's bf16
-# numbers depend on the width it is padded to (torch's CPU attention takes another path from 80 tokens
-# on: a 72-token sequence padded to >= 80 moved by 0.046-0.058 nats), while fp32 vs bf16 references
-# differ by 0.85 nats on average (up to 3.2). 0.1 nats keeps that 8x apart from the noise.
+# The re-score check under autocast: the 4 pairs run in other batches than when the reference was scored,
+# and a bf16 row's numbers depend on its batch (TRL's own bf16 pass and the scorer's padded batches moved
+# by up to 0.058 nats on the default model), while fp32 vs bf16 references differ by 0.85 nats on average
+# (up to 3.2). 0.1 nats keeps that 8x apart from the noise.
 AUTOCAST_TOLERANCE = {"bfloat16": 0.1, "float16": 5e-3}
-FIRST_STEP_TOLERANCE = 1e-3  # |rewards| at the first step in float32 (β x nats: 0.01 nats at β 0.1)
-
-
-def first_step_tolerance(scorer) -> float:
-    """The largest |rewards/chosen|, |rewards/rejected| of the first step that still counts as starting at
-    the reference: 1e-3 in float32, β x the autocast tolerance under autocast (0.01 at β 0.1; a reference
-    scored in float32 under a bf16 policy is off by ~β x 0.85 = 0.085), never below the float32 bound."""
-    if scorer.autocast is None:
-        return FIRST_STEP_TOLERANCE
-    return max(FIRST_STEP_TOLERANCE, scorer.beta * AUTOCAST_TOLERANCE[scorer.autocast])
+# |rewards/chosen|, |rewards/rejected| of a step's first logged batch that still count as starting at the
+# reference (β x nats: 0.01 nats at β 0.1), in float32 and under autocast alike (rows at their own width)
+FIRST_STEP_TOLERANCE = 1e-3
 
 
 def reference_for_step(t: int, start: str | Path, cfg, run: dict, state) -> tuple[Path, str]:

@@ -26,7 +26,7 @@ from sdpo_kit.models import load_checked_model, model_fingerprint, save_model
 from sdpo_kit.runs import REFERENCE_KEY, reference_record, write_run
 from sdpo_kit.scoring.frame import SCORED_LAYOUT, ld_weighted
 from sdpo_kit.training.divergence import train_checked
-from sdpo_kit.training.reference import check_reference_logps, first_step_tolerance, reference_for_step
+from sdpo_kit.training.reference import FIRST_STEP_TOLERANCE, check_reference_logps, reference_for_step
 from sdpo_kit.training.trainer import REF_COLUMNS, build_trainer, final_model, latest_checkpoint, to_dataset
 
 
@@ -108,7 +108,7 @@ def save_step(t: int, trainer, scored, tokenizer, cfg, scorer, run: dict, state,
         rejects = step_dir / "reference.rejects.jsonl"
         n_rejects = len(rejects.read_text().splitlines()) if rejects.exists() else 0
         summary = step_summary(t, scored, trainer, time.time() - began, ref_fp, model_fp, n_rejects, end,
-                            reference_check=ref_check, tolerance=first_step_tolerance(scorer))
+                            reference_check=ref_check, tolerance=FIRST_STEP_TOLERANCE)
         summary.update(reference_schedule=run.get("reference_schedule"), reference_model=rec.get("reference_model"))
         write_json(step_dir / "summary.json", summary)
         rec.update(status="done", model_fingerprint=model_fp)
@@ -249,8 +249,8 @@ def step_summary(step: int, scored, trainer, seconds: float, ref_fp: str, model_
     the step (`end`, from `end_of_step`); without `end`, `loss_end` = the last logged training
     window's loss (older runs; `sdpo_kit.runs.read_step_summary` reads both).
     `loss_first` is the first logged loss (ln 2: the policy starts as its reference).
-    `reference_exact`: the first step's |rewards| are at most `tolerance` (`reference.first_step_tolerance`:
-    float32 noise, or the autocast's), or the re-score check of a reference that is not the start passed.
+    `reference_exact`: the first step's |rewards| are at most `tolerance` (`reference.FIRST_STEP_TOLERANCE`,
+    float32 and autocast alike), or the re-score check of a reference that is not the start passed.
     """
     logs = trainer.state.log_history
     losses = [e["loss"] for e in logs if "loss" in e]

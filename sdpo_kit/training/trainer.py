@@ -86,7 +86,9 @@ def trainer_class():
 def build_trainer(model, tokenizer, dataset, args, peft_config=None, trim: bool = False):
     """A fresh DPO trainer for one step; `args` must have `precompute_ref_log_probs=True`.
 
-    `trim`: the policy's forward runs each batch in length groups without their padding (`padding.py`)."""
+    `trim`: the policy's forward runs each batch in length groups without their padding (`padding.py`).
+    Under bf16/fp16 autocast every row runs at its own width, whatever `trim`: the scorer scores the
+    reference that way, and a row's autocast numbers depend on its width."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     assert args.precompute_ref_log_probs, "the step trainer reads precomputed reference log-probs"
@@ -109,10 +111,13 @@ def build_trainer(model, tokenizer, dataset, args, peft_config=None, trim: bool 
         peft_config=peft_config,
     )
     # After TRL patched its fused LM head onto the model, before accelerate wraps the forward.
+    from sdpo_kit.training.config import trainer_autocast
     from sdpo_kit.training.padding import compact_head, trim_forward
 
     compact_head(trainer.model)
-    if trim:
+    if trainer_autocast(args):
+        trim_forward(trainer.model, groups=None)
+    elif trim:
         trim_forward(trainer.model)
     return trainer
 
