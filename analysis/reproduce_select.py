@@ -131,8 +131,34 @@ def selection_markdown(run_dirs: list[Path], root: Path, difficulty: Path | None
                 "pairs; Spearman ρ of val_loss between seeds: "
                 + (", ".join(f"{a['seeds'][0]} vs {a['seeds'][1]} {a['spearman']:+.3f}" for a in record["agreement"]
                              if a["spearman"] is not None) or "undefined")
-                + (f" (mean {sum(rhos) / len(rhos):+.3f})" if rhos else "") + "."]
+                + (f" (mean {sum(rhos) / len(rhos):+.3f})" if rhos else "") + ".",
+                "", agreement_intervals(difficulty, record.get("seeds") or 0)]
     return "\n".join(out) + "\n"
+
+
+def agreement_intervals(difficulty: Path, seeds: int) -> str:
+    """Each seed pair's Spearman ρ of the per-seed val_loss with a 95 % interval over training prompts."""
+    import numpy as np
+    import polars as pl
+
+    from sdpo_kit.scoring.dpo import sigmoid_loss
+    from sdpo_kit.stats import spearman_interval
+
+    frame = pl.read_parquet(difficulty, columns=["prompt", "crossfit_margins"])
+    margins = np.array([[np.nan if v is None else v for v in row] for row in frame["crossfit_margins"].to_list()])
+    if seeds < 2 or margins.ndim != 2 or margins.shape[1] != seeds:
+        return ""
+    loss = sigmoid_loss(margins)
+    rows = []
+    for a in range(seeds):
+        for b in range(a + 1, seeds):
+            r = spearman_interval(loss[:, a], loss[:, b], clusters=frame["prompt"].hash().to_numpy())
+            if r is not None:
+                rows.append(f"| {a} vs {b} | {r['rho']:+.3f} | [{r['lo']:+.3f}, {r['hi']:+.3f}] | {r['clusters']} |")
+    head = ["Seed agreement of the cross-fitted val_loss: 95 % interval from 2,000 resamples of the training "
+            "prompts (a prompt's pairs move together).", "", "| seeds | Spearman ρ | 95 % interval | prompts |",
+            "|---|---|---|---|"]
+    return "\n".join(head + rows) if rows else ""
 
 
 def write_results(run_dirs: list[Path], results: Path, info: dict, budget_name: str, root: Path, q: float) -> None:

@@ -2,7 +2,8 @@
 
     python -c "import numpy as np; from sdpo_kit.stats import paired_bootstrap; print(paired_bootstrap(np.array([[1., 2, 3]]), np.zeros((1, 3)))['lo'])"
 
-`spearman` is the one rank correlation (length diagnosis, the report's difficulty signal).
+`spearman` is the one rank correlation (length diagnosis, the report's difficulty signal);
+`spearman_interval` its bootstrap interval over clusters (the selection experiment's seed agreement).
 `margin_stats` is the one definition of "pairs, mean margin, share > 0 (reward accuracy; a NaN or
 infinite margin never counts as > 0)": the
 split manifest's steps and source order, the data cards and eval.json all aggregate with it.
@@ -88,3 +89,25 @@ def spearman(x, y) -> float | None:
     if rx.std() == 0 or ry.std() == 0:
         return None
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_interval(x, y, clusters=None, draws: int = 2_000, seed: int = 0, level: float = 0.95) -> dict | None:
+    """`spearman(x, y)` and its `level` interval from `draws` resamples of the clusters (rows of one
+    cluster, e.g. one prompt, move together; default: every row alone). None when ρ is undefined."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rho = spearman(x, y)
+    if rho is None:
+        return None
+    clusters = np.arange(len(x)) if clusters is None else np.asarray(clusters)
+    labels, idx = np.unique(clusters, return_inverse=True)
+    members = [np.flatnonzero(idx == k) for k in range(len(labels))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        rows = np.concatenate([members[k] for k in rng.integers(0, len(labels), len(labels))])
+        r = spearman(x[rows], y[rows])
+        if r is not None:
+            values.append(r)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return {"rho": rho, "lo": float(lo), "hi": float(hi), "clusters": len(labels), "draws": len(values)}

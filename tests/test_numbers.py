@@ -246,3 +246,22 @@ def test_train_ld_alpha_starts_every_step_at_ln2(tmp_path, tiny_model_dir):
         tail = (ref["ref_chosen_logps"] - ref["ref_chosen_logps_shared"]).abs() + (
             ref["ref_rejected_logps"] - ref["ref_rejected_logps_shared"]).abs()
         assert (tail > 1.0).all()  # every pair has a tail that alpha weighs (plain sums would start far from ln 2)
+
+
+def test_spearman_interval_resamples_whole_clusters():
+    """The seed-agreement interval: ρ is `spearman`'s; 200 pairs copied 10x from 20 prompts are 20
+    independent draws, so resampling prompts gives a much wider interval than resampling rows."""
+    import numpy as np
+
+    from sdpo_kit.stats import spearman, spearman_interval
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    y = x + rng.normal(size=200)
+    r = spearman_interval(x, y, draws=500)
+    assert r["rho"] == spearman(x, y) and r["lo"] < r["rho"] < r["hi"] and r["clusters"] == 200
+    xs, ys, prompts = np.repeat(x[:20], 10), np.repeat(y[:20], 10), np.repeat(np.arange(20), 10)
+    by_prompt, by_row = spearman_interval(xs, ys, prompts, draws=500), spearman_interval(xs, ys, draws=500)
+    assert by_prompt["clusters"] == 20
+    assert by_prompt["hi"] - by_prompt["lo"] > 1.5 * (by_row["hi"] - by_row["lo"])
+    assert spearman_interval([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
