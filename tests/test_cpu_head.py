@@ -99,3 +99,13 @@ def test_only_the_requested_outputs_are_computed():
     hidden, weight, bias, targets = _inputs(False)
     out = CPU_HEAD.apply(hidden, weight, bias, targets, 1.0, 128, None, 1.0, ("log_probs",))
     assert out[0].shape == (N,) and all(x is None for x in out[1:])
+
+
+def test_a_batch_without_labelled_tokens_gives_empty_outputs_and_zero_gradients():
+    """TRL's compact head hands over zero rows when no position is labelled: still differentiable."""
+    hidden = torch.zeros(0, H, requires_grad=True)
+    weight = torch.randn(V, H, requires_grad=True)
+    out = CPU_HEAD.apply(hidden, weight, None, torch.zeros(0, dtype=torch.long), 1.0, 128, None, 1.0, OUTPUTS)
+    assert out[0].shape == (0,)
+    out[0].sum().backward()
+    assert hidden.grad.shape == (0, H) and not weight.grad.any()

@@ -35,8 +35,9 @@ def _compute_dtype(device) -> torch.dtype | None:
 
 
 def _logits(hidden, weight, bias, dtype, scale: float):
-    """fp32 [n, V] logits of one token block: the matmul in `dtype` (TRL rounds the tile the same way)."""
-    tile = torch.mm(hidden.to(dtype), weight.to(dtype).t())
+    """fp32 [n, V] logits of one token block: the matmul in `dtype` (TRL rounds the tile the same way);
+    `weight` is already in `dtype`."""
+    tile = torch.mm(hidden.to(dtype), weight.t())
     if bias is not None:
         tile += bias.to(dtype)
     z = tile if tile.dtype == torch.float32 else tile.float()
@@ -74,9 +75,10 @@ class _CpuLogProb(torch.autograd.Function):
         sq = torch.empty_like(logprobs) if "log_sum_sq_probs" in outputs else None
         mean = torch.empty_like(logprobs) if "mean_logits" in outputs else None
         top1 = torch.empty(n_tok, dtype=torch.bool, device=hidden.device) if "is_top1" in outputs else None
+        w = weight.to(dtype)
         for s in range(0, n_tok, TOKEN_ROWS):
             e = min(s + TOKEN_ROWS, n_tok)
-            z = _logits(hidden[s:e], weight, bias, dtype, scale)
+            z = _logits(hidden[s:e], w, bias, dtype, scale)
             with torch.autocast(hidden.device.type, enabled=False):  # everything after the matmul in fp32
                 _fold(z, targets[s:e], vocab, slice(s, e), logprobs, log_z, entropy, sq, mean, top1)
         ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
@@ -99,7 +101,7 @@ class _CpuLogProb(torch.autograd.Function):
         for s in range(0, hidden.shape[0], TOKEN_ROWS):
             e = min(s + TOKEN_ROWS, hidden.shape[0])
             h = hidden[s:e].to(dtype)
-            log_p = _logits(hidden[s:e], weight, bias, dtype, scale).sub_(log_z[s:e, None])
+            log_p = _logits(hidden[s:e], w, bias, dtype, scale).sub_(log_z[s:e, None])
             if g_ent is None:
                 grad = log_p.exp_()  # p, in place: dL/dz = g (onehot - p)
                 grad.mul_(-g_lp[s:e, None].float())
