@@ -109,5 +109,6 @@ def spearman_interval(x, y, clusters=None, draws: int = 2_000, seed: int = 0, le
         if r is not None:
             values.append(r)
     tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
+    # every resample degenerate (e.g. one cluster of tied values): no interval, but still the ρ
+    lo, hi = np.percentile(values, [tail, 100 - tail]) if values else (np.nan, np.nan)
     return {"rho": rho, "lo": float(lo), "hi": float(hi), "clusters": len(labels), "draws": len(values)}
