@@ -146,7 +146,8 @@ NOTE = ("s per optimiser step: the trainer's own `train_runtime` / steps; sdpo's
         "reference before the step, the end-of-step pass after it), TRL's includes its reference model's forward at "
         "every step. Whole run per step: the worker's wall time from before the model is loaded to the end "
         "(sdpo: loading, both scoring passes, training, saving the model; TRL: loading policy and reference, "
-        "tokenising, training) / steps.")
+        "tokenising, training) / steps. Every worker starts from an empty pair cache (its own SDPO_KIT_CACHE), "
+        "so sdpo's reference pass is always paid.")
 
 
 def table(results: list[dict], a) -> str:
@@ -192,14 +193,22 @@ def main() -> None:
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
         p.error(f"--configs: unknown {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
+    from sdpo_kit.models import resolve_model_path
+
+    model = str(resolve_model_path(a.model))  # `default` converted here, once, not inside a timed worker
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     load_before, results = os.getloadavg(), []
     with tempfile.TemporaryDirectory(prefix="sdpo_bench_train_") as tmp:
         write_partition(Path(tmp) / "parts", a.pairs)
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--work", tmp, "--pairs", str(a.pairs),
-                   "--max-length", str(a.max_length), "--batch", str(a.batch), "--model", a.model]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                   "--max-length", str(a.max_length), "--batch", str(a.batch), "--model", model]
+            # Each worker starts from an empty pair cache, so sdpo's whole run pays its reference scoring
+            # pass as a user's first run does (the model comes from its folder, already converted)
+            cache = Path(tmp) / f"cache_{name}"
+            cache.mkdir()
+            out = subprocess.run(cmd, env={**env, "SDPO_KIT_CACHE": str(cache)}, capture_output=True, text=True,
+                                 check=False)
             if out.returncode:
                 sys.exit(f"{name} failed:\n{out.stderr[-4000:]}")
             results.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -149,6 +149,10 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
     from sdpo_kit.console import quiet_libraries
 
     quiet_libraries()  # no weight-loading bar beside the stage's own bar
+    if device in (None, "cpu"):
+        from sdpo_kit.allocator import keep_freed_memory
+
+        keep_freed_memory()  # freed tensors stay in the heap: no kernel page zeroing every step
     path = resolve_model_path(name)
     check_folder(path)
     tokenizer = load_tokenizer(path)  # first: a missing template is found before the weights load
@@ -156,6 +160,10 @@ def load_model(name: str | os.PathLike, dtype: str = "float32", device: str | No
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=False,
                                                      use_safetensors=True)
     check_loaded(model, tokenizer, path)
+    if device in (None, "cpu"):
+        from sdpo_kit.attention import use_cpu_sdpa
+
+        use_cpu_sdpa(model)  # fp32 attention under CPU autocast: faster than torch's bf16 kernel there
     if device:
         model.to(device)
     model.eval()

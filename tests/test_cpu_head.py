@@ -38,10 +38,12 @@ def _run(fn, inputs, dtype, temperature, scale, entropy_grad: bool):
     return out, grads
 
 
+@pytest.mark.parametrize("keep", [True, False])  # the probabilities kept for the backward, or recomputed there
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("entropy_grad", [False, True])
-def test_fp32_outputs_and_gradients_equal_trls(monkeypatch, bias, entropy_grad):
+def test_fp32_outputs_and_gradients_equal_trls(monkeypatch, bias, entropy_grad, keep):
     monkeypatch.setattr(cpu_head, "TOKEN_ROWS", 16)  # 3 token blocks
+    monkeypatch.setattr(cpu_head, "KEEP_BYTES", cpu_head.KEEP_BYTES if keep else 0)
     inputs = _inputs(bias)
     ref, ref_grads = _run(ChunkedLogProbFunction, inputs, torch.float32, 0.7, 1.3, entropy_grad)
     ours, our_grads = _run(CPU_HEAD, inputs, torch.float32, 0.7, 1.3, entropy_grad)
@@ -70,13 +72,16 @@ def _naive64(inputs, temperature, scale, entropy_grad):
     return (lp.detach(), ent.detach()), grads
 
 
-def test_bf16_forward_equals_trls_and_gradients_are_one_bf16_rounding_off():
+@pytest.mark.parametrize("keep", [True, False])
+def test_bf16_forward_equals_trls_and_gradients_are_one_bf16_rounding_off(monkeypatch, keep):
     """Under autocast both round the projection to bf16 the same way, so the forward agrees to fp32
     rounding; the gradients differ by one bf16 rounding of the two gradient matmuls (TRL runs them
-    in fp32), far below their own size, and the direction is the same."""
+    in fp32), far below their own size, and the direction is the same. Kept in bf16 for the backward,
+    the probabilities add one more rounding."""
+    monkeypatch.setattr(cpu_head, "KEEP_BYTES", cpu_head.KEEP_BYTES if keep else 0)
     inputs = _inputs(True, seed=1)
-    ref, ref_grads = _run(ChunkedLogProbFunction, inputs, torch.bfloat16, 1.0, 1.0, True)
-    ours, our_grads = _run(CPU_HEAD, inputs, torch.bfloat16, 1.0, 1.0, True)
+    ours, our_grads = _run(CPU_HEAD, inputs, torch.bfloat16, 1.0, 1.0, entropy_grad=not keep)
+    ref, ref_grads = _run(ChunkedLogProbFunction, inputs, torch.bfloat16, 1.0, 1.0, entropy_grad=not keep)
     for name, a, b in zip(OUTPUTS, ref, ours):
         if a.dtype == torch.bool:
             assert torch.equal(a, b), name
@@ -109,3 +114,43 @@ def test_a_batch_without_labelled_tokens_gives_empty_outputs_and_zero_gradients(
     assert out[0].shape == (0,)
     out[0].sum().backward()
     assert hidden.grad.shape == (0, H) and not weight.grad.any()
+
+
+def test_kept_probabilities_give_the_recomputed_gradients(monkeypatch):
+    """fp32: the kept p are the backward's own exp(z - log Z), so the gradients are bit for bit those
+    of the recomputing backward. bf16: within a bf16 rounding of them; a token the model is sure of
+    (p -> 1) keeps its small 1 - p gradient, which a bf16 p of 1.0 would zero."""
+    inputs = _inputs(True, seed=2)
+    hidden, weight, bias, targets = inputs
+    sure, t = 5, int(targets[5])  # a target with 1 - p ~ 1e-3, below bf16's spacing at 1 (2^-8)
+    z = hidden[sure] @ weight.t() + bias
+    others = torch.cat([z[:t], z[t + 1:]]).logsumexp(0)
+    bias = bias.clone()
+    bias[t] += others + torch.log(torch.tensor(1e3)) - z[t]
+    inputs = hidden, weight, bias, targets
+    for dtype in (torch.float32, torch.bfloat16):
+        kept_out, kept = _run(CPU_HEAD, inputs, dtype, 1.0, 1.0, False)
+        monkeypatch.setattr(cpu_head, "KEEP_BYTES", 0)
+        redo_out, redo = _run(CPU_HEAD, inputs, dtype, 1.0, 1.0, False)
+        monkeypatch.undo()
+        assert all(torch.equal(a, b) for a, b in zip(kept_out[:2], redo_out[:2]))
+        for a, b in zip(kept, redo):
+            if dtype == torch.float32:
+                assert torch.equal(a, b)
+            else:
+                assert (a - b).abs().max() <= 2 ** -7 * b.abs().max()
+        assert 0.0 < -torch.expm1(kept_out[0][sure]) < 2 ** -8  # the sure token, as set up
+        # its row of the hidden gradient: g (1 - p_t) w_t - g sum_v p_v w_v, both parts small and not lost
+        assert (kept[0][sure] - redo[0][sure]).norm() <= 0.05 * redo[0][sure].norm()
+
+
+def test_a_second_backward_recomputes_what_the_first_used_up():
+    """retain_graph: the kept probabilities are consumed in place by the first backward; the second
+    gives the same gradients from a recomputation."""
+    hidden, weight, bias, targets = (x.clone().requires_grad_(x.is_floating_point()) if x is not None else None
+                                     for x in _inputs(False, seed=3))
+    out = CPU_HEAD.apply(hidden, weight, bias, targets, 1.0, 128, None, 1.0, ("log_probs",))
+    loss = (out[0] * torch.linspace(-1, 2, N)).sum()
+    first = torch.autograd.grad(loss, (hidden, weight), retain_graph=True)
+    second = torch.autograd.grad(loss, (hidden, weight))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(first, second))

@@ -130,9 +130,10 @@ class ScoreConfig:
 
         `autocast` appears only when set, so float32 scores keep the keys (and caches) they always had."""
         out = {"max_length": self.max_length, "truncation_mode": self.truncation_mode, "dtype": self.dtype}
-        # "widths": autocast scores run every sequence at its own width (`plan_options`); older bf16 caches
-        # (padded batches) no longer match
-        return out | ({"autocast": self.autocast, "widths": "own"} if self.autocast else {})
+        # "widths": autocast scores run every sequence at its own width (`plan_options`); "attention": and
+        # attention in float32 on CPU (`sdpo_kit.attention`). Older bf16 caches (padded batches, bf16
+        # attention) no longer match.
+        return out | ({"autocast": self.autocast, "widths": "own", "attention": "cpu-fp32"} if self.autocast else {})
 
     def plan_options(self) -> dict:
         """How `logps.plan` batches. Under autocast a sequence's bf16/fp16 numbers depend on the width

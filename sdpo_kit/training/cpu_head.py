@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 TOKEN_ROWS = 2048  # tokens per block: [2048, 49152] fp32 logits are 0.4 GB
+KEEP_BYTES = 2**30  # a call keeps its probabilities for the backward up to this size (10k bf16 tokens x 49,152)
 
 
 def _compute_dtype(device) -> torch.dtype | None:
@@ -46,8 +47,13 @@ def _logits(hidden, weight, bias, dtype, scale: float):
     return z
 
 
-def _fold(z, t, vocab, rows, logprobs, log_z, entropy, sq, mean, top1) -> None:
-    """Write one block's per-token outputs (rows `rows`) from its fp32 logits z [n, V] and targets t [n]."""
+def _fold(z, t, vocab, rows, logprobs, log_z, entropy, sq, mean, top1, keep: bool):
+    """Write one block's per-token outputs (rows `rows`) from its fp32 logits z [n, V] and targets t [n];
+    return its probabilities p [n, V] when `keep` or the entropy needs them, else None.
+
+    log p = z_t - logsumexp(z), the scorer's formula (`scoring/logps.py`): under autocast the policy's
+    first forward then gives its reference's numbers. (torch's CPU log_softmax is faster but off by up
+    to 9e-6 per token, with a bias: 4e-4 nats over 500 tokens.)"""
     lz = torch.logsumexp(z, -1)
     log_z[rows] = lz
     logprobs[rows] = z.gather(1, t[:, None])[:, 0] - lz
@@ -57,9 +63,10 @@ def _fold(z, t, vocab, rows, logprobs, log_z, entropy, sq, mean, top1) -> None:
         top1[rows] = z.argmax(-1) == t
     if sq is not None:  # log sum p^2 = logsumexp(2z) - 2 log Z
         sq[rows] = torch.logsumexp(2 * z, -1) - 2 * lz
+    p = (z - lz[:, None]).exp_() if keep or entropy is not None else None  # the backward's p, too
     if entropy is not None:  # H = log Z - sum p z
-        p = (z - lz[:, None]).exp_()
         entropy[rows] = lz - torch.bmm(p[:, None, :], z[:, :, None])[:, 0, 0]
+    return p
 
 
 class _CpuLogProb(torch.autograd.Function):
@@ -75,14 +82,24 @@ class _CpuLogProb(torch.autograd.Function):
         sq = torch.empty_like(logprobs) if "log_sum_sq_probs" in outputs else None
         mean = torch.empty_like(logprobs) if "mean_logits" in outputs else None
         top1 = torch.empty(n_tok, dtype=torch.bool, device=hidden.device) if "is_top1" in outputs else None
+        # Keep the probabilities for the backward (in the matmul dtype: bf16 under autocast) when they fit:
+        # it then skips a second projection onto the vocabulary and its fp32 fold.
+        keep = any(ctx.needs_input_grad[:3]) and n_tok * vocab * dtype.itemsize <= KEEP_BYTES
+        kept = []
         w = weight.to(dtype)
         for s in range(0, n_tok, TOKEN_ROWS):
             e = min(s + TOKEN_ROWS, n_tok)
             z = _logits(hidden[s:e], w, bias, dtype, scale)
             with torch.autocast(hidden.device.type, enabled=False):  # everything after the matmul in fp32
-                _fold(z, targets[s:e], vocab, slice(s, e), logprobs, log_z, entropy, sq, mean, top1)
-        ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)
+                p = _fold(z, targets[s:e], vocab, slice(s, e), logprobs, log_z, entropy, sq, mean, top1, keep)
+            del z
+            if keep:
+                kept.append(p.to(dtype))
+        ctx.save_for_backward(hidden, weight, bias, targets, log_z, entropy)
         ctx.scale, ctx.dtype = scale, dtype
+        ctx.cast = w if w is not weight else None  # the bf16 weight, for the backward: not cast twice
+        ctx.kept = kept if keep else None
+        ctx.logprobs = logprobs.clone() if keep and dtype != torch.float32 else None  # a copy: callers may edit theirs
         ctx.mark_non_differentiable(*(x for x in (sq, mean, top1) if x is not None))
         return logprobs, entropy, sq, mean, top1
 
@@ -93,25 +110,34 @@ class _CpuLogProb(torch.autograd.Function):
         if g_lp is None and g_ent is None:
             return None, None, None, None, None, None
         dtype, scale = ctx.dtype, ctx.scale
-        # Accumulate in fp32 whatever the inputs, as TRL does
+        kept, ctx.kept = (ctx.kept, None) if g_ent is None else (None, None)  # used once: a second backward recomputes
+        # Accumulate in fp32 whatever the inputs, as TRL does (the weight's gradient from its first block on)
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if need_w else None
+        grad_w = None
         grad_b = torch.zeros(bias.shape, dtype=torch.float32) if need_b else None
-        w = weight.to(dtype)
-        for s in range(0, hidden.shape[0], TOKEN_ROWS):
+        w = weight if ctx.cast is None else ctx.cast
+        for i, s in enumerate(range(0, hidden.shape[0], TOKEN_ROWS)):
             e = min(s + TOKEN_ROWS, hidden.shape[0])
             h = hidden[s:e].to(dtype)
-            log_p = _logits(hidden[s:e], w, bias, dtype, scale).sub_(log_z[s:e, None])
-            if g_ent is None:
-                grad = log_p.exp_()  # p, in place: dL/dz = g (onehot - p)
-                grad.mul_(-g_lp[s:e, None].float())
-            else:  # dH/dz = -p (log p + H)
-                p = log_p.exp()
-                grad = p * (log_p + entropy[s:e, None]) * -g_ent[s:e, None].float()
+            g = None if g_lp is None else g_lp[s:e, None].float()
+            if kept is not None and kept[i].dtype == torch.float32:  # the forward's p: the same numbers as below
+                grad = kept[i].mul_(-g)  # dL/dz = g (onehot - p)
+                grad.scatter_add_(1, targets[s:e, None], g)
+            elif kept is not None:  # bf16 p scaled in place (a bf16 factor: mixed-dtype in-place ops are slow);
+                grad = kept[i].mul_(-g.to(kept[i].dtype))  # the target's 1 - p in fp32: -expm1 of its log-prob
+                grad.scatter_(1, targets[s:e, None], (g * -torch.expm1(ctx.logprobs[s:e, None])).to(grad.dtype))
+            else:
+                log_p = _logits(hidden[s:e], w, bias, dtype, scale).sub_(log_z[s:e, None])
+                if g_ent is None:
+                    grad = log_p.exp_()  # p, in place
+                    grad.mul_(-g)
+                else:  # dH/dz = -p (log p + H)
+                    p = log_p.exp()
+                    grad = p * (log_p + entropy[s:e, None]) * -g_ent[s:e, None].float()
+                    if g_lp is not None:
+                        grad.sub_(p * g)
                 if g_lp is not None:
-                    grad.sub_(p * g_lp[s:e, None].float())
-            if g_lp is not None:
-                grad.scatter_add_(1, targets[s:e, None], g_lp[s:e, None].float())
+                    grad.scatter_add_(1, targets[s:e, None], g)
             if scale != 1.0:
                 grad.mul_(scale)
             # Both gradient matmuls in the autocast dtype with fp32 accumulation inside, rounded once per
@@ -120,10 +146,13 @@ class _CpuLogProb(torch.autograd.Function):
             grad = grad.to(dtype)
             if grad_h is not None:
                 grad_h[s:e] = torch.mm(grad, w)
-            if grad_w is not None:
-                grad_w += torch.mm(grad.t(), h)
+            if need_w:  # the first block's product becomes the fp32 sum: no zero-filled [V, H] to add it to
+                part = torch.mm(grad.t(), h)
+                grad_w = part.float() if grad_w is None else grad_w.add_(part)
             if grad_b is not None:
                 grad_b += grad.sum(0, dtype=torch.float32)
+        if need_w and grad_w is None:  # no tokens
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32)
         return (None if grad_h is None else grad_h.to(hidden.dtype),
                 None if grad_w is None else grad_w.to(weight.dtype),
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
