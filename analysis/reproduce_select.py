@@ -189,11 +189,24 @@ def _copy_run_files(run_dirs: list[Path], results: Path) -> None:
                 shutil.copy2(d / f, results / "runs" / d.name / f)
 
 
+def select_arms(arms: dict, spec: str) -> dict:
+    """The arms `--arms` names, in its order: yaml stems (dpo_easiest_q_val_loss) or the labels their run
+    folders carry (dpo-easiest-q-val_loss); an unknown one stops with both lists."""
+    by_label = {arm["label"]: name for name, arm in arms.items()}
+    wanted = [by_label.get(a.strip(), a.strip()) for a in spec.split(",") if a.strip()]
+    unknown = sorted(set(wanted) - set(arms))
+    if unknown:
+        raise SystemExit(f"--arms {unknown}: no analysis/configs/select/<arm>.yaml; have {sorted(arms)} "
+                         f"(or their labels {sorted(by_label)})")
+    return {a: arms[a] for a in wanted}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--budget", default="select", help="smoke | select (sizes in analysis/configs/select/common.yaml).")
     p.add_argument("--model", default=None, help="S: `default` or a model folder (default: common.yaml's).")
-    p.add_argument("--arms", default=None, help="Comma list of analysis/configs/select/ names (default: all).")
+    p.add_argument("--arms", default=None, help="Comma list of analysis/configs/select/ names or their run labels "
+                   "(default: all).")
     p.add_argument("--seeds", default=None, help="Comma list of training seeds (default: the budget's).")
     p.add_argument("--root", default=None, help="Folder for data, partitions, runs (weights); default analysis/runs/BUDGET.")
     p.add_argument("--results", default=None, help="Results folder; default analysis/results/select (select) else ROOT/results.")
@@ -206,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     common, budget, arms = load(args.budget)
     if args.arms:
-        unknown = sorted(set(args.arms.split(",")) - set(arms))
-        if unknown:
-            raise SystemExit(f"--arms {unknown}: no analysis/configs/select/<arm>.yaml; have {sorted(arms)}")
-        arms = {a: arms[a] for a in args.arms.split(",")}
+        arms = select_arms(arms, args.arms)
     model = args.model or common["model"]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else budget["seeds"]
     root = Path(args.root or HERE / "runs" / args.budget)

@@ -51,3 +51,11 @@ def test_smoke_selection_end_to_end_then_resumes_and_rewrites(select, tiny_model
     (results / "table.md").unlink()
     assert select.main([*argv, "--results-only"]) == 0
     assert (results / "table.md").read_text() == table
+
+
+def test_arms_are_named_by_yaml_stem_or_by_run_label(select):
+    arms = select.load("smoke")[2]
+    picked = select.select_arms(arms, "dpo-easiest-q-val_loss, dpo_random_q")
+    assert list(picked) == ["dpo_easiest_q_val_loss", "dpo_random_q"]
+    with pytest.raises(SystemExit, match=r"dpo-nope.*dpo-random-q"):
+        select.select_arms(arms, "dpo-nope")
