@@ -47,3 +47,14 @@ def test_train_benchmark_runs_sdpo_and_trl(tiny_model_dir, tmp_path):
         assert r["steps"] == 2 and r["real_tokens"] > 0 and abs(r["loss_first"] - 0.693147) < 1e-3, r
     table = out.with_suffix(".md").read_text()
     assert all(f"| {name} |" in table for name in ("sdpo-fp32", "sdpo-bf16", "trl-fp32"))
+
+
+def test_attention_benchmark_runs_its_three_variants():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention.py"), "--rows", "1", "--length", "16",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["fp32", "bf16 (torch under autocast)", "cpu_sdpa under autocast"]
+    errors = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert errors[0] < 1e-5 and errors[2] < 2e-2  # fp32 inside, one bf16 rounding of the output
