@@ -121,7 +121,8 @@ def test_bf16_run_starts_every_step_at_its_reference(tmp_path, parts, tiny_model
         summary = json.loads((step / "summary.json").read_text())
         assert summary["reference_exact"] is True
         meta = json.loads(read_parquet_metadata(step / "reference.parquet")["sdpo_kit.reference"])
-        assert meta["autocast"] == "bfloat16"
+        # how the scorer ran, too: a resumed step re-scores a reference written by older bf16 code
+        assert (meta["autocast"], meta["widths"], meta["attention"]) == ("bfloat16", "own", "cpu-fp32")
         # The log-probs TRL trained against are TRL's own bf16 pass of the step's reference model.
         reference = pl.read_parquet(step / "reference.parquet")
         oracle = trl_reference(reference.select("prompt", "chosen", "rejected"), summary["reference_model"],

@@ -173,7 +173,9 @@ def score_reference(files: list[Path], model, tokenizer, scorer, fingerprint: st
     path = step_dir / "reference.parquet"
     settings = {"fingerprint": fingerprint, "max_length": scorer.max_length, "truncation_mode": scorer.truncation_mode,
                 "scored_layout": SCORED_LAYOUT}  # an older file lacks the *_shared sums that ld_alpha reads
-    settings |= {"autocast": scorer.autocast} if scorer.autocast else {}  # fp32 runs keep their old stamps
+    # Under autocast also how the scorer runs (rows at their own width, fp32 attention on CPU), so a resumed
+    # step does not reuse a reference scored by older bf16 code; fp32 runs keep their old stamps
+    settings |= {k: v for k, v in scorer.settings().items() if k not in ("max_length", "truncation_mode", "dtype")}
     if not _cache_matches(path, settings):  # every process looks before anything is written
         parts, rejects = [], []
         for file in files:
