@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 TOKEN_ROWS = 2048  # tokens per block: [2048, 49152] fp32 logits are 0.4 GB
-KEEP_BYTES = 2**30  # a call keeps its probabilities for the backward up to this size (10k bf16 tokens x 49,152)
+KEEP_BYTES = 2**29  # a call keeps its probabilities for the backward up to this size: 5,400 bf16 tokens x 49,152
 
 
 def _compute_dtype(device) -> torch.dtype | None:
