@@ -19,17 +19,15 @@ allocator or set glibc's own `MALLOC_*` tunables, or with `SDPO_KIT_MALLOC=syste
 
 from __future__ import annotations
 
+import functools
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # <malloc.h>
-_DONE: list[bool] = []
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> bool:
     """Turn off glibc malloc's mmap blocks and heap trimming for this process; True when it did."""
-    if _DONE:
-        return _DONE[0]
-    _DONE.append(False)
     preload = os.environ.get("LD_PRELOAD", "")
     if (os.environ.get("SDPO_KIT_MALLOC", "") == "system" or any(k.startswith("MALLOC_") for k in os.environ)
             or any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc"))):
@@ -41,7 +39,6 @@ def keep_freed_memory() -> bool:
         if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # musl, macOS, Windows
             return False
         # mallopt returns 1 on success. The trim threshold is a C int: 2 GiB, more than a step frees at once.
-        _DONE[0] = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     except OSError:
         return False
-    return _DONE[0]

@@ -1,18 +1,17 @@
-"""Attention in float32 under CPU autocast: faster there than torch's bf16 kernel, and exact to fp32.
+"""Attention computed in float32 under CPU autocast: faster there than torch's bf16 kernel.
 
     python benchmarks/attention.py    # torch's CPU flash attention, fp32 against bf16, forward + backward
 
 Under `torch.autocast("cpu", bfloat16)` torch casts q, k and v to bf16 for
 `scaled_dot_product_attention`. On CPU its flash-attention kernel is *slower* in bf16 than in fp32
-(default model, 8 rows x 192 tokens, 30 layers, forward + backward on 2 cores: 0.84 s against
-0.62 s; in a training step 0.76 s against 0.61 s), because the kernel converts its bf16 blocks to
-fp32 for the softmax anyway. So `load_model` gives CPU models `CPU_SDPA`: transformers' own SDPA
-attention, run with autocast off on q, k, v in fp32 (q and k already are after the rotary
-embedding), its output handed back in the autocast dtype as before. The projections around it still
-run in bf16. Anywhere else (no autocast, another device, fp32 inputs) it is transformers' function
-unchanged, so float32 numbers do not move. Training and scoring load their models the same way,
-so under `--bf16` the policy's first forward and its reference's scores still run the same
-arithmetic (tests/test_bf16.py).
+(`benchmarks/attention.py`, the default model's shapes, 8 rows x 192 tokens, 30 layers, forward +
+backward on 2 cores: 0.72 s against 0.55 s; in a profiled training step 0.76 s against 0.61 s with
+this module). So `load_model` gives CPU models `CPU_SDPA`: transformers' own SDPA attention, run
+with autocast off on q, k, v in fp32 (q and k already are after the rotary embedding), its output
+handed back in the autocast dtype as before. The projections around it still run in bf16. Anywhere
+else (no autocast, another device) it is transformers' function unchanged, so float32 numbers do not
+move. Training and scoring load their models the same way, so under `--bf16` the policy's first
+forward and its reference's scores still run the same arithmetic (tests/test_bf16.py).
 """
 
 from __future__ import annotations
